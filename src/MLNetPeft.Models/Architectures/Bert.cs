@@ -1,0 +1,164 @@
+using System.Text.Json.Serialization;
+using MLNetPeft.Architectures.Layers;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace MLNetPeft.Architectures;
+
+/// <summary>HF <c>BertConfig</c> fields (BERT, MiniLM and other BERT-layout encoders).</summary>
+public sealed class BertConfig : ModelConfig
+{
+    public BertConfig() { ModelType = "bert"; VocabSize = 30522; PadTokenId = 0; }
+
+    [JsonPropertyName("hidden_size")] public int HiddenSize { get; set; } = 768;
+    [JsonPropertyName("num_hidden_layers")] public int NumHiddenLayers { get; set; } = 12;
+    [JsonPropertyName("num_attention_heads")] public int NumAttentionHeads { get; set; } = 12;
+    [JsonPropertyName("intermediate_size")] public int IntermediateSize { get; set; } = 3072;
+    [JsonPropertyName("hidden_act")] public string HiddenAct { get; set; } = "gelu";
+    [JsonPropertyName("hidden_dropout_prob")] public double HiddenDropoutProb { get; set; } = 0.1;
+    [JsonPropertyName("attention_probs_dropout_prob")] public double AttentionProbsDropoutProb { get; set; } = 0.1;
+    [JsonPropertyName("max_position_embeddings")] public int MaxPositionEmbeddings { get; set; } = 512;
+    [JsonPropertyName("type_vocab_size")] public int TypeVocabSize { get; set; } = 2;
+    [JsonPropertyName("layer_norm_eps")] public double LayerNormEps { get; set; } = 1e-12;
+    [JsonPropertyName("position_embedding_type")] public string PositionEmbeddingType { get; set; } = "absolute";
+
+    public override void Validate()
+    {
+        base.Validate();
+        Require(HiddenSize > 0 && NumAttentionHeads > 0 && HiddenSize % NumAttentionHeads == 0,
+            "hidden_size", $"({HiddenSize}) must be a positive multiple of num_attention_heads ({NumAttentionHeads})");
+        Require(NumHiddenLayers > 0, "num_hidden_layers", "must be positive");
+        Require(IntermediateSize > 0, "intermediate_size", "must be positive");
+        Require(MaxPositionEmbeddings > 0, "max_position_embeddings", "must be positive");
+        Require(TypeVocabSize > 0, "type_vocab_size", "must be positive");
+        Require(PositionEmbeddingType == "absolute", "position_embedding_type", $"'{PositionEmbeddingType}' is not supported (only 'absolute')");
+        Activations.Get(HiddenAct, "hidden_act");
+    }
+}
+
+/// <summary>The encoder's outputs: every token's final hidden state and, when the model has a pooler, tanh(W·h[CLS] + b).</summary>
+public sealed record BertOutput(Tensor LastHiddenState, Tensor? PoolerOutput) : IDisposable
+{
+    public void Dispose() { LastHiddenState.Dispose(); PoolerOutput?.Dispose(); }
+}
+
+/// <summary>
+/// The BERT encoder (Devlin et al. 2019) as HF's <c>BertModel</c>: word + absolute position + token type
+/// embeddings, post-LayerNorm blocks with GELU, and an optional pooler over the first token.
+/// </summary>
+public sealed class BertModel : PretrainedModule
+{
+    private readonly BertConfig _config;
+    private readonly Embedding _wordEmbeddings, _positionEmbeddings, _tokenTypeEmbeddings;
+    private readonly LayerNorm _embeddingNorm;
+    private readonly ModuleList<BertLayer> _layers;
+    private readonly Linear? _pooler;
+
+    public BertModel(BertConfig config, bool addPoolingLayer = true) : base(nameof(BertModel))
+    {
+        config.Validate();
+        _config = config;
+        _wordEmbeddings = nn.Embedding(config.VocabSize, config.HiddenSize, padding_idx: config.PadTokenId);
+        _positionEmbeddings = nn.Embedding(config.MaxPositionEmbeddings, config.HiddenSize);
+        _tokenTypeEmbeddings = nn.Embedding(config.TypeVocabSize, config.HiddenSize);
+        _embeddingNorm = nn.LayerNorm(config.HiddenSize, config.LayerNormEps);
+        register_module("embeddings", new Container("BertEmbeddings",
+            ("word_embeddings", _wordEmbeddings), ("position_embeddings", _positionEmbeddings),
+            ("token_type_embeddings", _tokenTypeEmbeddings), ("LayerNorm", _embeddingNorm)));
+        _layers = nn.ModuleList(Enumerable.Range(0, config.NumHiddenLayers).Select(_ => new BertLayer(config)).ToArray());
+        register_module("encoder", new Container("BertEncoder", ("layer", _layers)));
+        if (addPoolingLayer)
+        {
+            _pooler = nn.Linear(config.HiddenSize, config.HiddenSize);
+            register_module("pooler", new Container("BertPooler", ("dense", _pooler)));
+        }
+        InitializeWeights(0);
+    }
+
+    public override ModelConfig Config => _config;
+    public BertConfig BertConfig => _config;
+    public bool HasPooler => _pooler is not null;
+    public IReadOnlyList<BertLayer> Layers => _layers.ToArray();
+
+    /// <summary>
+    /// Encodes <paramref name="inputIds"/> [batch, seq]. <paramref name="attentionMask"/> marks real tokens with 1
+    /// (padding keys are hidden from every query); token types default to 0, positions to 0..seq-1.
+    /// </summary>
+    public BertOutput Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? tokenTypeIds = null, Tensor? positionIds = null)
+    {
+        CausalLanguageModel.CheckTokenIds(inputIds, _config.VocabSize);
+        long length = inputIds.shape[1];
+        if (length > _config.MaxPositionEmbeddings)
+            throw new ArgumentException($"The input has {length} tokens; this BERT has {_config.MaxPositionEmbeddings} positions (max_position_embeddings).");
+        using var scope = NewDisposeScope();
+        var device = inputIds.device;
+        positionIds ??= arange(length, dtype: ScalarType.Int64, device: device).unsqueeze(0);
+        tokenTypeIds ??= zeros_like(inputIds, dtype: ScalarType.Int64);
+        var x = _wordEmbeddings.forward(inputIds) + _tokenTypeEmbeddings.forward(tokenTypeIds) + _positionEmbeddings.forward(positionIds);
+        x = nn.functional.dropout(_embeddingNorm.forward(x), _config.HiddenDropoutProb, training);
+        using var mask = AttentionMask.Padding(attentionMask, x.dtype, device);
+        foreach (var layer in _layers) x = layer.Forward(x, mask);
+        Tensor? pooled = _pooler is null ? null : _pooler.forward(x.select(1, 0)).tanh().MoveToOuterDisposeScope();
+        return new BertOutput(x.MoveToOuterDisposeScope(), pooled);
+    }
+
+    protected override IEnumerable<string> CheckpointNames(string name)
+    {
+        // BertFor… checkpoints nest the encoder under "bert."; old TF conversions call LayerNorm's weight/bias gamma/beta.
+        foreach (var prefix in new[] { "", "bert." })
+        {
+            yield return prefix + name;
+            if (name.EndsWith("LayerNorm.weight", StringComparison.Ordinal)) yield return prefix + name[..^"weight".Length] + "gamma";
+            if (name.EndsWith("LayerNorm.bias", StringComparison.Ordinal)) yield return prefix + name[..^"bias".Length] + "beta";
+        }
+    }
+}
+
+/// <summary>One BERT layer: post-LayerNorm self-attention, then post-LayerNorm feed-forward.</summary>
+public sealed class BertLayer : nn.Module
+{
+    private readonly Linear _query, _key, _value, _attentionOutput, _intermediate, _output;
+    private readonly LayerNorm _attentionNorm, _outputNorm;
+    private readonly Func<Tensor, Tensor> _act;
+    private readonly int _heads;
+    private readonly double _hiddenDropout, _attentionDropout;
+
+    public BertLayer(BertConfig config) : base(nameof(BertLayer))
+    {
+        int h = config.HiddenSize;
+        _heads = config.NumAttentionHeads;
+        _query = nn.Linear(h, h);
+        _key = nn.Linear(h, h);
+        _value = nn.Linear(h, h);
+        _attentionOutput = nn.Linear(h, h);
+        _attentionNorm = nn.LayerNorm(h, config.LayerNormEps);
+        _intermediate = nn.Linear(h, config.IntermediateSize);
+        _output = nn.Linear(config.IntermediateSize, h);
+        _outputNorm = nn.LayerNorm(h, config.LayerNormEps);
+        _act = Activations.Get(config.HiddenAct, "hidden_act");
+        _hiddenDropout = config.HiddenDropoutProb;
+        _attentionDropout = config.AttentionProbsDropoutProb;
+        register_module("attention", new Container("BertAttention",
+            ("self", new Container("BertSelfAttention", ("query", _query), ("key", _key), ("value", _value))),
+            ("output", new Container("BertSelfOutput", ("dense", _attentionOutput), ("LayerNorm", _attentionNorm)))));
+        register_module("intermediate", new Container("BertIntermediate", ("dense", _intermediate)));
+        register_module("output", new Container("BertOutput", ("dense", _output), ("LayerNorm", _outputNorm)));
+    }
+
+    public Linear Query => _query;
+    public Linear Key => _key;
+    public Linear Value => _value;
+
+    public Tensor Forward(Tensor x, AttentionMask mask)
+    {
+        using var scope = NewDisposeScope();
+        var q = Attention.SplitHeads(_query.forward(x), _heads);
+        var k = Attention.SplitHeads(_key.forward(x), _heads);
+        var v = Attention.SplitHeads(_value.forward(x), _heads);
+        var attended = Attention.MergeHeads(Attention.ScaledDotProduct(q, k, v, mask, dropout: training ? _attentionDropout : 0.0));
+        x = _attentionNorm.forward(nn.functional.dropout(_attentionOutput.forward(attended), _hiddenDropout, training) + x);
+        var ff = _output.forward(_act(_intermediate.forward(x)));
+        return _outputNorm.forward(nn.functional.dropout(ff, _hiddenDropout, training) + x).MoveToOuterDisposeScope();
+    }
+}

@@ -1,0 +1,57 @@
+using MLNetPeft.Architectures.Layers;
+using static TorchSharp.torch;
+
+namespace MLNetPeft.Architectures;
+
+/// <summary>
+/// A decoder-only language model. The forward pass is split where fine-tuning methods need to reach in:
+/// token embedding, the transformer stack (with an optional KV cache), and the output projection.
+/// </summary>
+public abstract class CausalLanguageModel : PretrainedModule
+{
+    protected CausalLanguageModel(string name) : base(name) { }
+
+    public abstract int LayerCount { get; }
+
+    /// <summary>Token embeddings [batch, seq, hidden] of <paramref name="inputIds"/> [batch, seq].</summary>
+    public abstract Tensor Embed(Tensor inputIds);
+
+    /// <summary>
+    /// Runs the transformer over <paramref name="inputsEmbeds"/> and returns the final (normed) hidden states.
+    /// <paramref name="attentionMask"/> [batch, cached + new] marks real tokens with 1 and padding with 0;
+    /// <paramref name="positionIds"/> default to positions counted after the cache (over real tokens when padded);
+    /// <paramref name="cache"/>, when given, supplies past keys/values and receives the new ones.
+    /// </summary>
+    public abstract Tensor ForwardHidden(Tensor inputsEmbeds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null);
+
+    /// <summary>Vocabulary logits [batch, seq, vocab] from final hidden states.</summary>
+    public abstract Tensor ComputeLogits(Tensor hidden);
+
+    /// <summary>Logits [batch, seq, vocab] for token ids [batch, seq] (int64).</summary>
+    public Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
+    {
+        CheckTokenIds(inputIds, Config.VocabSize);
+        using var scope = NewDisposeScope();
+        var hidden = ForwardHidden(Embed(inputIds), attentionMask, positionIds, cache);
+        return ComputeLogits(hidden).MoveToOuterDisposeScope();
+    }
+
+    public KvCache CreateCache() => new(LayerCount);
+
+    /// <summary>Positions after the cache, counted over real tokens when a padding mask is given.</summary>
+    protected static Tensor DefaultPositions(Tensor embeds, Tensor? attentionMask, KvCache? cache) =>
+        Attention.PositionIds(embeds.shape[0], embeds.shape[1], cache?.Length ?? 0, attentionMask, embeds.device);
+
+    internal static void CheckTokenIds(Tensor ids, long vocabSize)
+    {
+        if (ids.dtype != ScalarType.Int64 && ids.dtype != ScalarType.Int32)
+            throw new ArgumentException($"Token ids must be an integer tensor, got {ids.dtype}.");
+        if (ids.dim() != 2)
+            throw new ArgumentException($"Token ids must be [batch, sequence], got [{string.Join(", ", ids.shape)}].");
+        if (ids.numel() == 0)
+            throw new ArgumentException("Token ids must not be empty.");
+        long min = ids.min().to(ScalarType.Int64).item<long>(), max = ids.max().to(ScalarType.Int64).item<long>();
+        if (min < 0 || max >= vocabSize)
+            throw new ArgumentOutOfRangeException(nameof(ids), $"Token ids must lie in [0, {vocabSize}) (vocab_size); found {(min < 0 ? min : max)}.");
+    }
+}

@@ -1,0 +1,32 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace MLNetPeft.Architectures.Layers;
+
+/// <summary>
+/// Root-mean-square layer norm (Zhang and Sennrich 2019), as Llama uses it: x / sqrt(mean(x²) + eps) · weight,
+/// computed in float32 whatever the input dtype, then cast back before the weight (HF's order).
+/// </summary>
+public sealed class RmsNorm : nn.Module<Tensor, Tensor>
+{
+    private readonly Parameter _weight;
+    private readonly double _eps;
+
+    public RmsNorm(long size, double eps) : base(nameof(RmsNorm))
+    {
+        _eps = eps;
+        _weight = nn.Parameter(ones(size));
+        register_parameter("weight", _weight);
+    }
+
+    public Parameter Weight => _weight;
+
+    public override Tensor forward(Tensor x)
+    {
+        using var scope = NewDisposeScope();
+        var input = x.to(ScalarType.Float32);
+        var normalized = input * rsqrt(input.pow(2).mean([-1L], keepdim: true) + _eps);
+        return (_weight * normalized.to(x.dtype)).MoveToOuterDisposeScope();
+    }
+}

@@ -1,0 +1,214 @@
+using System.Text.Json.Serialization;
+using MLNetPeft.Architectures.Layers;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace MLNetPeft.Architectures;
+
+/// <summary>
+/// HF <c>LlamaConfig</c> fields; also read for Mistral (<c>model_type</c> "mistral", which adds a sliding
+/// attention window) and, through <see cref="Qwen2Config"/>, for Qwen2.
+/// </summary>
+public class LlamaConfig : ModelConfig
+{
+    public LlamaConfig() { ModelType = "llama"; VocabSize = 32000; }
+
+    [JsonPropertyName("hidden_size")] public int HiddenSize { get; set; } = 4096;
+    [JsonPropertyName("intermediate_size")] public int IntermediateSize { get; set; } = 11008;
+    [JsonPropertyName("num_hidden_layers")] public int NumHiddenLayers { get; set; } = 32;
+    [JsonPropertyName("num_attention_heads")] public int NumAttentionHeads { get; set; } = 32;
+    /// <summary>Key/value heads for grouped-query attention; null means one per query head.</summary>
+    [JsonPropertyName("num_key_value_heads")] public int? NumKeyValueHeads { get; set; }
+    /// <summary>Per-head width; null means hidden_size / num_attention_heads.</summary>
+    [JsonPropertyName("head_dim")] public int? HeadDimField { get; set; }
+    [JsonPropertyName("hidden_act")] public string HiddenAct { get; set; } = "silu";
+    [JsonPropertyName("max_position_embeddings")] public int MaxPositionEmbeddings { get; set; } = 2048;
+    [JsonPropertyName("rms_norm_eps")] public double RmsNormEps { get; set; } = 1e-6;
+    [JsonPropertyName("rope_theta")] public double RopeTheta { get; set; } = 10000.0;
+    [JsonPropertyName("rope_scaling")] public RopeScaling? RopeScaling { get; set; }
+    [JsonPropertyName("attention_bias")] public bool AttentionBias { get; set; }
+    [JsonPropertyName("attention_dropout")] public double AttentionDropout { get; set; }
+    [JsonPropertyName("mlp_bias")] public bool MlpBias { get; set; }
+    [JsonPropertyName("sliding_window")] public int? SlidingWindow { get; set; }
+
+    [JsonIgnore] public int KeyValueHeads => NumKeyValueHeads ?? NumAttentionHeads;
+    [JsonIgnore] public int HeadDim => HeadDimField ?? HiddenSize / NumAttentionHeads;
+    /// <summary>Bias on q_proj, k_proj and v_proj.</summary>
+    [JsonIgnore] public virtual bool QkvBias => AttentionBias;
+    /// <summary>Bias on o_proj.</summary>
+    [JsonIgnore] public virtual bool OutputBias => AttentionBias;
+    /// <summary>The attention window actually applied (Mistral's sliding_window); null for full attention.</summary>
+    [JsonIgnore] public virtual int? EffectiveSlidingWindow => ModelType == "mistral" ? SlidingWindow : null;
+
+    protected override bool DefaultTieWordEmbeddings => false;
+
+    public override void Validate()
+    {
+        base.Validate();
+        Require(HiddenSize > 0, "hidden_size", "must be positive");
+        Require(IntermediateSize > 0, "intermediate_size", "must be positive");
+        Require(NumHiddenLayers > 0, "num_hidden_layers", "must be positive");
+        Require(NumAttentionHeads > 0 && (HeadDimField is not null || HiddenSize % NumAttentionHeads == 0),
+            "num_attention_heads", $"({NumAttentionHeads}) must divide hidden_size ({HiddenSize}) unless head_dim is given");
+        Require(KeyValueHeads > 0 && NumAttentionHeads % KeyValueHeads == 0,
+            "num_key_value_heads", $"({KeyValueHeads}) must divide num_attention_heads ({NumAttentionHeads})");
+        Require(HeadDim % 2 == 0, "head_dim", $"({HeadDim}) must be even for rotary embeddings");
+        Require(MaxPositionEmbeddings > 0, "max_position_embeddings", "must be positive");
+        Activations.Get(HiddenAct, "hidden_act");
+        RotaryEmbedding.ComputeInverseFrequencies(HeadDim, RopeTheta, RopeScaling, MaxPositionEmbeddings);
+    }
+}
+
+/// <summary>
+/// The Llama family as HF's <c>LlamaForCausalLM</c> (also Mistral, SmolLM and, with q/k/v bias, Qwen2):
+/// RMSNorm pre-norm blocks, rotary positions, grouped-query attention and a SwiGLU feed-forward.
+/// </summary>
+public class LlamaForCausalLM : CausalLanguageModel
+{
+    private readonly LlamaConfig _config;
+    private readonly Embedding _embedTokens;
+    private readonly ModuleList<LlamaDecoderLayer> _layers;
+    private readonly RmsNorm _norm;
+    private readonly RotaryEmbedding _rotary;
+    private readonly Linear? _lmHead;
+
+    public LlamaForCausalLM(LlamaConfig config) : base(nameof(LlamaForCausalLM))
+    {
+        config.Validate();
+        _config = config;
+        _embedTokens = nn.Embedding(config.VocabSize, config.HiddenSize);
+        _layers = nn.ModuleList(Enumerable.Range(0, config.NumHiddenLayers).Select(i => new LlamaDecoderLayer(config, i)).ToArray());
+        _norm = new RmsNorm(config.HiddenSize, config.RmsNormEps);
+        _rotary = new RotaryEmbedding(config.HeadDim, config.RopeTheta, config.RopeScaling, config.MaxPositionEmbeddings);
+        register_module("model", new Container("LlamaModel", ("embed_tokens", _embedTokens), ("layers", _layers), ("norm", _norm), ("rotary_emb", _rotary)));
+        if (!config.TieWordEmbeddings)
+        {
+            _lmHead = nn.Linear(config.HiddenSize, config.VocabSize, hasBias: false);
+            register_module("lm_head", _lmHead);
+        }
+        InitializeWeights(0);
+    }
+
+    public override ModelConfig Config => _config;
+    public LlamaConfig LlamaConfig => _config;
+    public override int LayerCount => _config.NumHiddenLayers;
+    public IReadOnlyList<LlamaDecoderLayer> Layers => _layers.ToArray();
+
+    public override Tensor Embed(Tensor inputIds) => _embedTokens.forward(inputIds);
+
+    public override Tensor ForwardHidden(Tensor inputsEmbeds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
+    {
+        using var scope = NewDisposeScope();
+        long past = cache?.Length ?? 0;
+        positionIds ??= DefaultPositions(inputsEmbeds, attentionMask, cache);
+        var (cos, sin) = _rotary.Compute(positionIds, inputsEmbeds.dtype);
+        using var mask = AttentionMask.Causal(inputsEmbeds.shape[1], past, attentionMask, _config.EffectiveSlidingWindow, inputsEmbeds.dtype, inputsEmbeds.device);
+        var x = inputsEmbeds;
+        for (int i = 0; i < _layers.Count; i++) x = _layers[i].Forward(x, cos, sin, mask, cache);
+        return _norm.forward(x).MoveToOuterDisposeScope();
+    }
+
+    public override Tensor ComputeLogits(Tensor hidden) =>
+        _lmHead is null ? nn.functional.linear(hidden, _embedTokens.weight!) : _lmHead.forward(hidden);
+}
+
+/// <summary>One Llama decoder layer: x + attn(norm(x)), then x + mlp(norm(x)).</summary>
+public sealed class LlamaDecoderLayer : nn.Module
+{
+    private readonly RmsNorm _inputNorm, _postAttentionNorm;
+    private readonly LlamaAttention _selfAttn;
+    private readonly LlamaMlp _mlp;
+
+    public LlamaDecoderLayer(LlamaConfig config, int layerIndex) : base(nameof(LlamaDecoderLayer))
+    {
+        _selfAttn = new LlamaAttention(config, layerIndex);
+        _mlp = new LlamaMlp(config);
+        _inputNorm = new RmsNorm(config.HiddenSize, config.RmsNormEps);
+        _postAttentionNorm = new RmsNorm(config.HiddenSize, config.RmsNormEps);
+        register_module("self_attn", _selfAttn);
+        register_module("mlp", _mlp);
+        register_module("input_layernorm", _inputNorm);
+        register_module("post_attention_layernorm", _postAttentionNorm);
+    }
+
+    public LlamaAttention SelfAttention => _selfAttn;
+    public LlamaMlp Mlp => _mlp;
+
+    public Tensor Forward(Tensor x, Tensor cos, Tensor sin, AttentionMask mask, KvCache? cache)
+    {
+        using var scope = NewDisposeScope();
+        x = x + _selfAttn.Forward(_inputNorm.forward(x), cos, sin, mask, cache);
+        x = x + _mlp.forward(_postAttentionNorm.forward(x));
+        return x.MoveToOuterDisposeScope();
+    }
+}
+
+/// <summary>Llama attention: separate q/k/v/o projections, rotary positions on q and k, grouped-query heads.</summary>
+public sealed class LlamaAttention : nn.Module
+{
+    private readonly Linear _q, _k, _v, _o;
+    private readonly int _heads, _kvHeads, _layerIndex;
+    private readonly double _dropout;
+
+    public LlamaAttention(LlamaConfig config, int layerIndex) : base(nameof(LlamaAttention))
+    {
+        _heads = config.NumAttentionHeads;
+        _kvHeads = config.KeyValueHeads;
+        _layerIndex = layerIndex;
+        _dropout = config.AttentionDropout;
+        int headDim = config.HeadDim;
+        _q = nn.Linear(config.HiddenSize, _heads * headDim, hasBias: config.QkvBias);
+        _k = nn.Linear(config.HiddenSize, _kvHeads * headDim, hasBias: config.QkvBias);
+        _v = nn.Linear(config.HiddenSize, _kvHeads * headDim, hasBias: config.QkvBias);
+        _o = nn.Linear(_heads * headDim, config.HiddenSize, hasBias: config.OutputBias);
+        register_module("q_proj", _q);
+        register_module("k_proj", _k);
+        register_module("v_proj", _v);
+        register_module("o_proj", _o);
+    }
+
+    public Linear QProj => _q;
+    public Linear KProj => _k;
+    public Linear VProj => _v;
+    public Linear OProj => _o;
+
+    public Tensor Forward(Tensor x, Tensor cos, Tensor sin, AttentionMask mask, KvCache? cache)
+    {
+        using var scope = NewDisposeScope();
+        var q = RotaryEmbedding.Apply(Layers.Attention.SplitHeads(_q.forward(x), _heads), cos, sin);
+        var k = RotaryEmbedding.Apply(Layers.Attention.SplitHeads(_k.forward(x), _kvHeads), cos, sin);
+        var v = Layers.Attention.SplitHeads(_v.forward(x), _kvHeads);
+        if (cache is not null) (k, v) = cache.Append(_layerIndex, k, v);
+        var attended = Layers.Attention.ScaledDotProduct(q, k, v, mask, dropout: training ? _dropout : 0.0);
+        return _o.forward(Layers.Attention.MergeHeads(attended)).MoveToOuterDisposeScope();
+    }
+}
+
+/// <summary>SwiGLU feed-forward (Shazeer 2020): down(act(gate(x)) · up(x)).</summary>
+public sealed class LlamaMlp : nn.Module<Tensor, Tensor>
+{
+    private readonly Linear _gate, _up, _down;
+    private readonly Func<Tensor, Tensor> _act;
+
+    public LlamaMlp(LlamaConfig config) : base(nameof(LlamaMlp))
+    {
+        _gate = nn.Linear(config.HiddenSize, config.IntermediateSize, hasBias: config.MlpBias);
+        _up = nn.Linear(config.HiddenSize, config.IntermediateSize, hasBias: config.MlpBias);
+        _down = nn.Linear(config.IntermediateSize, config.HiddenSize, hasBias: config.MlpBias);
+        register_module("gate_proj", _gate);
+        register_module("up_proj", _up);
+        register_module("down_proj", _down);
+        _act = Activations.Get(config.HiddenAct, "hidden_act");
+    }
+
+    public Linear GateProj => _gate;
+    public Linear UpProj => _up;
+    public Linear DownProj => _down;
+
+    public override Tensor forward(Tensor x)
+    {
+        using var scope = NewDisposeScope();
+        return _down.forward(_act(_gate.forward(x)) * _up.forward(x)).MoveToOuterDisposeScope();
+    }
+}

@@ -1,0 +1,100 @@
+using MLNetPeft.Checkpoints;
+using MLNetPeft.Runtime;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace MLNetPeft.Architectures;
+
+/// <summary>Numeric type and device a model is loaded onto.</summary>
+public sealed class ModelLoadOptions
+{
+    /// <summary>Parameter dtype: Float32 (default), BFloat16 or Float16.</summary>
+    public ScalarType DType { get; init; } = ScalarType.Float32;
+    /// <summary>"cpu" (default), "cuda" or "cuda:N".</summary>
+    public string Device { get; init; } = "cpu";
+
+    internal Device ResolveDevice()
+    {
+        if (Device.StartsWith("cuda", StringComparison.OrdinalIgnoreCase) && !cuda.is_available())
+            throw new NotSupportedException($"Device '{Device}' was requested but CUDA is not available; reference TorchSharp-cuda-linux or TorchSharp-cuda-windows and run on a machine with an NVIDIA GPU, or use 'cpu'.");
+        try { return device(Device); }
+        catch (Exception e) when (e is ArgumentException or FormatException) { throw new ArgumentException($"Device '{Device}' is not a valid device name (use 'cpu', 'cuda' or 'cuda:N').", e); }
+    }
+
+    internal void Validate()
+    {
+        if (DType is not (ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16))
+            throw new ArgumentException($"DType {DType} is not supported for model weights; use Float32, BFloat16 or Float16.");
+    }
+}
+
+/// <summary>Loads HF checkpoint folders (config.json + safetensors weights) into the architectures of this library.</summary>
+public static class PretrainedModels
+{
+    /// <summary>The <c>model_type</c> values of causal language models this library can run.</summary>
+    public static readonly IReadOnlyList<string> CausalModelTypes = ["gpt2", "llama", "mistral", "qwen2"];
+
+    /// <summary>Reads config.json of <paramref name="folder"/> into the config class of its family.</summary>
+    public static ModelConfig LoadConfig(string folder)
+    {
+        var path = Path.Combine(folder, "config.json");
+        if (!File.Exists(path))
+            throw new FileNotFoundException($"Checkpoint folder '{Path.GetFullPath(folder)}' has no config.json.", path);
+        var json = File.ReadAllText(path);
+        return ModelConfig.ReadModelType(path) switch
+        {
+            "gpt2" => ModelConfig.FromJson<Gpt2Config>(json, path),
+            "llama" or "mistral" => ModelConfig.FromJson<LlamaConfig>(json, path),
+            "qwen2" => ModelConfig.FromJson<Qwen2Config>(json, path),
+            "bert" => ModelConfig.FromJson<BertConfig>(json, path),
+            var other => throw new NotSupportedException($"Config '{path}' has model_type '{other}'; supported: {string.Join(", ", CausalModelTypes.Append("bert"))}."),
+        };
+    }
+
+    /// <summary>A freshly initialised causal LM of the family the config belongs to.</summary>
+    public static CausalLanguageModel CreateCausalLM(ModelConfig config) => config switch
+    {
+        Gpt2Config g => new Gpt2ForCausalLM(g),
+        Qwen2Config q => new Qwen2ForCausalLM(q),
+        LlamaConfig l => new LlamaForCausalLM(l),
+        _ => throw new NotSupportedException($"model_type '{config.ModelType}' is not a causal language model; supported: {string.Join(", ", CausalModelTypes)}."),
+    };
+
+    /// <summary>Loads a causal LM (GPT-2, Llama, Mistral, SmolLM, Qwen2) from an HF checkpoint folder.</summary>
+    public static CausalLanguageModel LoadCausalLM(string folder, ModelLoadOptions? options = null) =>
+        Load(folder, options, CreateCausalLM);
+
+    /// <summary>Loads a BERT encoder from an HF checkpoint folder (BertModel or any BertFor… checkpoint).</summary>
+    public static BertModel LoadBert(string folder, ModelLoadOptions? options = null) =>
+        Load(folder, options, (config, checkpoint) => config is BertConfig b
+            ? new BertModel(b, addPoolingLayer: checkpoint.TensorNames.Any(n => n.Contains("pooler.dense.", StringComparison.Ordinal)))
+            : throw new NotSupportedException($"Checkpoint '{folder}' is a '{config.ModelType}' model, not a BERT encoder."));
+
+    private static T Load<T>(string folder, ModelLoadOptions? options, Func<ModelConfig, T> create) where T : PretrainedModule =>
+        Load(folder, options, (config, _) => create(config));
+
+    private static T Load<T>(string folder, ModelLoadOptions? options, Func<ModelConfig, SafetensorsCheckpoint, T> create) where T : PretrainedModule
+    {
+        TorchRuntime.EnsureAvailable();
+        options ??= new ModelLoadOptions();
+        options.Validate();
+        var target = options.ResolveDevice();
+        var config = LoadConfig(folder);
+        using var checkpoint = SafetensorsCheckpoint.Open(folder);
+        var model = create(config, checkpoint);
+        try
+        {
+            model.LoadReport = model.LoadWeights(checkpoint, Path.GetFullPath(folder));
+            model.SourceFolder = Path.GetFullPath(folder);
+            if (options.DType != ScalarType.Float32) model.to(options.DType);
+            if (target.type != TorchSharp.DeviceType.CPU) model.to(target);
+            model.eval();
+            return model;
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+    }
+}
