@@ -40,16 +40,21 @@ public sealed class Gpt2Config : ModelConfig
 /// <summary>GPT-2's "Conv1D": a linear layer whose weight is stored [in, out] (the transpose of nn.Linear).</summary>
 public sealed class Conv1D : nn.Module<Tensor, Tensor>
 {
+    // Named as registered: TorchSharp's Module.to() replaces parameters and re-points fields of the same name.
+#pragma warning disable IDE1006
+    private Parameter weight, bias;
+#pragma warning restore IDE1006
+
     public Conv1D(long inFeatures, long outFeatures) : base(nameof(Conv1D))
     {
-        Weight = nn.Parameter(empty(inFeatures, outFeatures));
-        Bias = nn.Parameter(zeros(outFeatures));
-        register_parameter("weight", Weight);
-        register_parameter("bias", Bias);
+        weight = nn.Parameter(empty(inFeatures, outFeatures));
+        bias = nn.Parameter(zeros(outFeatures));
+        register_parameter(nameof(weight), weight);
+        register_parameter(nameof(bias), bias);
     }
 
-    public Parameter Weight { get; }
-    public Parameter Bias { get; }
+    public Parameter Weight => weight;
+    public Parameter Bias => bias;
 
     public override Tensor forward(Tensor x) => torch.matmul(x, Weight).add_(Bias);
 }

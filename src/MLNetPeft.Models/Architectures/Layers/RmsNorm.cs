@@ -10,23 +10,26 @@ namespace MLNetPeft.Architectures.Layers;
 /// </summary>
 public sealed class RmsNorm : nn.Module<Tensor, Tensor>
 {
-    private readonly Parameter _weight;
+    // Named as registered: TorchSharp's Module.to() replaces parameters and re-points fields of the same name.
+#pragma warning disable IDE1006
+    private Parameter weight;
+#pragma warning restore IDE1006
     private readonly double _eps;
 
     public RmsNorm(long size, double eps) : base(nameof(RmsNorm))
     {
         _eps = eps;
-        _weight = nn.Parameter(ones(size));
-        register_parameter("weight", _weight);
+        weight = nn.Parameter(ones(size));
+        register_parameter(nameof(weight), weight);
     }
 
-    public Parameter Weight => _weight;
+    public Parameter Weight => weight;
 
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
         var input = x.to(ScalarType.Float32);
         var normalized = input * rsqrt(input.pow(2).mean([-1L], keepdim: true) + _eps);
-        return (_weight * normalized.to(x.dtype)).MoveToOuterDisposeScope();
+        return (weight * normalized.to(x.dtype)).MoveToOuterDisposeScope();
     }
 }
