@@ -163,3 +163,33 @@ public class CheckpointTests
         Assert.Throws<ArgumentException>(() => ((CausalLanguageModel)model).Forward(tensor(new long[] { 1, 2 })));
     }
 }
+
+public class ParameterCountTests
+{
+    [Fact]
+    public void Gpt2SmallHasTheParameterCountOfTheReleasedModel()
+    {
+        // GPT-2 small (124M): 124,439,808 parameters with the tied head counted once.
+        using var model = new Gpt2ForCausalLM(new Gpt2Config());
+        Assert.Equal(124_439_808, model.ParameterCount());
+        Assert.Equal(model.ParameterCount(), model.state_dict().Values.Sum(t => t.numel()));
+    }
+
+    [Fact]
+    public void StateDictHoldsExactlyTheHfNames()
+    {
+        using var llama = new LlamaForCausalLM(TinyModels.Llama());
+        var names = llama.state_dict().Keys.ToList();
+        Assert.Equal(2 * 9 + 3, names.Count); // 9 tensors per layer, embeddings, final norm, lm_head
+        Assert.Contains("model.layers.1.self_attn.k_proj.weight", names);
+        Assert.Contains("model.layers.0.post_attention_layernorm.weight", names);
+        Assert.Contains("lm_head.weight", names);
+        Assert.DoesNotContain(names, n => n.Contains("._", StringComparison.Ordinal));
+
+        using var bert = new BertModel(TinyModels.Bert());
+        var bertNames = bert.state_dict().Keys.ToList();
+        Assert.Equal(5 + 2 * 16 + 2, bertNames.Count);
+        Assert.Contains("encoder.layer.1.attention.output.LayerNorm.bias", bertNames);
+        Assert.Contains("pooler.dense.weight", bertNames);
+    }
+}

@@ -118,6 +118,9 @@ public sealed class BertModel : PretrainedModule
 /// <summary>One BERT layer: post-LayerNorm self-attention, then post-LayerNorm feed-forward.</summary>
 public sealed class BertLayer : nn.Module
 {
+    /// <inheritdoc cref="PretrainedModule.RegisterComponents"/>
+    protected override void RegisterComponents() { }
+
     private readonly Linear _query, _key, _value, _attentionOutput, _intermediate, _output;
     private readonly LayerNorm _attentionNorm, _outputNorm;
     private readonly Func<Tensor, Tensor> _act;

@@ -40,6 +40,9 @@ public sealed class Gpt2Config : ModelConfig
 /// <summary>GPT-2's "Conv1D": a linear layer whose weight is stored [in, out] (the transpose of nn.Linear).</summary>
 public sealed class Conv1D : nn.Module<Tensor, Tensor>
 {
+    /// <inheritdoc cref="PretrainedModule.RegisterComponents"/>
+    protected override void RegisterComponents() { }
+
     // Named as registered: TorchSharp's Module.to() replaces parameters and re-points fields of the same name.
 #pragma warning disable IDE1006
     private Parameter weight, bias;
@@ -121,6 +124,9 @@ public sealed class Gpt2ForCausalLM : CausalLanguageModel
 /// <summary>One GPT-2 block: x + attn(ln_1(x)), then x + mlp(ln_2(x)).</summary>
 public sealed class Gpt2Block : nn.Module
 {
+    /// <inheritdoc cref="PretrainedModule.RegisterComponents"/>
+    protected override void RegisterComponents() { }
+
     private readonly LayerNorm _ln1, _ln2;
     private readonly Gpt2Attention _attn;
     private readonly Gpt2Mlp _mlp;
@@ -152,6 +158,9 @@ public sealed class Gpt2Block : nn.Module
 /// <summary>GPT-2 self-attention: one fused Conv1D for q, k, v (c_attn) and an output Conv1D (c_proj).</summary>
 public sealed class Gpt2Attention : nn.Module
 {
+    /// <inheritdoc cref="PretrainedModule.RegisterComponents"/>
+    protected override void RegisterComponents() { }
+
     private readonly Conv1D _cAttn, _cProj;
     private readonly int _heads, _layerIndex;
     private readonly double _scale, _attnDropout, _residDropout;
@@ -190,6 +199,9 @@ public sealed class Gpt2Attention : nn.Module
 /// <summary>GPT-2 feed-forward: c_proj(act(c_fc(x))).</summary>
 public sealed class Gpt2Mlp : nn.Module<Tensor, Tensor>
 {
+    /// <inheritdoc cref="PretrainedModule.RegisterComponents"/>
+    protected override void RegisterComponents() { }
+
     private readonly Conv1D _cFc, _cProj;
     private readonly Func<Tensor, Tensor> _act;
     private readonly double _dropout;

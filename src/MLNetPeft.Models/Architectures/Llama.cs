@@ -116,6 +116,9 @@ public class LlamaForCausalLM : CausalLanguageModel
 /// <summary>One Llama decoder layer: x + attn(norm(x)), then x + mlp(norm(x)).</summary>
 public sealed class LlamaDecoderLayer : nn.Module
 {
+    /// <inheritdoc cref="PretrainedModule.RegisterComponents"/>
+    protected override void RegisterComponents() { }
+
     private readonly RmsNorm _inputNorm, _postAttentionNorm;
     private readonly LlamaAttention _selfAttn;
     private readonly LlamaMlp _mlp;
@@ -147,6 +150,9 @@ public sealed class LlamaDecoderLayer : nn.Module
 /// <summary>Llama attention: separate q/k/v/o projections, rotary positions on q and k, grouped-query heads.</summary>
 public sealed class LlamaAttention : nn.Module
 {
+    /// <inheritdoc cref="PretrainedModule.RegisterComponents"/>
+    protected override void RegisterComponents() { }
+
     private readonly Linear _q, _k, _v, _o;
     private readonly int _heads, _kvHeads, _layerIndex;
     private readonly double _dropout;
@@ -188,6 +194,9 @@ public sealed class LlamaAttention : nn.Module
 /// <summary>SwiGLU feed-forward (Shazeer 2020): down(act(gate(x)) · up(x)).</summary>
 public sealed class LlamaMlp : nn.Module<Tensor, Tensor>
 {
+    /// <inheritdoc cref="PretrainedModule.RegisterComponents"/>
+    protected override void RegisterComponents() { }
+
     private readonly Linear _gate, _up, _down;
     private readonly Func<Tensor, Tensor> _act;
 

@@ -16,6 +16,13 @@ public sealed record WeightLoadReport(int LoadedCount, IReadOnlyList<string> Unu
 /// </summary>
 public abstract class PretrainedModule : nn.Module
 {
+    /// <summary>
+    /// Does nothing: children are registered explicitly under HF's names. TorchSharp would otherwise also register
+    /// every module and parameter field under its C# name (it does so when a module is added to a parent), which
+    /// duplicates weights in the state dict. Every module class of the architectures overrides it the same way.
+    /// </summary>
+    protected override void RegisterComponents() { }
+
     /// <summary>Files of a checkpoint folder that are not weights or config and travel with the model when it is saved.</summary>
     public static readonly IReadOnlyList<string> CompanionFiles =
     [

@@ -8,6 +8,9 @@ namespace MLNetPeft.Architectures.Layers;
 /// </summary>
 public sealed class Container : nn.Module
 {
+    /// <inheritdoc cref="PretrainedModule.RegisterComponents"/>
+    protected override void RegisterComponents() { }
+
     public Container(string name, params (string Name, nn.Module Module)[] children) : base(name)
     {
         foreach (var (childName, module) in children) register_module(childName, module);

@@ -10,6 +10,9 @@ namespace MLNetPeft.Architectures.Layers;
 /// </summary>
 public sealed class RmsNorm : nn.Module<Tensor, Tensor>
 {
+    /// <inheritdoc cref="PretrainedModule.RegisterComponents"/>
+    protected override void RegisterComponents() { }
+
     // Named as registered: TorchSharp's Module.to() replaces parameters and re-points fields of the same name.
 #pragma warning disable IDE1006
     private Parameter weight;

@@ -32,6 +32,9 @@ public sealed class RopeScaling
 /// </summary>
 public sealed class RotaryEmbedding : nn.Module
 {
+    /// <inheritdoc cref="PretrainedModule.RegisterComponents"/>
+    protected override void RegisterComponents() { }
+
     private readonly int _dim;
     private readonly double _theta;
     private readonly RopeScaling? _scaling;
