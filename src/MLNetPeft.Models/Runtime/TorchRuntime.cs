@@ -34,14 +34,15 @@ public static class TorchRuntime
         }
         catch (Exception e) when (e is NotSupportedException or DllNotFoundException or TypeInitializationException or EntryPointNotFoundException)
         {
-            return new TorchRuntimeUnavailableException(Explain(), e);
+            return new TorchRuntimeUnavailableException(Explain(OperatingSystem.IsLinux() ? FindLibStdCxx() : null), e);
         }
     }
 
-    internal static string Explain()
+    /// <summary>Why loading failed, given the C++ runtime library found on this machine (null when none applies).</summary>
+    internal static string Explain(string? libStdCxx)
     {
         var prefix = "TorchSharp's native runtime (libtorch 2.10 via TorchSharp 0.107) could not be loaded. ";
-        if (OperatingSystem.IsLinux() && FindLibStdCxx() is { } lib && !ContainsSymbolVersion(lib, RequiredGlibcxx))
+        if (libStdCxx is { } lib && !ContainsSymbolVersion(lib, RequiredGlibcxx))
         {
             return prefix + $"The C++ runtime '{lib}' lacks {RequiredGlibcxx} (GCC 13's libstdc++), which libLibTorchSharp.so needs. " +
                 "On Debian 12 run the repository's 'eng/ensure-libstdcxx.sh' as root once (it installs libstdc++6 from Debian 13 " +

@@ -1,0 +1,99 @@
+using System.Diagnostics;
+using MLNetPeft.Architectures;
+using MLNetPeft.Benchmarks;
+using TorchSharp;
+using static TorchSharp.torch;
+
+// Forward+backward throughput of ~10M-parameter GPT-2 and Llama configs, as model-FLOPs utilisation against an fp32
+// matmul measured in the same run, and as a step-time ratio against minimal hand-written TorchSharp models
+// (MinimalModels.cs). Ours and the baseline alternate, so machine noise hits both alike.
+//
+//   dotnet run -c Release --project tests/MLNetPeft.Benchmarks [-- --batch 8 --seq 256 --steps 6 --rounds 5]
+
+int Arg(string name, int fallback) => args.SkipWhile(a => a != name).Skip(1).Select(int.Parse).DefaultIfEmpty(fallback).First();
+int batch = Arg("--batch", 8), seq = Arg("--seq", 256), steps = Arg("--steps", 6), rounds = Arg("--rounds", 5);
+MLNetPeft.Runtime.TorchRuntime.EnsureAvailable();
+torch.manual_seed(0);
+Console.WriteLine($"threads: {torch.get_num_threads()}, batch {batch} × seq {seq} = {batch * seq} tokens/step, {steps} steps × {rounds} rounds each");
+
+double peak = MeasureMatmulFlops(1024);
+Console.WriteLine($"fp32 matmul 1024³: {peak / 1e9:F1} GFLOP/s (the roofline for MFU)");
+Console.WriteLine();
+
+const int vocab = 8192;
+var gpt2Config = new Gpt2Config { VocabSize = vocab, NPositions = seq, NEmbd = 256, NLayer = 10, NHead = 8, ResidPdrop = 0, EmbdPdrop = 0, AttnPdrop = 0 };
+var llamaConfig = new LlamaConfig
+{
+    VocabSize = vocab, HiddenSize = 256, IntermediateSize = 688, NumHiddenLayers = 8, NumAttentionHeads = 8, NumKeyValueHeads = 4,
+    MaxPositionEmbeddings = seq, TieWordEmbeddingsField = false,
+};
+
+Console.WriteLine("| model | params | ours ms/step | minimal ms/step | ratio (ours/minimal) | ours tokens/s | model GFLOP/s | MFU |");
+Console.WriteLine("|---|---|---|---|---|---|---|---|");
+Report("GPT-2", new Gpt2ForCausalLM(gpt2Config), new MinimalGpt2(vocab, seq, 256, 10, 8), gpt2Config.NLayer, gpt2Config.NEmbd, tiedHead: true);
+Report("Llama", new LlamaForCausalLM(llamaConfig), new MinimalLlama(vocab, 256, 688, 8, 8, 4), llamaConfig.NumHiddenLayers, llamaConfig.HiddenSize, tiedHead: false);
+Console.WriteLine();
+Console.WriteLine("FLOPs per token = 6·(matmul parameters, output head included) + 6·2·layers·seq·d (attention scores and values).");
+
+void Report(string name, CausalLanguageModel ours, nn.Module<Tensor, Tensor> minimal, int layers, int dim, bool tiedHead)
+{
+    long parameters = ours.ParameterCount();
+    if (minimal.parameters().Sum(p => p.numel()) != parameters)
+        throw new InvalidOperationException($"{name}: baseline has {minimal.parameters().Sum(p => p.numel())} parameters, ours {parameters}");
+    // Embedding lookups cost no FLOPs; a tied head is a matmul with the embedding matrix, so it counts once.
+    long embeddingLookups = ours.named_parameters().Where(p => p.name.Contains("wpe") || (!tiedHead && p.name.Contains("embed_tokens"))).Sum(p => p.parameter.numel());
+    double flopsPerToken = 6.0 * (parameters - embeddingLookups) + 6.0 * 2 * layers * seq * dim;
+
+    var ids = randint(0, vocab, [batch, seq]);
+    var targets = randint(0, vocab, [batch, seq]);
+    Func<Tensor, Tensor> oursForward = x => ours.Forward(x);
+    var oursTimes = new List<double>();
+    var minimalTimes = new List<double>();
+    TimeSteps(oursForward, ours, ids, targets, 2);          // warm-up
+    TimeSteps(minimal.forward, minimal, ids, targets, 2);
+    for (int r = 0; r < rounds; r++)
+    {
+        oursTimes.Add(TimeSteps(oursForward, ours, ids, targets, steps));
+        minimalTimes.Add(TimeSteps(minimal.forward, minimal, ids, targets, steps));
+    }
+    double oursMs = Median(oursTimes) * 1000, minimalMs = Median(minimalTimes) * 1000;
+    double tokensPerSecond = batch * seq / (oursMs / 1000);
+    double achieved = flopsPerToken * tokensPerSecond;
+    Console.WriteLine($"| {name} | {parameters / 1e6:F2}M | {oursMs:F0} | {minimalMs:F0} | {oursMs / minimalMs:F3} | {tokensPerSecond:F0} | {achieved / 1e9:F1} | {achieved / peak:P1} |");
+}
+
+static double TimeSteps(Func<Tensor, Tensor> forward, nn.Module module, Tensor ids, Tensor targets, int count)
+{
+    module.train();
+    var sw = Stopwatch.StartNew();
+    for (int i = 0; i < count; i++)
+    {
+        using var scope = NewDisposeScope();
+        module.zero_grad();
+        var logits = forward(ids);
+        var loss = nn.functional.cross_entropy(logits.view(-1, logits.shape[^1]), targets.view(-1));
+        loss.backward();
+    }
+    return sw.Elapsed.TotalSeconds / count;
+}
+
+static double MeasureMatmulFlops(int n)
+{
+    var a = randn(n, n);
+    var b = randn(n, n);
+    for (int i = 0; i < 3; i++) matmul(a, b).Dispose();
+    var times = new List<double>();
+    for (int r = 0; r < 7; r++)
+    {
+        var sw = Stopwatch.StartNew();
+        for (int i = 0; i < 5; i++) matmul(a, b).Dispose();
+        times.Add(sw.Elapsed.TotalSeconds / 5);
+    }
+    return 2.0 * n * n * n / Median(times);
+}
+
+static double Median(List<double> xs)
+{
+    var s = xs.Order().ToList();
+    return s.Count % 2 == 1 ? s[s.Count / 2] : (s[s.Count / 2 - 1] + s[s.Count / 2]) / 2;
+}
