@@ -117,3 +117,64 @@ public class TokenizerTests
         Assert.Throws<ArgumentException>(() => new ChatTemplate(ChatFormat.ChatMl).Apply([new("robot", "x")]));
     }
 }
+
+/// <summary>A SentencePiece <c>tokenizer.model</c> (protobuf ModelProto) written byte by byte, so the SentencePiece path is tested without a downloaded model.</summary>
+public class SentencePieceTokenizerTests
+{
+    private static void Varint(Stream s, ulong v) { while (v >= 0x80) { s.WriteByte((byte)(v | 0x80)); v >>= 7; } s.WriteByte((byte)v); }
+    private static void Tag(Stream s, int field, int wire) => Varint(s, (ulong)(field << 3 | wire));
+    private static void Bytes(Stream s, int field, byte[] b) { Tag(s, field, 2); Varint(s, (ulong)b.Length); s.Write(b); }
+    private static void Int(Stream s, int field, long v) { Tag(s, field, 0); Varint(s, (ulong)v); }
+
+    private static byte[] Message(Action<Stream> write) { var m = new MemoryStream(); write(m); return m.ToArray(); }
+
+    // Pieces: id, text, score, type (1 normal, 2 unknown, 3 control). Scores order the BPE merges.
+    private static readonly (string Piece, float Score, int Type)[] Pieces =
+    [
+        ("<unk>", 0, 2), ("<s>", 0, 3), ("</s>", 0, 3),
+        ("▁", -20, 1), ("h", -20, 1), ("e", -20, 1), ("l", -20, 1), ("o", -20, 1), ("w", -20, 1), ("r", -20, 1), ("d", -20, 1),
+        ("he", -1, 1), ("ll", -2, 1), ("hell", -3, 1), ("hello", -4, 1), ("▁hello", -5, 1),
+        ("wo", -6, 1), ("wor", -7, 1), ("worl", -8, 1), ("world", -9, 1), ("▁world", -10, 1),
+    ];
+
+    private static byte[] ModelProto() => Message(m =>
+    {
+        foreach (var (piece, score, type) in Pieces)
+        {
+            Bytes(m, 1, Message(p =>
+            {
+                Bytes(p, 1, System.Text.Encoding.UTF8.GetBytes(piece));
+                Tag(p, 2, 5); p.Write(BitConverter.GetBytes(score));
+                Int(p, 3, type);
+            }));
+        }
+        Bytes(m, 2, Message(t =>                      // TrainerSpec
+        {
+            Int(t, 3, 2);                                // model_type = BPE
+            Int(t, 4, Pieces.Length);                    // vocab_size
+            Int(t, 40, 0); Int(t, 41, 1); Int(t, 42, 2); // unk, bos, eos ids
+            Tag(t, 43, 0); Varint(t, unchecked((ulong)-1L)); // pad_id = -1
+        }));
+        Bytes(m, 3, Message(n =>                      // NormalizerSpec
+        {
+            Bytes(n, 1, "identity"u8.ToArray());
+            Int(n, 3, 1); Int(n, 4, 1); Int(n, 5, 1);   // add_dummy_prefix, remove_extra_whitespaces, escape_whitespaces
+        }));
+    });
+
+    [Fact]
+    public void SentencePieceModelEncodesByItsPiecesAndAddsBos()
+    {
+        using var dir = new TempFolder();
+        File.WriteAllBytes(dir.File("tokenizer.model"), ModelProto());
+        File.WriteAllText(dir.File("tokenizer_config.json"), """{"bos_token": "<s>", "eos_token": "</s>"}""");
+        var tokenizer = MLNetPeft.Tokenization.TextTokenizer.FromPretrained(dir.Path);
+        Assert.Equal("sentencepiece", tokenizer.Kind);
+        Assert.Equal(1, tokenizer.BosId);
+        Assert.Equal(2, tokenizer.EosId);
+        Assert.True(tokenizer.AddBosToken); // SentencePiece (Llama) models add <s> unless add_bos_token says otherwise
+        Assert.Equal([1, 15, 20], tokenizer.Encode("hello world"));
+        Assert.Equal([15, 3, 16], tokenizer.Encode("hello wo", addSpecialTokens: false)); // no "▁wo" piece: ▁hello ▁ wo
+        Assert.Equal("hello world", tokenizer.Decode([1, 15, 20]));
+    }
+}
