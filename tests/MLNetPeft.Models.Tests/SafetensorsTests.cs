@@ -47,6 +47,27 @@ public class SafetensorsTests
     }
 
     [Fact]
+    public void ReadIntoCopiesDirectlyOrConvertsToTheDestinationDtype()
+    {
+        using var dir = new TempFolder();
+        var half = randn([3, 4], generator: new Generator(3)).to(ScalarType.Float16);
+        var single = randn([3, 4], generator: new Generator(4));
+        SafetensorsWriter.Save(dir.File("w.safetensors"), new Dictionary<string, Tensor> { ["half"] = half, ["single"] = single });
+        using var file = SafetensorsFile.Open(dir.File("w.safetensors"));
+
+        var direct = zeros(3, 4);
+        file.ReadInto("single", direct);
+        TensorAssert.BitIdentical(single, direct);
+        var converted = zeros(3, 4);
+        file.ReadInto("half", converted);
+        TensorAssert.BitIdentical(half.to(ScalarType.Float32), converted);
+        var strided = zeros(4, 3).t();
+        file.ReadInto("single", strided);
+        TensorAssert.BitIdentical(single, strided.contiguous());
+        Assert.Throws<ArgumentException>(() => file.ReadInto("single", zeros(4, 3)));
+    }
+
+    [Fact]
     public void HeaderIsPaddedToEightBytesAndDataIsContiguous()
     {
         using var dir = new TempFolder();

@@ -98,7 +98,7 @@ public abstract class PretrainedModule : nn.Module
             var info = checkpoint.Info(key);
             if (!info.Shape.SequenceEqual(target.shape))
                 throw new InvalidDataException($"Checkpoint '{source}': tensor '{key}' has shape [{string.Join(", ", info.Shape)}] but the config implies [{string.Join(", ", target.shape)}] for '{name}'.");
-            using (var value = checkpoint.ReadTensor(key)) target.copy_(value);
+            checkpoint.ReadInto(key, target);
             used.Add(key);
             loaded++;
         }

@@ -27,6 +27,8 @@ public sealed class SafetensorsCheckpoint : IDisposable
     public bool Contains(string name) => _fileOfTensor.ContainsKey(name);
     public SafetensorsTensorInfo Info(string name) => FileOf(name).Info(name);
     public Tensor ReadTensor(string name) => FileOf(name).ReadTensor(name);
+    /// <inheritdoc cref="SafetensorsFile.ReadInto"/>
+    public void ReadInto(string name, Tensor destination) => FileOf(name).ReadInto(name, destination);
 
     private SafetensorsFile FileOf(string name) =>
         _fileOfTensor.TryGetValue(name, out var file) ? file

@@ -1,4 +1,5 @@
 using System.IO.MemoryMappedFiles;
+using MLNetPeft.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -62,9 +63,35 @@ public sealed class SafetensorsFile : IDisposable
     /// <summary>Reads one tensor into a new CPU tensor of its stored dtype.</summary>
     public Tensor ReadTensor(string name)
     {
+        TorchRuntime.EnsureAvailable();
         var info = Info(name);
         var tensor = empty(info.Shape, info.DType.ToScalarType());
-        if (info.ByteLength == 0) return tensor;
+        CopyBytes(info, tensor);
+        return tensor;
+    }
+
+    /// <summary>
+    /// Fills <paramref name="destination"/> (same shape) with the tensor's values. A contiguous CPU destination of the
+    /// stored dtype receives the bytes straight from the mapped file; otherwise the values are read, then converted.
+    /// </summary>
+    public void ReadInto(string name, Tensor destination)
+    {
+        var info = Info(name);
+        if (!info.Shape.SequenceEqual(destination.shape))
+            throw new ArgumentException($"Tensor '{name}' of '{Path}' has shape [{string.Join(", ", info.Shape)}], the destination [{string.Join(", ", destination.shape)}].");
+        if (destination.device_type == DeviceType.CPU && destination.is_contiguous() && destination.dtype == info.DType.ToScalarType())
+        {
+            CopyBytes(info, destination);
+            return;
+        }
+        using var value = ReadTensor(name);
+        using var _ = no_grad();
+        destination.copy_(value);
+    }
+
+    private void CopyBytes(SafetensorsTensorInfo info, Tensor destination)
+    {
+        if (info.ByteLength == 0) return;
         unsafe
         {
             byte* basePtr = null;
@@ -72,14 +99,13 @@ public sealed class SafetensorsFile : IDisposable
             try
             {
                 byte* source = basePtr + _view.PointerOffset + Header.DataStart + info.Begin;
-                CopyInto(tensor, source, info.ByteLength);
+                CopyInto(destination, source, info.ByteLength);
             }
             finally
             {
                 _view.SafeMemoryMappedViewHandle.ReleasePointer();
             }
         }
-        return tensor;
     }
 
     /// <summary>Reads every tensor; the caller owns (and disposes) the returned tensors.</summary>

@@ -20,6 +20,7 @@ public static class SafetensorsWriter
 
     public static void Write(Stream stream, IEnumerable<KeyValuePair<string, Tensor>> tensors, IReadOnlyDictionary<string, string>? metadata = null)
     {
+        MLNetPeft.Runtime.TorchRuntime.EnsureAvailable();
         var ordered = tensors.OrderBy(kv => kv.Key, StringComparer.Ordinal).ToList();
         var duplicate = ordered.Zip(ordered.Skip(1)).FirstOrDefault(p => p.First.Key == p.Second.Key);
         if (duplicate.First.Key is not null)
