@@ -100,3 +100,24 @@ public static class TensorAssert
         Assert.True(d <= tolerance, $"{what ?? "tensors"} differ by {d:E3} (tolerance {tolerance:E1})");
     }
 }
+
+/// <summary>A byte-level BPE tokenizer with one token per printable ASCII character (no merges): 96 characters plus &lt;|endoftext|&gt; = 97 ids.</summary>
+public static class TinyTokenizer
+{
+    public const int VocabSize = 97;
+
+    public static MLNetPeft.Tokenization.TextTokenizer Create()
+    {
+        using var dir = new TempFolder();
+        var vocab = new System.Text.Json.Nodes.JsonObject();
+        int id = 0;
+        vocab["Ċ"] = id++;                              // byte-level spelling of '\n'
+        vocab["Ġ"] = id++;                              // ... and of ' '
+        for (char c = '!'; c <= '~'; c++) vocab[c.ToString()] = id++;
+        vocab["<|endoftext|>"] = id++;
+        File.WriteAllText(dir.File("vocab.json"), vocab.ToJsonString());
+        File.WriteAllText(dir.File("merges.txt"), "#version: 0.2\n");
+        File.WriteAllText(dir.File("tokenizer_config.json"), """{"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>"}""");
+        return MLNetPeft.Tokenization.TextTokenizer.FromPretrained(dir.Path);
+    }
+}

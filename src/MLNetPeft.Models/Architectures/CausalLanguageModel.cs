@@ -13,6 +13,9 @@ public abstract class CausalLanguageModel : PretrainedModule
 
     public abstract int LayerCount { get; }
 
+    /// <summary>The most positions the model can address (GPT-2's learned n_positions); null when positions are rotary and unbounded.</summary>
+    public virtual int? MaxPositions => null;
+
     /// <summary>Token embeddings [batch, seq, hidden] of <paramref name="inputIds"/> [batch, seq].</summary>
     public abstract Tensor Embed(Tensor inputIds);
 

@@ -85,6 +85,7 @@ public sealed class Gpt2ForCausalLM : CausalLanguageModel
     public override ModelConfig Config => _config;
     public Gpt2Config Gpt2Config => _config;
     public override int LayerCount => _config.NLayer;
+    public override int? MaxPositions => _config.NPositions;
     public IReadOnlyList<Gpt2Block> Blocks => _blocks.ToArray();
 
     public override Tensor Embed(Tensor inputIds) => _wte.forward(inputIds);
