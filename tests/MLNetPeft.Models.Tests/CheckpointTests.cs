@@ -193,3 +193,22 @@ public class ParameterCountTests
         Assert.Contains("pooler.dense.weight", bertNames);
     }
 }
+
+public class InitializationTests
+{
+    [Fact]
+    public void TheSameSeedGivesTheSameWeightsAndAnotherSeedOthers()
+    {
+        using var a = new LlamaForCausalLM(TinyModels.Llama());
+        using var b = new LlamaForCausalLM(TinyModels.Llama());
+        foreach (var (name, t) in a.state_dict()) TensorAssert.BitIdentical(t, b.state_dict()[name], name);
+        b.InitializeWeights(1);
+        Assert.False(a.state_dict()["model.embed_tokens.weight"].equal(b.state_dict()["model.embed_tokens.weight"]).all().item<bool>());
+        using var gpt2 = new Gpt2ForCausalLM(TinyModels.Gpt2());
+        using var gpt2Again = new Gpt2ForCausalLM(TinyModels.Gpt2());
+        foreach (var (name, t) in gpt2.state_dict()) TensorAssert.BitIdentical(t, gpt2Again.state_dict()[name], name);
+        // GPT-2's residual projections start smaller: std 0.02 / sqrt(2 · n_layer).
+        double std = gpt2.state_dict()["transformer.h.0.attn.c_proj.weight"].std().item<float>();
+        Assert.InRange(std, 0.02 / Math.Sqrt(4) * 0.8, 0.02 / Math.Sqrt(4) * 1.2);
+    }
+}

@@ -117,7 +117,7 @@ public sealed class Gpt2ForCausalLM : CausalLanguageModel
         if (module is not Conv1D conv) return;
         // GPT-2 scales the residual projections by 1/sqrt(2·n_layer) (the paper's modified initialisation).
         double s = name.EndsWith("c_proj", StringComparison.Ordinal) ? std / Math.Sqrt(2.0 * _config.NLayer) : std;
-        nn.init.normal_(conv.Weight, 0, s, generator);
+        conv.Weight.normal_(0, s, generator);
         conv.Bias.zero_();
     }
 }

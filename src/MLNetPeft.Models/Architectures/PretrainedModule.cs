@@ -47,7 +47,8 @@ public abstract class PretrainedModule : nn.Module
     /// </summary>
     protected virtual IEnumerable<string> CheckpointNames(string name) { yield return name; }
 
-    /// <summary>HF's initialisation: normal(0, initializer_range) weights, zero biases, unit norms.</summary>
+    /// <summary>HF's initialisation: normal(0, initializer_range) weights, zero biases, unit norms; the same seed gives the same weights.</summary>
+    /// <remarks>Uses <c>Tensor.normal_</c>: TorchSharp 0.107's <c>nn.init.normal_</c> ignores the generator it is given.</remarks>
     public virtual void InitializeWeights(long seed)
     {
         var generator = new Generator((ulong)seed);
@@ -58,11 +59,11 @@ public abstract class PretrainedModule : nn.Module
             switch (module)
             {
                 case Linear linear:
-                    nn.init.normal_(linear.weight!, 0, std, generator);
+                    linear.weight!.normal_(0, std, generator);
                     linear.bias?.zero_();
                     break;
                 case Embedding embedding:
-                    nn.init.normal_(embedding.weight!, 0, std, generator);
+                    embedding.weight!.normal_(0, std, generator);
                     break;
                 case LayerNorm norm:
                     norm.weight?.fill_(1);
@@ -112,13 +113,23 @@ public abstract class PretrainedModule : nn.Module
     /// Saves an HF checkpoint folder: config.json, model.safetensors (sharded above <paramref name="maxShardBytes"/>),
     /// and the tokenizer and generation files of the folder the model came from. Each file is written atomically.
     /// </summary>
-    public void SavePretrained(string folder, long maxShardBytes = 5L << 30)
+    /// <param name="folder">The folder to write (created when missing).</param>
+    /// <param name="maxShardBytes">Above this size the weights are sharded.</param>
+    /// <param name="weights">Tensors to store under the module's names instead of its own (e.g. an optimizer's float32 master copies).</param>
+    public void SavePretrained(string folder, long maxShardBytes = 5L << 30, IReadOnlyDictionary<string, Tensor>? weights = null)
     {
         Directory.CreateDirectory(folder);
-        var weights = state_dict();
-        var dtype = weights.Values.Select(t => t.dtype).FirstOrDefault(t => t.IsFloatingPoint(), ScalarType.Float32);
+        var own = state_dict();
+        if (weights is not null)
+        {
+            foreach (var name in weights.Keys.Where(n => !own.ContainsKey(n)))
+                throw new ArgumentException($"'{name}' is not a weight of this {GetType().Name}.", nameof(weights));
+            own = own.ToDictionary(kv => kv.Key, kv => weights.TryGetValue(kv.Key, out var w) ? w : kv.Value);
+        }
+        var weightsToSave = own;
+        var dtype = weightsToSave.Values.Select(t => t.dtype).FirstOrDefault(t => t.IsFloatingPoint(), ScalarType.Float32);
         Config.TorchDtype = dtype switch { ScalarType.BFloat16 => "bfloat16", ScalarType.Float16 => "float16", _ => "float32" };
-        SafetensorsCheckpoint.Save(folder, weights, maxShardBytes);
+        SafetensorsCheckpoint.Save(folder, weightsToSave, maxShardBytes);
         AtomicFile.WriteAllText(Path.Combine(folder, "config.json"), Config.ToJson());
         if (SourceFolder is { } source && Path.GetFullPath(source) != Path.GetFullPath(folder))
         {

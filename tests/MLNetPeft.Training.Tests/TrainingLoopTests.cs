@@ -1,0 +1,222 @@
+using MLNetPeft.Architectures;
+using MLNetPeft.Training;
+using MLNetPeft.Training.LanguageModeling;
+using static TorchSharp.torch;
+
+namespace MLNetPeft.Training.Tests;
+
+public class TrainingLoopTests
+{
+    // A toy corpus with structure to learn: counting sequences in a small vocabulary.
+    private static TokenBlocks Corpus(int documents, int seed, int vocab = 97)
+    {
+        var random = new Random(seed);
+        var docs = Enumerable.Range(0, documents).Select(_ =>
+        {
+            int start = random.Next(1, vocab - 20), step = random.Next(1, 3);
+            return (IReadOnlyList<int>)Enumerable.Range(0, 12).Select(i => start + i * step).ToList();
+        }).ToList();
+        return TokenBlocks.Pack(docs, 16, 0);
+    }
+
+    private static Gpt2ForCausalLM Gpt2WithDropout(long seed)
+    {
+        var config = TinyModels.Gpt2();
+        config.ResidPdrop = config.EmbdPdrop = config.AttnPdrop = 0.1;
+        var model = new Gpt2ForCausalLM(config);
+        model.InitializeWeights(seed);
+        return model;
+    }
+
+    private static TrainingOptions Options(string? folder = null) => new()
+    {
+        MaxSteps = 10, BatchSize = 4, LearningRate = 3e-3, WarmupSteps = 3, CheckpointFolder = folder, Seed = 5,
+    };
+
+    [Fact]
+    public void PackingConcatenatesDocumentsWithSeparatorsAndShiftsTargets()
+    {
+        var blocks = TokenBlocks.Pack([[1, 2, 3], [4, 5]], blockSize: 2, separatorId: 0);
+        Assert.Equal(3, blocks.Count);
+        var (inputs, targets) = blocks.Batch([0, 1, 2]);
+        Assert.Equal(new long[] { 1, 2, 3, 0, 4, 5 }, inputs.data<long>().ToArray());
+        Assert.Equal(new long[] { 2, 3, 0, 4, 5, 0 }, targets.data<long>().ToArray());
+        Assert.Throws<ArgumentException>(() => TokenBlocks.Pack([[1]], 8, 0));
+    }
+
+    [Fact]
+    public void ScheduleWarmsUpLinearlyThenDecaysByCosine()
+    {
+        var s = new LearningRateSchedule(1.0, 10, 110, 0.1);
+        Assert.Equal(0.1, s.At(0), 12);
+        Assert.Equal(1.0, s.At(9), 12);
+        Assert.Equal(1.0, s.At(10), 12);
+        Assert.Equal(0.55, s.At(60), 12);
+        Assert.Equal(0.1, s.At(110), 12);
+        Assert.True(s.At(30) > s.At(31));
+    }
+
+    [Fact]
+    public void AdamWMatchesTorchsImplementation()
+    {
+        var generator = new Generator(9);
+        var x = randn([16, 5], generator: generator);
+        var target = randn([16, 3], generator: generator);
+        using var ours = nn.Linear(5, 3);
+        using var theirs = nn.Linear(5, 3);
+        using (no_grad()) { theirs.weight!.copy_(ours.weight!); theirs.bias!.copy_(ours.bias!); }
+        var optimizer = new AdamW(ours.named_parameters().Select(p => (p.name, p.parameter)), 0.9, 0.95, 1e-8, 0.1, decay: (_, _) => true);
+        var reference = optim.AdamW(theirs.parameters(), lr: 0.01, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1);
+        for (int i = 0; i < 6; i++)
+        {
+            optimizer.ZeroGrad();
+            nn.functional.mse_loss(ours.forward(x), target).backward();
+            optimizer.Step(0.01);
+            reference.zero_grad();
+            nn.functional.mse_loss(theirs.forward(x), target).backward();
+            reference.step();
+        }
+        TensorAssert.Close(theirs.weight!, ours.weight!, 1e-6, "weights after 6 AdamW steps");
+        TensorAssert.Close(theirs.bias!, ours.bias!, 1e-6, "biases after 6 AdamW steps");
+    }
+
+    [Fact]
+    public void TrainingLowersTrainingAndValidationLoss()
+    {
+        using var model = new LlamaForCausalLM(TinyModels.Llama());
+        model.InitializeWeights(1);
+        var options = Options();
+        options.MaxSteps = 60;
+        options.LearningRate = 2e-2;
+        options.EvalInterval = 20;
+        var validation = Corpus(20, 99);
+        double before = LanguageModelTrainer.Evaluate(model, validation, 8);
+        var progress = new List<TrainingProgress>();
+        var result = new LanguageModelTrainer(model, options).Train(Corpus(200, 1), validation, SynchronousProgress.Create<TrainingProgress>(progress.Add));
+        Assert.Equal(60, progress.Count);
+        Assert.True(result.ValidationLoss < before - 1.5, $"validation loss {before:F3} -> {result.ValidationLoss:F3}");
+        Assert.True(result.LossHistory.Skip(50).Average() < result.LossHistory.Take(5).Average() - 1.5);
+        Assert.Equal([20, 40, 60], result.ValidationHistory.Select(v => v.Step));
+        Assert.All(progress, p => Assert.True(p.TokensPerSecond > 0 && p.LearningRate > 0));
+        Assert.Equal(TimeSpan.Zero, progress[^1].Eta);
+    }
+
+    [Fact]
+    public void ResumedRunEndsWithExactlyTheWeightsOfAnUninterruptedOne()
+    {
+        using var dir = new TempFolder();
+        var data = Corpus(100, 2);
+        using var uninterrupted = Gpt2WithDropout(3);
+        new LanguageModelTrainer(uninterrupted, Options()).Train(data);
+
+        using var first = Gpt2WithDropout(3);
+        var options = Options(dir.Path);
+        options.CheckpointInterval = 4;
+        using var cts = new CancellationTokenSource();
+        Assert.ThrowsAny<OperationCanceledException>(() => new LanguageModelTrainer(first, options)
+            .Train(data, progress: SynchronousProgress.Create<TrainingProgress>(p => { if (p.Step == 6) cts.Cancel(); }), cancellationToken: cts.Token));
+        Assert.Equal(Path.Combine(dir.Path, "checkpoint-000006"), LanguageModelTrainer.LatestCheckpoint(dir.Path));
+
+        using var resumed = Gpt2WithDropout(77); // different initial weights: everything must come from the checkpoint
+        var result = new LanguageModelTrainer(resumed, options).Train(data);
+        Assert.Equal(10, result.Steps);
+        foreach (var (name, expected) in uninterrupted.state_dict())
+            TensorAssert.BitIdentical(expected, resumed.state_dict()[name], name);
+    }
+
+    [Fact]
+    public void CancellationLeavesALoadableCheckpointOfTheLastStep()
+    {
+        using var dir = new TempFolder();
+        using var model = Gpt2WithDropout(4);
+        using var cts = new CancellationTokenSource();
+        var e = Assert.ThrowsAny<OperationCanceledException>(() => new LanguageModelTrainer(model, Options(dir.Path))
+            .Train(Corpus(50, 3), progress: SynchronousProgress.Create<TrainingProgress>(p => { if (p.Step == 3) cts.Cancel(); }), cancellationToken: cts.Token));
+        var checkpoint = Path.Combine(dir.Path, "checkpoint-000003");
+        Assert.Contains(checkpoint, e.Message);
+        Assert.Empty(Directory.GetDirectories(dir.Path, ".*"));
+        using var loaded = PretrainedModels.LoadCausalLM(checkpoint);
+        model.eval();
+        var ids = TinyModels.RandomIds(1, 8, 97, 1);
+        TensorAssert.BitIdentical(model.Forward(ids), loaded.Forward(ids));
+    }
+
+    [Fact]
+    public void NaNLossStopsTheRunNamingTheStepAndKeepsTheLastGoodCheckpoint()
+    {
+        using var dir = new TempFolder();
+        using var model = new LlamaForCausalLM(TinyModels.Llama());
+        var options = Options(dir.Path);
+        options.LearningRate = 1e30;   // one update makes the weights huge; the next loss is not finite
+        options.WarmupSteps = 0;
+        options.MaxGradNorm = 0;
+        options.CheckpointInterval = 1;
+        var e = Assert.Throws<TrainingDivergedException>(() => new LanguageModelTrainer(model, options).Train(Corpus(50, 4)));
+        Assert.Contains($"step {e.Step}", e.Message);
+        Assert.True(e.Step >= 2);
+        Assert.Equal(Path.Combine(dir.Path, $"checkpoint-{e.Step - 1:D6}"), e.LastCheckpoint);
+        Assert.Contains(e.LastCheckpoint!, e.Message);
+        Assert.Equal(e.LastCheckpoint, LanguageModelTrainer.LatestCheckpoint(dir.Path));
+        using var loaded = PretrainedModels.LoadCausalLM(e.LastCheckpoint!);
+    }
+
+    [Fact]
+    public void AccumulatedMicroBatchesEqualOneLargeBatch()
+    {
+        var data = Corpus(60, 5);
+        using var large = new LlamaForCausalLM(TinyModels.Llama());
+        using var accumulated = new LlamaForCausalLM(TinyModels.Llama());
+        var options = Options();
+        options.MaxSteps = 2;
+        options.BatchSize = 8;
+        new LanguageModelTrainer(large, options).Train(data);
+        options.BatchSize = 4;
+        options.GradientAccumulationSteps = 2;
+        new LanguageModelTrainer(accumulated, options).Train(data);
+        foreach (var (name, expected) in large.state_dict())
+            TensorAssert.Close(expected, accumulated.state_dict()[name], 1e-5, name);
+    }
+
+    [Fact]
+    public void Bf16TrainingKeepsFloat32MastersAndLearns()
+    {
+        using var dir = new TempFolder();
+        using var model = new LlamaForCausalLM(TinyModels.Llama());
+        var options = Options(dir.Path);
+        options.UseBf16 = true;
+        options.MaxSteps = 40;
+        options.LearningRate = 2e-2;
+        var validation = Corpus(20, 98);
+        double before = LanguageModelTrainer.Evaluate(model, validation, 8);
+        var result = new LanguageModelTrainer(model, options).Train(Corpus(200, 6), validation);
+        Assert.All(model.parameters(), p => Assert.Equal(ScalarType.BFloat16, p.dtype));
+        Assert.True(result.ValidationLoss < before - 1.0, $"{before:F3} -> {result.ValidationLoss:F3}");
+        using var saved = MLNetPeft.Checkpoints.SafetensorsFile.Open(Path.Combine(result.LastCheckpoint!, "model.safetensors"));
+        Assert.All(saved.Tensors, t => Assert.Equal(MLNetPeft.Checkpoints.SafetensorsDType.F32, t.DType));
+    }
+
+    [Theory]
+    [InlineData(nameof(TrainingOptions.LearningRate))]
+    [InlineData(nameof(TrainingOptions.BatchSize))]
+    [InlineData(nameof(TrainingOptions.MaxSteps))]
+    [InlineData(nameof(TrainingOptions.GradientAccumulationSteps))]
+    public void InvalidOptionsAreNamed(string option)
+    {
+        var options = Options();
+        typeof(TrainingOptions).GetProperty(option)!.SetValue(options, option == nameof(TrainingOptions.LearningRate) ? -1.0 : (object)0);
+        using var model = new LlamaForCausalLM(TinyModels.Llama());
+        var e = Assert.ThrowsAny<ArgumentException>(() => new LanguageModelTrainer(model, options));
+        Assert.Contains(option, e.Message);
+    }
+}
+
+/// <summary>Reports on the calling thread (Progress&lt;T&gt; posts to the thread pool, which would race with assertions).</summary>
+internal sealed class SynchronousProgress<T>(Action<T> report) : IProgress<T>
+{
+    public void Report(T value) => report(value);
+}
+
+internal static class SynchronousProgress
+{
+    public static SynchronousProgress<T> Create<T>(Action<T> report) => new(report);
+}
