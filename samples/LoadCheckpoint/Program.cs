@@ -1,18 +1,17 @@
 using MLNetPeft.Architectures;
+using MLNetPeft.BaseModel;
 using MLNetPeft.Tokenization;
 using static TorchSharp.torch;
 
 // Loads an HF checkpoint folder (config.json, safetensors weights, tokenizer files), tokenizes a prompt with the
-// checkpoint's own tokenizer and prints the model's five most likely next tokens.
+// checkpoint's own tokenizer and prints the model's five most likely next tokens. Without arguments it uses the
+// bundled base model.
 //
+//   dotnet run --project samples/LoadCheckpoint [-- <hf-checkpoint-folder> [prompt]]
 //   dotnet run --project samples/LoadCheckpoint -- ../shared/data/hf_tiny/lmbuddy_fake_gpt2 "Hello world"
 
-if (args.Length < 1)
-{
-    Console.Error.WriteLine("usage: LoadCheckpoint <hf-checkpoint-folder> [prompt]");
-    return 2;
-}
-string folder = args[0], prompt = args.Length > 1 ? args[1] : "Hello world";
+string folder = args.Length > 0 ? args[0] : BundledBaseModel.Folder;
+string prompt = args.Length > 1 ? args[1] : "Count from 3 to 7: 3, 4,";
 
 var config = PretrainedModels.LoadConfig(folder);
 Console.WriteLine($"{config.ModelType} checkpoint, vocabulary {config.VocabSize}");

@@ -71,15 +71,15 @@ internal sealed class MinimalLlama : nn.Module<Tensor, Tensor>
     private readonly Embedding embed;
     private readonly ModuleList<Block> blocks;
     private readonly Parameter normWeight;
-    private readonly Linear head;
+    private readonly Linear? head;
     private readonly Tensor invFreq;
 
-    public MinimalLlama(int vocab, int dim, int hidden, int layers, int heads, int kvHeads) : base(nameof(MinimalLlama))
+    public MinimalLlama(int vocab, int dim, int hidden, int layers, int heads, int kvHeads, bool tiedHead = false) : base(nameof(MinimalLlama))
     {
         embed = nn.Embedding(vocab, dim);
         blocks = nn.ModuleList(Enumerable.Range(0, layers).Select(_ => new Block(dim, hidden, heads, kvHeads)).ToArray());
         normWeight = nn.Parameter(ones(dim));
-        head = nn.Linear(dim, vocab, hasBias: false);
+        head = tiedHead ? null : nn.Linear(dim, vocab, hasBias: false);
         int headDim = dim / heads;
         invFreq = (1.0 / pow(10000.0, arange(0, headDim, 2, dtype: ScalarType.Float32) / headDim)).DetachFromDisposeScope();
         RegisterComponents();
@@ -95,7 +95,8 @@ internal sealed class MinimalLlama : nn.Module<Tensor, Tensor>
         var (cos, sin) = (emb.cos(), emb.sin());
         var x = embed.forward(ids);
         foreach (var b in blocks) x = b.Forward(x, cos, sin);
-        return head.forward(Rms(x, normWeight)).MoveToOuterDisposeScope();
+        var final = Rms(x, normWeight);
+        return (head is null ? nn.functional.linear(final, embed.weight!) : head.forward(final)).MoveToOuterDisposeScope();
     }
 
     private sealed class Block : nn.Module

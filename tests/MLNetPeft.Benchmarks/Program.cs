@@ -1,6 +1,8 @@
 using System.Diagnostics;
 using MLNetPeft.Architectures;
+using MLNetPeft.BaseModel;
 using MLNetPeft.Benchmarks;
+using MLNetPeft.Generation;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -20,22 +22,27 @@ double peak = MeasureMatmulFlops(1024);
 Console.WriteLine($"fp32 matmul 1024³: {peak / 1e9:F1} GFLOP/s (the roofline for MFU)");
 Console.WriteLine();
 
-const int vocab = 8192;
-var gpt2Config = new Gpt2Config { VocabSize = vocab, NPositions = seq, NEmbd = 256, NLayer = 10, NHead = 8, ResidPdrop = 0, EmbdPdrop = 0, AttnPdrop = 0 };
+const int benchmarkVocab = 8192;
+var gpt2Config = new Gpt2Config { VocabSize = benchmarkVocab, NPositions = seq, NEmbd = 256, NLayer = 10, NHead = 8, ResidPdrop = 0, EmbdPdrop = 0, AttnPdrop = 0 };
 var llamaConfig = new LlamaConfig
 {
-    VocabSize = vocab, HiddenSize = 256, IntermediateSize = 688, NumHiddenLayers = 8, NumAttentionHeads = 8, NumKeyValueHeads = 4,
+    VocabSize = benchmarkVocab, HiddenSize = 256, IntermediateSize = 688, NumHiddenLayers = 8, NumAttentionHeads = 8, NumKeyValueHeads = 4,
     MaxPositionEmbeddings = seq, TieWordEmbeddingsField = false,
 };
 
 Console.WriteLine("| model | params | ours ms/step | minimal ms/step | ratio (ours/minimal) | ours tokens/s | model GFLOP/s | MFU |");
 Console.WriteLine("|---|---|---|---|---|---|---|---|");
-Report("GPT-2", new Gpt2ForCausalLM(gpt2Config), new MinimalGpt2(vocab, seq, 256, 10, 8), gpt2Config.NLayer, gpt2Config.NEmbd, tiedHead: true);
-Report("Llama", new LlamaForCausalLM(llamaConfig), new MinimalLlama(vocab, 256, 688, 8, 8, 4), llamaConfig.NumHiddenLayers, llamaConfig.HiddenSize, tiedHead: false);
+Report("GPT-2", new Gpt2ForCausalLM(gpt2Config), new MinimalGpt2(benchmarkVocab, seq, 256, 10, 8), gpt2Config.NLayer, gpt2Config.NEmbd, tiedHead: true, benchmarkVocab);
+Report("Llama", new LlamaForCausalLM(llamaConfig), new MinimalLlama(benchmarkVocab, 256, 688, 8, 8, 4), llamaConfig.NumHiddenLayers, llamaConfig.HiddenSize, tiedHead: false, benchmarkVocab);
+var baseConfig = BaseModelRecipe.ModelConfig(BaseModelRecipe.VocabSize);
+Report("bundled base (Llama)", new LlamaForCausalLM(baseConfig), new MinimalLlama(baseConfig.VocabSize, 256, 640, 6, 8, 4, tiedHead: true),
+    baseConfig.NumHiddenLayers, baseConfig.HiddenSize, tiedHead: true, baseConfig.VocabSize);
 Console.WriteLine();
 Console.WriteLine("FLOPs per token = 6·(matmul parameters, output head included) + 6·2·layers·seq·d (attention scores and values).");
+Console.WriteLine();
+GenerationSpeed(256);
 
-void Report(string name, CausalLanguageModel ours, nn.Module<Tensor, Tensor> minimal, int layers, int dim, bool tiedHead)
+void Report(string name, CausalLanguageModel ours, nn.Module<Tensor, Tensor> minimal, int layers, int dim, bool tiedHead, int vocab)
 {
     long parameters = ours.ParameterCount();
     if (minimal.parameters().Sum(p => p.numel()) != parameters)
@@ -60,6 +67,52 @@ void Report(string name, CausalLanguageModel ours, nn.Module<Tensor, Tensor> min
     double tokensPerSecond = batch * seq / (oursMs / 1000);
     double achieved = flopsPerToken * tokensPerSecond;
     Console.WriteLine($"| {name} | {parameters / 1e6:F2}M | {oursMs:F0} | {minimalMs:F0} | {oursMs / minimalMs:F3} | {tokensPerSecond:F0} | {achieved / 1e9:F1} | {achieved / peak:P1} |");
+}
+
+// Greedy generation of the bundled base model: the KV cache against recomputing the whole sequence for each token.
+void GenerationSpeed(int newTokens)
+{
+    using var model = BundledBaseModel.Load();
+    var tokenizer = BundledBaseModel.LoadTokenizer();
+    const string prompt = "One day, ";
+    var options = new GenerationOptions { MaxNewTokens = newTokens, StopTokenIds = [] };
+    var generator = new TextGenerator(model, tokenizer);
+    generator.Generate(prompt, new GenerationOptions { MaxNewTokens = 8 }); // warm-up
+    var cachedTimes = new List<double>();
+    var recomputeTimes = new List<double>();
+    IReadOnlyList<int> cachedIds = [], recomputedIds = [];
+    for (int r = 0; r < 3; r++)
+    {
+        var sw = Stopwatch.StartNew();
+        cachedIds = generator.Generate(prompt, options).TokenIds;
+        cachedTimes.Add(sw.Elapsed.TotalSeconds);
+        sw.Restart();
+        recomputedIds = GreedyWithoutCache(model, tokenizer.Encode(prompt), newTokens);
+        recomputeTimes.Add(sw.Elapsed.TotalSeconds);
+    }
+    if (!cachedIds.SequenceEqual(recomputedIds)) throw new InvalidOperationException("cached and recomputed generations differ");
+    double cached = newTokens / Median(cachedTimes), recompute = newTokens / Median(recomputeTimes);
+    Console.WriteLine($"| generation, {newTokens} new tokens (bundled base model, greedy) | tokens/s |");
+    Console.WriteLine("|---|---|");
+    Console.WriteLine($"| with KV cache | {cached:F0} |");
+    Console.WriteLine($"| full recompute per token | {recompute:F0} |");
+    Console.WriteLine($"| speedup (same run) | {cached / recompute:F1}× |");
+}
+
+static List<int> GreedyWithoutCache(CausalLanguageModel model, IReadOnlyList<int> prompt, int newTokens)
+{
+    var ids = prompt.Select(i => (long)i).ToList();
+    var generated = new List<int>();
+    using var _ = no_grad();
+    for (int i = 0; i < newTokens; i++)
+    {
+        using var scope = NewDisposeScope();
+        var logits = model.Forward(tensor(ids.ToArray()).unsqueeze(0));
+        int next = (int)logits[0, -1].argmax().item<long>();
+        ids.Add(next);
+        generated.Add(next);
+    }
+    return generated;
 }
 
 static double TimeSteps(Func<Tensor, Tensor> forward, nn.Module module, Tensor ids, Tensor targets, int count)
