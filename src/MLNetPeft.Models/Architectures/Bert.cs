@@ -95,11 +95,11 @@ public sealed class BertModel : PretrainedModule
         var device = inputIds.device;
         positionIds ??= arange(length, dtype: ScalarType.Int64, device: device).unsqueeze(0);
         tokenTypeIds ??= zeros_like(inputIds, dtype: ScalarType.Int64);
-        var x = _wordEmbeddings.forward(inputIds) + _tokenTypeEmbeddings.forward(tokenTypeIds) + _positionEmbeddings.forward(positionIds);
-        x = nn.functional.dropout(_embeddingNorm.forward(x), _config.HiddenDropoutProb, training);
+        var x = _wordEmbeddings.call(inputIds) + _tokenTypeEmbeddings.call(tokenTypeIds) + _positionEmbeddings.call(positionIds);
+        x = nn.functional.dropout(_embeddingNorm.call(x), _config.HiddenDropoutProb, training);
         using var mask = AttentionMask.Padding(attentionMask, x.dtype, device);
         foreach (var layer in _layers) x = layer.Forward(x, mask);
-        Tensor? pooled = _pooler is null ? null : _pooler.forward(x.select(1, 0)).tanh().MoveToOuterDisposeScope();
+        Tensor? pooled = _pooler is null ? null : _pooler.call(x.select(1, 0)).tanh().MoveToOuterDisposeScope();
         return new BertOutput(x.MoveToOuterDisposeScope(), pooled);
     }
 
@@ -156,12 +156,12 @@ public sealed class BertLayer : nn.Module
     public Tensor Forward(Tensor x, AttentionMask mask)
     {
         using var scope = NewDisposeScope();
-        var q = Attention.SplitHeads(_query.forward(x), _heads);
-        var k = Attention.SplitHeads(_key.forward(x), _heads);
-        var v = Attention.SplitHeads(_value.forward(x), _heads);
+        var q = Attention.SplitHeads(_query.call(x), _heads);
+        var k = Attention.SplitHeads(_key.call(x), _heads);
+        var v = Attention.SplitHeads(_value.call(x), _heads);
         var attended = Attention.MergeHeads(Attention.ScaledDotProduct(q, k, v, mask, dropout: training ? _attentionDropout : 0.0));
-        x = _attentionNorm.forward(nn.functional.dropout(_attentionOutput.forward(attended), _hiddenDropout, training) + x);
-        var ff = _output.forward(_act(_intermediate.forward(x)));
-        return _outputNorm.forward(nn.functional.dropout(ff, _hiddenDropout, training) + x).MoveToOuterDisposeScope();
+        x = _attentionNorm.call(nn.functional.dropout(_attentionOutput.call(attended), _hiddenDropout, training) + x);
+        var ff = _output.call(_act(_intermediate.call(x)));
+        return _outputNorm.call(nn.functional.dropout(ff, _hiddenDropout, training) + x).MoveToOuterDisposeScope();
     }
 }

@@ -88,7 +88,7 @@ public sealed class Gpt2ForCausalLM : CausalLanguageModel
     public override int? MaxPositions => _config.NPositions;
     public IReadOnlyList<Gpt2Block> Blocks => _blocks.ToArray();
 
-    public override Tensor Embed(Tensor inputIds) => _wte.forward(inputIds);
+    public override Tensor Embed(Tensor inputIds) => _wte.call(inputIds);
 
     public override Tensor ForwardHidden(Tensor inputsEmbeds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
     {
@@ -97,10 +97,10 @@ public sealed class Gpt2ForCausalLM : CausalLanguageModel
         if (past + length > _config.NPositions)
             throw new ArgumentException($"GPT-2 has {_config.NPositions} positions (n_positions); this pass needs {past + length}.");
         positionIds ??= DefaultPositions(inputsEmbeds, attentionMask, cache);
-        var x = nn.functional.dropout(inputsEmbeds + _wpe.forward(positionIds), _config.EmbdPdrop, training);
+        var x = nn.functional.dropout(inputsEmbeds + _wpe.call(positionIds), _config.EmbdPdrop, training);
         using var mask = AttentionMask.Causal(length, past, attentionMask, null, x.dtype, x.device);
         for (int i = 0; i < _blocks.Count; i++) x = _blocks[i].Forward(x, mask, cache);
-        return _lnF.forward(x).MoveToOuterDisposeScope();
+        return _lnF.call(x).MoveToOuterDisposeScope();
     }
 
     public override Tensor ComputeLogits(Tensor hidden) => nn.functional.linear(hidden, _wte.weight!);
@@ -150,8 +150,8 @@ public sealed class Gpt2Block : nn.Module
     public Tensor Forward(Tensor x, AttentionMask mask, KvCache? cache)
     {
         using var scope = NewDisposeScope();
-        x = x + _attn.Forward(_ln1.forward(x), mask, cache);
-        x = x + _mlp.forward(_ln2.forward(x));
+        x = x + _attn.Forward(_ln1.call(x), mask, cache);
+        x = x + _mlp.call(_ln2.call(x));
         return x.MoveToOuterDisposeScope();
     }
 }
@@ -186,13 +186,13 @@ public sealed class Gpt2Attention : nn.Module
     public Tensor Forward(Tensor x, AttentionMask mask, KvCache? cache)
     {
         using var scope = NewDisposeScope();
-        var qkv = _cAttn.forward(x).chunk(3, -1);
+        var qkv = _cAttn.call(x).chunk(3, -1);
         var q = Layers.Attention.SplitHeads(qkv[0], _heads);
         var k = Layers.Attention.SplitHeads(qkv[1], _heads);
         var v = Layers.Attention.SplitHeads(qkv[2], _heads);
         if (cache is not null) (k, v) = cache.Append(_layerIndex, k, v);
         var attended = Layers.Attention.ScaledDotProduct(q, k, v, mask, _scale, training ? _attnDropout : 0.0);
-        var output = _cProj.forward(Layers.Attention.MergeHeads(attended));
+        var output = _cProj.call(Layers.Attention.MergeHeads(attended));
         return nn.functional.dropout(output, _residDropout, training).MoveToOuterDisposeScope();
     }
 }
@@ -220,6 +220,6 @@ public sealed class Gpt2Mlp : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
-        return nn.functional.dropout(_cProj.forward(_act(_cFc.forward(x))), _dropout, training).MoveToOuterDisposeScope();
+        return nn.functional.dropout(_cProj.call(_act(_cFc.call(x))), _dropout, training).MoveToOuterDisposeScope();
     }
 }

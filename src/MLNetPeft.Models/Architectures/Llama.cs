@@ -95,7 +95,7 @@ public class LlamaForCausalLM : CausalLanguageModel
     public override int LayerCount => _config.NumHiddenLayers;
     public IReadOnlyList<LlamaDecoderLayer> Layers => _layers.ToArray();
 
-    public override Tensor Embed(Tensor inputIds) => _embedTokens.forward(inputIds);
+    public override Tensor Embed(Tensor inputIds) => _embedTokens.call(inputIds);
 
     public override Tensor ForwardHidden(Tensor inputsEmbeds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
     {
@@ -106,11 +106,11 @@ public class LlamaForCausalLM : CausalLanguageModel
         using var mask = AttentionMask.Causal(inputsEmbeds.shape[1], past, attentionMask, _config.EffectiveSlidingWindow, inputsEmbeds.dtype, inputsEmbeds.device);
         var x = inputsEmbeds;
         for (int i = 0; i < _layers.Count; i++) x = _layers[i].Forward(x, cos, sin, mask, cache);
-        return _norm.forward(x).MoveToOuterDisposeScope();
+        return _norm.call(x).MoveToOuterDisposeScope();
     }
 
     public override Tensor ComputeLogits(Tensor hidden) =>
-        _lmHead is null ? nn.functional.linear(hidden, _embedTokens.weight!) : _lmHead.forward(hidden);
+        _lmHead is null ? nn.functional.linear(hidden, _embedTokens.weight!) : _lmHead.call(hidden);
 }
 
 /// <summary>One Llama decoder layer: x + attn(norm(x)), then x + mlp(norm(x)).</summary>
@@ -141,8 +141,8 @@ public sealed class LlamaDecoderLayer : nn.Module
     public Tensor Forward(Tensor x, Tensor cos, Tensor sin, AttentionMask mask, KvCache? cache)
     {
         using var scope = NewDisposeScope();
-        x = x + _selfAttn.Forward(_inputNorm.forward(x), cos, sin, mask, cache);
-        x = x + _mlp.forward(_postAttentionNorm.forward(x));
+        x = x + _selfAttn.Forward(_inputNorm.call(x), cos, sin, mask, cache);
+        x = x + _mlp.call(_postAttentionNorm.call(x));
         return x.MoveToOuterDisposeScope();
     }
 }
@@ -182,12 +182,12 @@ public sealed class LlamaAttention : nn.Module
     public Tensor Forward(Tensor x, Tensor cos, Tensor sin, AttentionMask mask, KvCache? cache)
     {
         using var scope = NewDisposeScope();
-        var q = RotaryEmbedding.Apply(Layers.Attention.SplitHeads(_q.forward(x), _heads), cos, sin);
-        var k = RotaryEmbedding.Apply(Layers.Attention.SplitHeads(_k.forward(x), _kvHeads), cos, sin);
-        var v = Layers.Attention.SplitHeads(_v.forward(x), _kvHeads);
+        var q = RotaryEmbedding.Apply(Layers.Attention.SplitHeads(_q.call(x), _heads), cos, sin);
+        var k = RotaryEmbedding.Apply(Layers.Attention.SplitHeads(_k.call(x), _kvHeads), cos, sin);
+        var v = Layers.Attention.SplitHeads(_v.call(x), _kvHeads);
         if (cache is not null) (k, v) = cache.Append(_layerIndex, k, v);
         var attended = Layers.Attention.ScaledDotProduct(q, k, v, mask, dropout: training ? _dropout : 0.0);
-        return _o.forward(Layers.Attention.MergeHeads(attended)).MoveToOuterDisposeScope();
+        return _o.call(Layers.Attention.MergeHeads(attended)).MoveToOuterDisposeScope();
     }
 }
 
@@ -218,6 +218,6 @@ public sealed class LlamaMlp : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
-        return _down.forward(_act(_gate.forward(x)) * _up.forward(x)).MoveToOuterDisposeScope();
+        return _down.call(_act(_gate.call(x)) * _up.call(x)).MoveToOuterDisposeScope();
     }
 }

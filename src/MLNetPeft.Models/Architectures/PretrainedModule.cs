@@ -30,6 +30,8 @@ public abstract class PretrainedModule : nn.Module
         "vocab.txt", "tokenizer.model", "added_tokens.json", "generation_config.json",
     ];
 
+    // Child modules are invoked with call(), not forward(), so that forward hooks (how adapters such as LoRA attach
+    // to a layer without replacing it) take effect.
     protected PretrainedModule(string name) : base(name) => TorchRuntime.EnsureAvailable();
 
     public abstract ModelConfig Config { get; }

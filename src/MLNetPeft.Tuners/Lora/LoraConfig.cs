@@ -1,0 +1,57 @@
+using System.Text.Json.Serialization;
+
+namespace MLNetPeft.Tuners.Lora;
+
+/// <summary>Which biases train alongside LoRA (PEFT's <c>bias</c>).</summary>
+public enum LoraBias
+{
+    /// <summary>No bias trains (the default).</summary>
+    None,
+    /// <summary>Every bias of the model trains.</summary>
+    All,
+    /// <summary>Only the biases of layers that carry a LoRA adapter train.</summary>
+    LoraOnly,
+}
+
+/// <summary>
+/// LoRA (Hu et al. 2021) settings with HF PEFT's field names and defaults: the update of a frozen weight W is
+/// ΔW = B·A·scaling with A [r, in], B [out, r], scaling = lora_alpha / r (or lora_alpha / √r with rsLoRA, Kalajdzievski 2023).
+/// </summary>
+public sealed class LoraConfig
+{
+    /// <summary>The special <see cref="TargetModules"/> value meaning every linear layer except the output head.</summary>
+    public const string AllLinear = "all-linear";
+
+    [JsonPropertyName("peft_type")] public string PeftType => "LORA";
+    /// <summary>Rank of the update (PEFT default 8).</summary>
+    [JsonPropertyName("r")] public int R { get; set; } = 8;
+    /// <summary>Scale numerator (PEFT default 8).</summary>
+    [JsonPropertyName("lora_alpha")] public double LoraAlpha { get; set; } = 8;
+    /// <summary>Dropout on the adapter's input (PEFT default 0).</summary>
+    [JsonPropertyName("lora_dropout")] public double LoraDropout { get; set; }
+    /// <summary>
+    /// Module names (a module matches when its name equals one or ends with "." + one, e.g. "q_proj"), or
+    /// <see cref="TargetModulesRegex"/>, or <see cref="AllLinear"/>. Null picks the family's default (query and value projections).
+    /// </summary>
+    [JsonPropertyName("target_modules")] public IReadOnlyList<string>? TargetModules { get; set; }
+    /// <summary>A regular expression that must match a module's full name (PEFT's string form of target_modules).</summary>
+    [JsonIgnore] public string? TargetModulesRegex { get; set; }
+    [JsonPropertyName("bias")] public LoraBias Bias { get; set; } = LoraBias.None;
+    /// <summary>Rank-stabilised scaling lora_alpha / √r instead of lora_alpha / r.</summary>
+    [JsonPropertyName("use_rslora")] public bool UseRsLora { get; set; }
+    /// <summary>"default" (A Kaiming-uniform, B zero) or "gaussian" (A normal with std 1/r, B zero); both start with ΔW = 0.</summary>
+    [JsonPropertyName("init_lora_weights")] public string InitLoraWeights { get; set; } = "default";
+
+    [JsonIgnore] public double Scaling => UseRsLora ? LoraAlpha / Math.Sqrt(R) : LoraAlpha / R;
+
+    public void Validate()
+    {
+        if (R <= 0) throw new ArgumentOutOfRangeException(nameof(R), R, "LoRA rank r must be positive");
+        if (!(LoraAlpha > 0)) throw new ArgumentOutOfRangeException(nameof(LoraAlpha), LoraAlpha, "lora_alpha must be positive");
+        if (LoraDropout is < 0 or >= 1) throw new ArgumentOutOfRangeException(nameof(LoraDropout), LoraDropout, "lora_dropout must be in [0, 1)");
+        if (InitLoraWeights is not ("default" or "gaussian"))
+            throw new ArgumentException($"init_lora_weights '{InitLoraWeights}' is not supported; use 'default' or 'gaussian'.", nameof(InitLoraWeights));
+        if (TargetModules is not null && TargetModulesRegex is not null)
+            throw new ArgumentException("Give target modules either as names or as a regular expression, not both.", nameof(TargetModules));
+    }
+}
