@@ -31,7 +31,10 @@ public sealed class TrainingOptions
     public int CheckpointInterval { get; set; }
     /// <summary>How many of the newest checkpoints to keep.</summary>
     public int KeepCheckpoints { get; set; } = 2;
-    /// <summary>Continue from the newest checkpoint in <see cref="CheckpointFolder"/> when there is one.</summary>
+    /// <summary>
+    /// Continue from the newest checkpoint in <see cref="CheckpointFolder"/> when there is one (the default). When false,
+    /// the run starts over and deletes the folder's existing checkpoints.
+    /// </summary>
     public bool Resume { get; set; } = true;
     /// <summary>Seeds batch order and dropout: the same seed gives the same run.</summary>
     public long Seed { get; set; }

@@ -125,6 +125,24 @@ public class TrainingLoopTests
     }
 
     [Fact]
+    public void ResumingWithOtherBatchOptionsIsRefused()
+    {
+        using var dir = new TempFolder();
+        var data = Corpus(50, 7);
+        var options = Options(dir.Path);
+        options.MaxSteps = 2;
+        using (var first = new LlamaForCausalLM(TinyModels.Llama())) new LanguageModelTrainer(first, options).Train(data);
+        options.MaxSteps = 4;
+        options.BatchSize = 2;
+        using var second = new LlamaForCausalLM(TinyModels.Llama());
+        var e = Assert.Throws<InvalidOperationException>(() => new LanguageModelTrainer(second, options).Train(data));
+        Assert.Contains("BatchSize = 4", e.Message);
+        options.Resume = false;
+        Assert.Equal(4, new LanguageModelTrainer(second, options).Train(data).Steps);
+        Assert.Equal([Path.Combine(dir.Path, "checkpoint-000004")], LanguageModelTrainer.Checkpoints(dir.Path));
+    }
+
+    [Fact]
     public void CancellationLeavesALoadableCheckpointOfTheLastStep()
     {
         using var dir = new TempFolder();

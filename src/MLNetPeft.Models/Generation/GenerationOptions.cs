@@ -15,7 +15,10 @@ public sealed class GenerationOptions
     public double TopP { get; set; } = 1.0;
     /// <summary>Penalises tokens already in the prompt or output (CTRL, Keskar et al. 2019); 1 disables (default 1).</summary>
     public double RepetitionPenalty { get; set; } = 1.0;
-    /// <summary>Generation of a row ends when its text contains one of these; the text is cut before it.</summary>
+    /// <summary>
+    /// Generation of a row ends when its text contains one of these; the result is cut before it. A streaming callback
+    /// may already have seen the tokens that formed the stop string, since it is recognised only once complete.
+    /// </summary>
     public IReadOnlyList<string> StopStrings { get; set; } = [];
     /// <summary>Token ids that end a row (not included in the output); null means the tokenizer's eos token.</summary>
     public IReadOnlyList<int>? StopTokenIds { get; set; }

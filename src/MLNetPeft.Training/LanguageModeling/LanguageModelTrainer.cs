@@ -44,12 +44,20 @@ public sealed class LanguageModelTrainer
         using var optimizer = new AdamW(trainable, o.Beta1, o.Beta2, o.Epsilon, o.WeightDecay);
         var schedule = new LearningRateSchedule(o.LearningRate, o.WarmupSteps, o.MaxSteps, o.MinLearningRate ?? o.LearningRate / 10);
 
-        var state = new TrainerState();
+        var state = new TrainerState { Seed = o.Seed, BatchSize = o.BatchSize, GradientAccumulationSteps = o.GradientAccumulationSteps };
         string? lastCheckpoint = null;
-        if (o.CheckpointFolder is { } folder && o.Resume && LatestCheckpoint(folder) is { } latest)
+        if (o.CheckpointFolder is { } folder)
         {
-            state = Restore(latest, optimizer);
-            lastCheckpoint = latest;
+            if (o.Resume && LatestCheckpoint(folder) is { } latest)
+            {
+                state = Restore(latest, optimizer);
+                lastCheckpoint = latest;
+            }
+            else if (!o.Resume)
+            {
+                // A run that starts over owns its folder: older checkpoints would otherwise be taken for its own.
+                foreach (var old in Checkpoints(folder)) Directory.Delete(old, recursive: true);
+            }
         }
 
         var clock = Stopwatch.StartNew();
@@ -183,6 +191,18 @@ public sealed class LanguageModelTrainer
             ?? throw new InvalidDataException($"Checkpoint '{checkpoint}' has an empty {StateFile}.");
         if (state.Step != optimizer.StepCount)
             throw new InvalidDataException($"Checkpoint '{checkpoint}': {StateFile} says step {state.Step} but the optimizer state has {optimizer.StepCount}.");
+        // Resuming is exact only with the batches the run started with; refuse rather than silently diverge.
+        foreach (var (option, saved, now) in new[]
+        {
+            (nameof(TrainingOptions.Seed), state.Seed, _options.Seed),
+            (nameof(TrainingOptions.BatchSize), (long)state.BatchSize, (long)_options.BatchSize),
+            (nameof(TrainingOptions.GradientAccumulationSteps), (long)state.GradientAccumulationSteps, (long)_options.GradientAccumulationSteps),
+        })
+        {
+            if (saved != now)
+                throw new InvalidOperationException($"Checkpoint '{checkpoint}' was made with {option} = {saved}, but the options say {now}. " +
+                    "Use the original value, or set Resume = false (or another CheckpointFolder) to start over.");
+        }
         return state;
     }
 
@@ -200,6 +220,9 @@ public sealed class LanguageModelTrainer
     private sealed class TrainerState
     {
         public int Step { get; set; }
+        public long Seed { get; set; }
+        public int BatchSize { get; set; }
+        public int GradientAccumulationSteps { get; set; }
         public List<double> LossHistory { get; set; } = [];
         public List<StepLoss> ValidationHistory { get; set; } = [];
     }
