@@ -45,6 +45,36 @@ public class TrainingLoopTests
     }
 
     [Fact]
+    public void SupervisedExamplesLearnOnlyTheResponseByDefault()
+    {
+        var blocks = TokenBlocks.FromExamples([([5, 6], [7]), ([8], [9, 10, 11, 12, 13, 14])], blockSize: 6, padId: 1, eosId: 0);
+        Assert.Equal(2, blocks.Count);
+        Assert.Equal(1, blocks.Truncated);
+        var (inputs, targets) = blocks.Batch([0, 1]);
+        Assert.Equal(new long[] { 5, 6, 7, 0, 1, 1, 8, 9, 10, 11, 12, 13 }, inputs.data<long>().ToArray());
+        Assert.Equal(new long[] { -100, 7, 0, -100, -100, -100, 9, 10, 11, 12, 13, 14 }, targets.data<long>().ToArray());
+        Assert.Equal(8, blocks.TargetTokens);
+
+        var everything = TokenBlocks.FromExamples([([5, 6], [7])], blockSize: 6, padId: 1, eosId: 0, completionOnly: false);
+        Assert.Equal(new long[] { 6, 7, 0, -100, -100, -100 }, everything.Batch([0]).Targets.data<long>().ToArray());
+    }
+
+    [Fact]
+    public void CompletionOnlyTrainingLearnsTheResponses()
+    {
+        // Prompt "a b" → response "b a": the model must learn to swap two tokens it is shown.
+        var random = new Random(11);
+        (IReadOnlyList<int>, IReadOnlyList<int>) Example() { int a = random.Next(2, 50), b = random.Next(50, 96); return ([a, b, 1], [b, a]); }
+        var train = TokenBlocks.FromExamples(Enumerable.Range(0, 400).Select(_ => Example()).ToList(), 8, padId: 0, eosId: 96);
+        var heldOut = TokenBlocks.FromExamples(Enumerable.Range(0, 60).Select(_ => Example()).ToList(), 8, padId: 0, eosId: 96);
+        using var model = new LlamaForCausalLM(TinyModels.Llama());
+        double before = LanguageModelTrainer.Evaluate(model, heldOut, 16);
+        new LanguageModelTrainer(model, new TrainingOptions { MaxSteps = 150, BatchSize = 16, LearningRate = 1e-2, WarmupSteps = 10, Seed = 3 }).Train(train);
+        double after = LanguageModelTrainer.Evaluate(model, heldOut, 16);
+        Assert.True(after < before - 2.5, $"held-out response loss {before:F3} -> {after:F3}");
+    }
+
+    [Fact]
     public void ScheduleWarmsUpLinearlyThenDecaysByCosine()
     {
         var s = new LearningRateSchedule(1.0, 10, 110, 0.1);

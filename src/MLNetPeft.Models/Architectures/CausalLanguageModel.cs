@@ -53,6 +53,7 @@ public abstract class CausalLanguageModel : PretrainedModule
             throw new ArgumentException($"Token ids must be [batch, sequence], got [{string.Join(", ", ids.shape)}].");
         if (ids.numel() == 0)
             throw new ArgumentException("Token ids must not be empty.");
+        using var scope = NewDisposeScope();
         long min = ids.min().to(ScalarType.Int64).item<long>(), max = ids.max().to(ScalarType.Int64).item<long>();
         if (min < 0 || max >= vocabSize)
             throw new ArgumentOutOfRangeException(nameof(ids), $"Token ids must lie in [0, {vocabSize}) (vocab_size); found {(min < 0 ? min : max)}.");

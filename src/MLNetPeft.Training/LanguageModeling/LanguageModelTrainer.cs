@@ -109,6 +109,8 @@ public sealed class LanguageModelTrainer
             using var scope = NewDisposeScope();
             var indices = Enumerable.Range(0, o.BatchSize).Select(_ => random.Next(train.Count)).ToArray();
             var (inputs, targets) = train.Batch(indices);
+            // A micro-batch of prompts only (completion-only loss) has nothing to learn; its mean loss would be NaN.
+            if (!targets.ne(TokenBlocks.IgnoreIndex).any().item<bool>()) continue;
             var loss = CrossEntropy(_model.Forward(inputs.to(Device)), targets.to(Device));
             double value = loss.item<float>();
             if (!double.IsFinite(value)) throw Diverged(step, $"the loss became {value}", lastCheckpoint);
@@ -136,7 +138,7 @@ public sealed class LanguageModelTrainer
     public static Tensor CrossEntropy(Tensor logits, Tensor targets) =>
         nn.functional.cross_entropy(logits.view(-1, logits.shape[^1]).to(ScalarType.Float32), targets.view(-1), ignore_index: TokenBlocks.IgnoreIndex);
 
-    /// <summary>Mean next-token loss over the blocks (in order; the first <paramref name="maxBatches"/> batches when given).</summary>
+    /// <summary>Mean next-token loss per target token over the blocks (in order; the first <paramref name="maxBatches"/> batches when given).</summary>
     public static double Evaluate(CausalLanguageModel model, TokenBlocks blocks, int batchSize, int? maxBatches = null)
     {
         bool wasTraining = model.training;
@@ -150,9 +152,11 @@ public sealed class LanguageModelTrainer
         {
             using var scope = NewDisposeScope();
             var (inputs, targets) = blocks.Batch(Enumerable.Range(start, Math.Min(batchSize, blocks.Count - start)).ToArray());
+            long counted = targets.ne(TokenBlocks.IgnoreIndex).sum().item<long>();
+            if (counted == 0) continue;
             var loss = CrossEntropy(model.Forward(inputs.to(device)), targets.to(device));
-            sum += loss.item<float>() * targets.numel();
-            count += targets.numel();
+            sum += loss.item<float>() * counted;
+            count += counted;
         }
         if (wasTraining) model.train();
         return sum / count;

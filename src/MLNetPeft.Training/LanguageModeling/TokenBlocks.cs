@@ -3,27 +3,33 @@ using static TorchSharp.torch;
 namespace MLNetPeft.Training.LanguageModeling;
 
 /// <summary>
-/// Fixed-length training blocks for a causal language model: each block holds <see cref="BlockSize"/> + 1 tokens,
-/// the first <see cref="BlockSize"/> are inputs and the last <see cref="BlockSize"/> their next-token targets.
+/// Fixed-length training blocks for a causal language model: <see cref="BlockSize"/> input tokens per block and,
+/// for each, the target token that follows it, or <see cref="IgnoreIndex"/> where no loss is taken (padding, and the
+/// prompt when only completions are learned).
 /// </summary>
 public sealed class TokenBlocks
 {
     /// <summary>The target value that contributes no loss (PyTorch's cross-entropy ignore index).</summary>
-    public const long IgnoreIndex = -100;
+    public const int IgnoreIndex = -100;
 
-    private readonly int[] _tokens;
+    private readonly int[] _inputs;
+    private readonly int[] _targets;
 
-    private TokenBlocks(int[] tokens, int blockSize)
+    private TokenBlocks(int[] inputs, int[] targets, int blockSize, int truncated)
     {
-        _tokens = tokens;
+        _inputs = inputs;
+        _targets = targets;
         BlockSize = blockSize;
-        Count = (tokens.Length - 1) / blockSize;
+        Count = inputs.Length / blockSize;
+        Truncated = truncated;
     }
 
     public int BlockSize { get; }
     public int Count { get; }
-    /// <summary>Tokens that serve as targets (Count × BlockSize).</summary>
-    public long TargetTokens => (long)Count * BlockSize;
+    /// <summary>Examples that did not fit in a block and were cut (only <see cref="FromExamples"/> cuts).</summary>
+    public int Truncated { get; }
+    /// <summary>Tokens that serve as targets (not ignored).</summary>
+    public long TargetTokens => _targets.LongCount(t => t != IgnoreIndex);
 
     /// <summary>
     /// Packs documents into blocks: documents are concatenated, each followed by <paramref name="separatorId"/> (eos),
@@ -43,7 +49,44 @@ public sealed class TokenBlocks
         if (stream.Count < blockSize + 1)
             throw new ArgumentException($"The documents hold {stream.Count} tokens with separators; one block of {blockSize} needs {blockSize + 1}.", nameof(documents));
         int blocks = (stream.Count - 1) / blockSize;
-        return new TokenBlocks(stream.GetRange(0, blocks * blockSize + 1).ToArray(), blockSize);
+        var inputs = new int[blocks * blockSize];
+        var targets = new int[blocks * blockSize];
+        for (int i = 0; i < inputs.Length; i++)
+        {
+            inputs[i] = stream[i];
+            targets[i] = stream[i + 1];
+        }
+        return new TokenBlocks(inputs, targets, blockSize, 0);
+    }
+
+    /// <summary>
+    /// One block per supervised example: prompt, response and <paramref name="eosId"/>, right-padded with
+    /// <paramref name="padId"/> (causal attention keeps padding after the text from affecting it). With
+    /// <paramref name="completionOnly"/> (TRL's completion-only loss) only the response and eos are targets; otherwise
+    /// every real token after the first is. Examples longer than the block are cut at the end (see <see cref="Truncated"/>).
+    /// </summary>
+    public static TokenBlocks FromExamples(IEnumerable<(IReadOnlyList<int> Prompt, IReadOnlyList<int> Response)> examples, int blockSize,
+        int padId, int eosId, bool completionOnly = true)
+    {
+        ArgumentNullException.ThrowIfNull(examples);
+        if (blockSize <= 0) throw new ArgumentOutOfRangeException(nameof(blockSize), blockSize, "must be positive");
+        var inputs = new List<int>();
+        var targets = new List<int>();
+        int truncated = 0;
+        foreach (var (prompt, response) in examples)
+        {
+            var sequence = prompt.Concat(response).Append(eosId).ToList();
+            int firstTarget = completionOnly ? prompt.Count : 1;   // index in `sequence` of the first token learned
+            if (sequence.Count > blockSize + 1) { sequence.RemoveRange(blockSize + 1, sequence.Count - blockSize - 1); truncated++; }
+            for (int t = 0; t < blockSize; t++)
+            {
+                inputs.Add(t < sequence.Count ? sequence[t] : padId);
+                bool learned = t + 1 < sequence.Count && t + 1 >= firstTarget;
+                targets.Add(learned ? sequence[t + 1] : IgnoreIndex);
+            }
+        }
+        if (inputs.Count == 0) throw new ArgumentException("There are no examples.", nameof(examples));
+        return new TokenBlocks([.. inputs], [.. targets], blockSize, truncated);
     }
 
     /// <summary>Inputs and targets [indices, BlockSize] (int64) of the given blocks.</summary>
@@ -55,11 +98,10 @@ public sealed class TokenBlocks
         {
             int block = indices[i];
             if (block < 0 || block >= Count) throw new ArgumentOutOfRangeException(nameof(indices), block, $"there are {Count} blocks");
-            int start = block * BlockSize;
             for (int t = 0; t < BlockSize; t++)
             {
-                inputs[i * BlockSize + t] = _tokens[start + t];
-                targets[i * BlockSize + t] = _tokens[start + t + 1];
+                inputs[i * BlockSize + t] = _inputs[block * BlockSize + t];
+                targets[i * BlockSize + t] = _targets[block * BlockSize + t];
             }
         }
         return (tensor(inputs, [indices.Count, BlockSize]), tensor(targets, [indices.Count, BlockSize]));

@@ -83,7 +83,8 @@ public sealed class LoraAdapter : IDisposable
     {
         if (Merged) return;
         using var _ = no_grad();
-        using var merged = BaseWeight + DeltaWeight();
+        using var scope = NewDisposeScope();
+        var merged = BaseWeight + DeltaWeight();
         if (!merged.isfinite().all().item<bool>())
             throw new InvalidOperationException($"Merging the LoRA adapter of '{ModuleName}' would give non-finite weights; the model was left unmerged.");
         BaseWeight.copy_(merged);
@@ -95,8 +96,8 @@ public sealed class LoraAdapter : IDisposable
     {
         if (!Merged) return;
         using var _ = no_grad();
-        using var delta = DeltaWeight();
-        BaseWeight.sub_(delta);
+        using var scope = NewDisposeScope();
+        BaseWeight.sub_(DeltaWeight());
         Merged = false;
     }
 
