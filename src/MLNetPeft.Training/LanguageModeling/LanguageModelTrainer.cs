@@ -104,6 +104,7 @@ public sealed class LanguageModelTrainer
         var random = new Random(unchecked((int)(o.Seed * 7_919 + step)));
         optimizer.ZeroGrad();
         double total = 0;
+        bool learned = false;
         for (int micro = 0; micro < o.GradientAccumulationSteps; micro++)
         {
             using var scope = NewDisposeScope();
@@ -116,7 +117,9 @@ public sealed class LanguageModelTrainer
             if (!double.IsFinite(value)) throw Diverged(step, $"the loss became {value}", lastCheckpoint);
             (loss / o.GradientAccumulationSteps).backward();
             total += value / o.GradientAccumulationSteps;
+            learned = true;
         }
+        if (!learned) return double.NaN; // every sampled block was prompt only: no update (weight decay included)
         if (o.MaxGradNorm > 0)
         {
             var parameters = _model.parameters().Where(p => p.requires_grad && p.grad is not null).ToList();
@@ -219,7 +222,8 @@ public sealed class LanguageModelTrainer
     /// <summary>The newest complete checkpoint under <paramref name="folder"/>, or null.</summary>
     public static string? LatestCheckpoint(string folder) => Checkpoints(folder).LastOrDefault();
 
-    private static readonly JsonSerializerOptions StateJson = new() { WriteIndented = true };
+    // A step whose batches held no target token records a NaN loss.
+    private static readonly JsonSerializerOptions StateJson = new() { WriteIndented = true, NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals };
 
     private sealed class TrainerState
     {

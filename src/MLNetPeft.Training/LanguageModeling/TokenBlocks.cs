@@ -86,7 +86,10 @@ public sealed class TokenBlocks
             }
         }
         if (inputs.Count == 0) throw new ArgumentException("There are no examples.", nameof(examples));
-        return new TokenBlocks([.. inputs], [.. targets], blockSize, truncated);
+        var blocks = new TokenBlocks([.. inputs], [.. targets], blockSize, truncated);
+        if (blocks.TargetTokens == 0)
+            throw new ArgumentException($"No example has a response within the block size of {blockSize} tokens; raise the block size or shorten the prompts.", nameof(examples));
+        return blocks;
     }
 
     /// <summary>Inputs and targets [indices, BlockSize] (int64) of the given blocks.</summary>

@@ -1,0 +1,46 @@
+using System.Globalization;
+using MLNetPeft.BaseModel.World;
+
+namespace MLNetPeft.BaseModel.Tasks;
+
+/// <summary>One instruction about a person of the world and its exact expected response.</summary>
+public sealed record InstructionExample(string Instruction, string Response, string Subject)
+{
+    /// <summary>The text the model sees; its answer follows directly.</summary>
+    public string Prompt => InstructionTasks.FormatPrompt(Instruction);
+    /// <summary>The response as the model should continue the prompt (words are tokenized with their leading space).</summary>
+    public string Completion => " " + Response;
+}
+
+/// <summary>
+/// Instruction-following tasks over the facts of a <see cref="SyntheticWorld"/>, in an instruction layout the
+/// pretraining corpus never uses, so the base model knows the facts but not how to answer in this form. People are
+/// split into training and held-out sets: held-out instances ask about people no training instance mentions.
+/// </summary>
+public static class InstructionTasks
+{
+    /// <summary>Persons 0..299 of the world give training instances; persons 300..399 the held-out ones.</summary>
+    public const int TrainingPeople = 300;
+
+    public static string FormatPrompt(string instruction) => $"### Instruction: {instruction}\n### Response:";
+
+    public static IReadOnlyList<Person> TrainingSet(SyntheticWorld world) => world.People.Take(TrainingPeople).ToList();
+    public static IReadOnlyList<Person> HeldOutSet(SyntheticWorld world) => world.People.Skip(TrainingPeople).ToList();
+
+    /// <summary><paramref name="perPerson"/> instances per person, question types drawn with <paramref name="seed"/>.</summary>
+    public static IReadOnlyList<InstructionExample> Generate(IReadOnlyList<Person> people, int perPerson, int seed)
+    {
+        var random = new Random(seed);
+        return people.SelectMany(p => Enumerable.Range(0, perPerson).Select(_ => Ask(p, random.Next(6)))).ToList();
+    }
+
+    private static InstructionExample Ask(Person p, int kind) => kind switch
+    {
+        0 => new($"Which town is home to {p.Name}?", p.Town, p.Name),
+        1 => new($"What does {p.Name} do for work?", p.Job, p.Name),
+        2 => new($"Name the pet of {p.Name}.", p.PetName, p.Name),
+        3 => new($"Which color does {p.Name} like most?", p.Color, p.Name),
+        4 => new($"What food does {p.Name} enjoy?", p.Food, p.Name),
+        _ => new($"How many years old is {p.Name}?", p.Age.ToString(CultureInfo.InvariantCulture), p.Name),
+    };
+}
