@@ -3,6 +3,7 @@ using System.Text.Json;
 using MLNetPeft.Architectures;
 using MLNetPeft.Checkpoints;
 using TorchSharp;
+using TorchSharp.Modules;
 using static TorchSharp.torch;
 
 namespace MLNetPeft.Training.LanguageModeling;
@@ -74,7 +75,7 @@ public sealed class LanguageModelTrainer
             }
             int step = state.Step;
             double lr = schedule.At(step);
-            double loss = TrainStep(train, optimizer, step, lr, lastCheckpoint);
+            double loss = TrainStep(train, optimizer, trainable, step, lr, lastCheckpoint);
             state.Step = step + 1;
             state.LossHistory.Add(loss);
 
@@ -96,7 +97,7 @@ public sealed class LanguageModelTrainer
             state.LossHistory, state.ValidationHistory.Select(v => (v.Step, v.Loss)).ToList());
     }
 
-    private double TrainStep(TokenBlocks train, AdamW optimizer, int step, double lr, string? lastCheckpoint)
+    private double TrainStep(TokenBlocks train, AdamW optimizer, IReadOnlyList<(string name, Parameter parameter)> trainable, int step, double lr, string? lastCheckpoint)
     {
         var o = _options;
         // Dropout and batch order depend only on (seed, step): that is what makes resuming exact.
@@ -122,8 +123,7 @@ public sealed class LanguageModelTrainer
         if (!learned) return double.NaN; // every sampled block was prompt only: no update (weight decay included)
         if (o.MaxGradNorm > 0)
         {
-            var parameters = _model.parameters().Where(p => p.requires_grad && p.grad is not null).ToList();
-            double norm = nn.utils.clip_grad_norm_(parameters, o.MaxGradNorm);
+            double norm = nn.utils.clip_grad_norm_(trainable.Select(p => p.parameter).Where(p => p.grad is not null), o.MaxGradNorm);
             if (!double.IsFinite(norm)) throw Diverged(step, $"the gradient norm became {norm}", lastCheckpoint);
         }
         optimizer.Step(lr);
