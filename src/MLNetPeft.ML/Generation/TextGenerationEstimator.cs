@@ -1,0 +1,74 @@
+using Microsoft.ML;
+using Microsoft.ML.Data;
+using Microsoft.ML.Runtime;
+using MLNetPeft.Architectures;
+using MLNetPeft.Generation;
+using MLNetPeft.ML.Persistence;
+using MLNetPeft.Tokenization;
+
+namespace MLNetPeft.ML.Generation;
+
+/// <summary>Builds a <see cref="TextGenerationTransformer"/> around a causal language model (no training).</summary>
+public sealed class TextGenerationEstimator : IEstimator<TextGenerationTransformer>
+{
+    private readonly IHostEnvironment _env;
+    private readonly CausalLanguageModel _model;
+    private readonly TextTokenizer _tokenizer;
+    private readonly string _outputColumnName, _inputColumnName;
+    private readonly GenerationOptions _options;
+
+    internal TextGenerationEstimator(IHostEnvironment env, CausalLanguageModel model, TextTokenizer tokenizer, string outputColumnName,
+        string inputColumnName, GenerationOptions? options)
+    {
+        _env = env;
+        _model = model ?? throw new ArgumentNullException(nameof(model));
+        _tokenizer = tokenizer ?? throw new ArgumentNullException(nameof(tokenizer));
+        _outputColumnName = string.IsNullOrWhiteSpace(outputColumnName) ? throw new ArgumentException("The output column needs a name.", nameof(outputColumnName)) : outputColumnName;
+        _inputColumnName = string.IsNullOrWhiteSpace(inputColumnName) ? throw new ArgumentException("The input column needs a name.", nameof(inputColumnName)) : inputColumnName;
+        _options = options ?? new GenerationOptions();
+        _options.Validate();
+    }
+
+    public TextGenerationTransformer Fit(IDataView input)
+    {
+        TextGenerationTransformer.CheckInput(input.Schema, _inputColumnName, _env);
+        if (_model.SourceFolder is null)
+            throw new InvalidOperationException("The model was not loaded from a checkpoint folder, so its tokenizer files are unknown; " +
+                "save it with SavePretrained next to its tokenizer files and load it with PretrainedModels.LoadCausalLM.");
+        // The transformer keeps the checkpoint's files so that it can be saved into an ML.NET model zip.
+        var folder = Path.Combine(Path.GetTempPath(), "mlnetpeft-" + Guid.NewGuid().ToString("N"));
+        try
+        {
+            _model.SavePretrained(folder);
+            return new TextGenerationTransformer(_env, _model, _tokenizer, ModelFiles.Capture(folder), _outputColumnName, _inputColumnName, _options);
+        }
+        finally
+        {
+            if (Directory.Exists(folder)) Directory.Delete(folder, recursive: true);
+        }
+    }
+
+    public SchemaShape GetOutputSchema(SchemaShape inputSchema)
+    {
+        if (!inputSchema.TryFindColumn(_inputColumnName, out var column))
+            throw _env.ExceptSchemaMismatch(nameof(inputSchema), "prompt", _inputColumnName);
+        if (column.Kind != SchemaShape.Column.VectorKind.Scalar || column.ItemType is not TextDataViewType)
+            throw _env.ExceptSchemaMismatch(nameof(inputSchema), "prompt", _inputColumnName, "String", column.GetTypeString());
+        var columns = inputSchema.ToDictionary(c => c.Name);
+        columns[_outputColumnName] = new SchemaShape.Column(_outputColumnName, SchemaShape.Column.VectorKind.Scalar, TextDataViewType.Instance, false);
+        return new SchemaShape(columns.Values);
+    }
+}
+
+/// <summary>Catalog entry points: <c>mlContext.Transforms.Text.GenerateText(...)</c>.</summary>
+public static class TextGenerationCatalog
+{
+    /// <summary>
+    /// Adds <paramref name="outputColumnName"/> with the text <paramref name="model"/> generates after each row's
+    /// <paramref name="inputColumnName"/> (greedy, 64 new tokens unless <paramref name="options"/> say otherwise).
+    /// The model must come from a checkpoint folder (its tokenizer files are saved with the transformer).
+    /// </summary>
+    public static TextGenerationEstimator GenerateText(this TransformsCatalog.TextTransforms catalog, CausalLanguageModel model, TextTokenizer tokenizer,
+        string outputColumnName = "GeneratedText", string inputColumnName = "Prompt", GenerationOptions? options = null) =>
+        new(CatalogUtils.GetEnvironment(catalog), model, tokenizer, outputColumnName, inputColumnName, options);
+}

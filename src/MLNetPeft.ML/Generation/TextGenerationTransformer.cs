@@ -1,0 +1,120 @@
+using System.Text.Json;
+using Microsoft.ML;
+using Microsoft.ML.Data;
+using Microsoft.ML.Runtime;
+using MLNetPeft.Architectures;
+using MLNetPeft.Generation;
+using MLNetPeft.ML.Generation;
+using MLNetPeft.ML.Persistence;
+using MLNetPeft.Tokenization;
+
+[assembly: LoadableClass(typeof(TextGenerationTransformer), null, typeof(SignatureLoadModel), "MLNetPeft Text Generation", TextGenerationTransformer.LoaderSignature)]
+
+namespace MLNetPeft.ML.Generation;
+
+/// <summary>
+/// Adds a text column with what a causal language model generates for each row's prompt. Saved with
+/// <c>mlContext.Model.Save</c> together with its model (config, safetensors weights, tokenizer files) and options.
+/// </summary>
+public sealed class TextGenerationTransformer : RowToRowTransformerBase, IDisposable
+{
+    internal const string LoaderSignature = "MLNetPeftTextGenXf";
+    private const string ModelSignature = "PEFTTGEN";
+
+    private readonly CausalLanguageModel _model;
+    private readonly TextGenerator _generator;
+    private readonly IReadOnlyDictionary<string, byte[]> _files;
+    private readonly object _lock = new();
+
+    public string InputColumnName { get; }
+    public string OutputColumnName { get; }
+    public GenerationOptions Options { get; }
+
+    internal TextGenerationTransformer(IHostEnvironment env, CausalLanguageModel model, TextTokenizer tokenizer,
+        IReadOnlyDictionary<string, byte[]> files, string outputColumnName, string inputColumnName, GenerationOptions options)
+        : base(Contracts.CheckRef(env, nameof(env)).Register(nameof(TextGenerationTransformer)))
+    {
+        _model = model;
+        _generator = new TextGenerator(model, tokenizer);
+        _files = files;
+        OutputColumnName = outputColumnName;
+        InputColumnName = inputColumnName;
+        Options = options;
+    }
+
+    private static VersionInfo GetVersionInfo() =>
+        new(ModelSignature, verWrittenCur: 0x00010001, verReadableCur: 0x00010001, verWeCanReadBack: 0x00010001,
+            loaderAssemblyName: typeof(TextGenerationTransformer).Assembly.FullName, loaderSignature: LoaderSignature);
+
+    private static TextGenerationTransformer Create(IHostEnvironment env, ModelLoadContext ctx)
+    {
+        Contracts.CheckValue(env, nameof(env));
+        ctx.CheckAtModel(GetVersionInfo());
+        var output = ctx.Reader.ReadString();
+        var input = ctx.Reader.ReadString();
+        var options = JsonSerializer.Deserialize<GenerationOptions>(ctx.Reader.ReadString())
+            ?? throw new InvalidDataException("The model zip holds no generation options.");
+        options.Validate();
+        var files = ModelFiles.Load(ctx);
+        var (model, tokenizer) = ModelFiles.WithFolder(files, folder => (PretrainedModels.LoadCausalLM(folder), TextTokenizer.FromPretrained(folder)));
+        return new TextGenerationTransformer(env, model, tokenizer, files, output, input, options);
+    }
+
+    protected override void SaveModel(ModelSaveContext ctx)
+    {
+        ctx.CheckAtModel();
+        ctx.SetVersionInfo(GetVersionInfo());
+        ctx.Writer.Write(OutputColumnName);
+        ctx.Writer.Write(InputColumnName);
+        ctx.Writer.Write(JsonSerializer.Serialize(Options));
+        ModelFiles.Save(ctx, _files);
+    }
+
+    protected override IRowMapper MakeRowMapper(DataViewSchema schema) => new Mapper(this, schema);
+
+    /// <summary>Generates for one prompt (the model is not thread-safe, so rows are generated one at a time).</summary>
+    internal string Generate(string prompt)
+    {
+        lock (_lock) return _generator.Generate(prompt, Options).Text;
+    }
+
+    internal static void CheckInput(DataViewSchema schema, string column, IExceptionContext ectx)
+    {
+        var col = schema.GetColumnOrNull(column) ?? throw ectx.ExceptSchemaMismatch(nameof(schema), "prompt", column);
+        if (col.Type is not TextDataViewType) throw ectx.ExceptSchemaMismatch(nameof(schema), "prompt", column, "String", col.Type.ToString());
+    }
+
+    public void Dispose() => _model.Dispose();
+
+    private sealed class Mapper : MapperBase
+    {
+        private readonly TextGenerationTransformer _owner;
+        private readonly int _input;
+
+        public Mapper(TextGenerationTransformer parent, DataViewSchema schema) : base(parent.Host, schema, parent)
+        {
+            _owner = parent;
+            CheckInput(schema, parent.InputColumnName, parent.Host);
+            _input = schema[parent.InputColumnName].Index;
+        }
+
+        protected override DataViewSchema.DetachedColumn[] GetOutputColumnsCore() =>
+            [new DataViewSchema.DetachedColumn(_owner.OutputColumnName, TextDataViewType.Instance)];
+
+        protected override Delegate MakeGetter(DataViewRow input, int iinfo, Func<int, bool> activeOutput, out Action disposer)
+        {
+            disposer = null!;
+            var getPrompt = input.GetGetter<ReadOnlyMemory<char>>(input.Schema[_input]);
+            ReadOnlyMemory<char> prompt = default;
+            return (ValueGetter<ReadOnlyMemory<char>>)((ref ReadOnlyMemory<char> value) =>
+            {
+                getPrompt(ref prompt);
+                value = _owner.Generate(prompt.ToString()).AsMemory();
+            });
+        }
+
+        protected override Func<int, bool> GetDependenciesCore(Func<int, bool> activeOutput) => col => activeOutput(0) && col == _input;
+
+        protected override void SaveModel(ModelSaveContext ctx) => _owner.SaveModel(ctx);
+    }
+}

@@ -1,0 +1,121 @@
+using Microsoft.ML;
+using Microsoft.ML.Data;
+using MLNetPeft.Architectures;
+using MLNetPeft.BaseModel;
+using MLNetPeft.Generation;
+using MLNetPeft.ML.Generation;
+
+namespace MLNetPeft.ML.Tests;
+
+public class TextGenerationTransformerTests
+{
+    public sealed class Input
+    {
+        public string Text { get; set; } = "";
+        public float Id { get; set; }
+    }
+
+    public sealed class Output
+    {
+        public string Text { get; set; } = "";
+        public string GeneratedText { get; set; } = "";
+        public string Copy { get; set; } = "";
+    }
+
+    private static readonly Input[] Rows =
+    [
+        new() { Text = "Count from 3 to 7:", Id = 1 },
+        new() { Text = "One day,", Id = 2 },
+        new() { Text = "7 plus 5 is", Id = 3 },
+    ];
+
+    private static readonly GenerationOptions Greedy = new() { MaxNewTokens = 12, StopStrings = ["."] };
+
+    [Fact]
+    public void GeneratesInAChainWithBuiltInTransformsAndRoundTripsThroughModelSave()
+    {
+        using var dir = new TempFolder();
+        var ml = new MLContext(seed: 1);
+        var data = ml.Data.LoadFromEnumerable(Rows);
+        using var model = BundledBaseModel.Load();
+        var tokenizer = BundledBaseModel.LoadTokenizer();
+        var expected = new TextGenerator(model, tokenizer).Generate(Rows.Select(r => r.Text).ToList(), Greedy).Select(r => r.Text).ToList();
+
+        var pipeline = ml.Transforms.CopyColumns("Prompt", "Text")
+            .Append(ml.Transforms.Text.GenerateText(model, tokenizer, options: Greedy))
+            .Append(ml.Transforms.CopyColumns("Copy", "GeneratedText"));
+        var fitted = pipeline.Fit(data);
+        var generated = fitted.Transform(data).GetColumn<string>("GeneratedText").ToList();
+        Assert.Equal(expected, generated);
+        Assert.Equal(generated, fitted.Transform(data).GetColumn<string>("Copy"));
+
+        var path = dir.File("model.zip");
+        ml.Model.Save(fitted, data.Schema, path);
+        var fresh = new MLContext(seed: 2);
+        var loaded = fresh.Model.Load(path, out var inputSchema);
+        Assert.Equal(data.Schema.Count, inputSchema.Count);
+        Assert.Equal(generated, loaded.Transform(fresh.Data.LoadFromEnumerable(Rows)).GetColumn<string>("GeneratedText"));
+
+        var engine = fresh.Model.CreatePredictionEngine<Input, Output>(loaded);
+        var prediction = engine.Predict(Rows[0]);
+        Assert.Equal(generated[0], prediction.GeneratedText);
+        Assert.Equal(generated[0], prediction.Copy);
+    }
+
+    [Fact]
+    public void MissingOrMistypedPromptColumnsAreNamed()
+    {
+        var ml = new MLContext(seed: 1);
+        var data = ml.Data.LoadFromEnumerable(Rows);
+        using var model = BundledBaseModel.Load();
+        var estimator = ml.Transforms.Text.GenerateText(model, BundledBaseModel.LoadTokenizer(), inputColumnName: "Question");
+        var missing = Assert.ThrowsAny<ArgumentException>(() => estimator.Fit(data));
+        Assert.Contains("Question", missing.Message);
+
+        var wrongType = ml.Transforms.Text.GenerateText(model, BundledBaseModel.LoadTokenizer(), inputColumnName: "Id");
+        var e = Assert.ThrowsAny<ArgumentException>(() => wrongType.Fit(data));
+        Assert.Contains("Id", e.Message);
+        Assert.Contains("String", e.Message);
+    }
+
+    private static IEnumerable<Exception> Flatten(Exception e)
+    {
+        for (var x = e; x is not null; x = x.InnerException) yield return x;
+    }
+
+    [Fact]
+    public void ACorruptModelZipFailsToLoadClearly()
+    {
+        using var dir = new TempFolder();
+        var ml = new MLContext(seed: 1);
+        var data = ml.Data.LoadFromEnumerable(Rows);
+        using var model = BundledBaseModel.Load();
+        var fitted = ml.Transforms.CopyColumns("Prompt", "Text").Append(ml.Transforms.Text.GenerateText(model, BundledBaseModel.LoadTokenizer(), options: Greedy)).Fit(data);
+        var path = dir.File("model.zip");
+        ml.Model.Save(fitted, data.Schema, path);
+        var bytes = File.ReadAllBytes(path);
+
+        // A damaged weights stream inside an intact zip: our safetensors validation names the problem.
+        var damaged = dir.File("damaged.zip");
+        File.WriteAllBytes(damaged, bytes);
+        using (var zip = System.IO.Compression.ZipFile.Open(damaged, System.IO.Compression.ZipArchiveMode.Update))
+        {
+            var entry = zip.Entries.Single(e => e.FullName.EndsWith("File.model.safetensors", StringComparison.Ordinal));
+            var name = entry.FullName;
+            byte[] weights;
+            using (var s = entry.Open()) { using var m = new MemoryStream(); s.CopyTo(m); weights = m.ToArray(); }
+            entry.Delete();
+            using var w = zip.CreateEntry(name).Open();
+            w.Write(weights, 0, weights.Length - 100);
+        }
+        var invalid = Assert.ThrowsAny<Exception>(() => new MLContext().Model.Load(damaged, out _));
+        var messages = string.Join(" | ", Flatten(invalid).Select(x => x.Message));
+        Assert.Contains("Invalid safetensors file", messages);
+        Assert.Contains("model.safetensors", messages);
+
+        // A truncated zip.
+        File.WriteAllBytes(path, bytes[..(bytes.Length / 2)]);
+        var truncated = Assert.Throws<FormatException>(() => new MLContext().Model.Load(path, out _));
+        Assert.Contains("zip", truncated.Message);
+    }
+}
