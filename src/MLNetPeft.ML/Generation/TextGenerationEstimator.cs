@@ -32,9 +32,7 @@ public sealed class TextGenerationEstimator : IEstimator<TextGenerationTransform
     public TextGenerationTransformer Fit(IDataView input)
     {
         TextGenerationTransformer.CheckInput(input.Schema, _inputColumnName, _env);
-        if (_model.SourceFolder is null)
-            throw new InvalidOperationException("The model was not loaded from a checkpoint folder, so its tokenizer files are unknown; " +
-                "save it with SavePretrained next to its tokenizer files and load it with PretrainedModels.LoadCausalLM.");
+        ModelFiles.RequireCheckpointFolder(_model);
         // The transformer keeps the checkpoint's files so that it can be saved into an ML.NET model zip.
         var folder = Path.Combine(Path.GetTempPath(), "mlnetpeft-" + Guid.NewGuid().ToString("N"));
         try

@@ -11,6 +11,14 @@ internal static class ModelFiles
 {
     private const string StreamPrefix = "File.";
 
+    /// <summary>A transformer saves its model's tokenizer files, which are known only for models loaded from a checkpoint folder.</summary>
+    public static void RequireCheckpointFolder(MLNetPeft.Architectures.PretrainedModule model)
+    {
+        if (model.SourceFolder is null)
+            throw new InvalidOperationException("The model was not loaded from a checkpoint folder, so its tokenizer files are unknown; " +
+                "save it with SavePretrained next to its tokenizer files and load it with PretrainedModels.LoadCausalLM.");
+    }
+
     /// <summary>Reads every file of <paramref name="folder"/> into memory (so the transformer can be saved again later).</summary>
     public static IReadOnlyDictionary<string, byte[]> Capture(string folder) =>
         Directory.GetFiles(folder).Order(StringComparer.Ordinal).ToDictionary(f => Path.GetFileName(f), File.ReadAllBytes, StringComparer.Ordinal);

@@ -1,0 +1,110 @@
+using Microsoft.ML;
+using Microsoft.ML.Data;
+using MLNetPeft.Architectures;
+using MLNetPeft.BaseModel;
+using MLNetPeft.BaseModel.Tasks;
+using MLNetPeft.Generation;
+using MLNetPeft.ML.FineTuning;
+using MLNetPeft.ML.Generation;
+using MLNetPeft.Training;
+using MLNetPeft.Tuners.Lora;
+
+namespace MLNetPeft.ML.Tests;
+
+public class FineTuningTests(Xunit.Abstractions.ITestOutputHelper output)
+{
+    public sealed class Row
+    {
+        public string Question { get; set; } = "";
+        public string Response { get; set; } = "";
+    }
+
+    private static Row[] Rows(IEnumerable<InstructionExample> examples) =>
+        examples.Select(e => new Row { Question = e.Prompt, Response = e.Completion }).ToArray();
+
+    private static readonly GenerationOptions Answer = new() { MaxNewTokens = 6, StopStrings = ["\n"] };
+
+    private static double ExactMatch(IDataView transformed, IReadOnlyList<InstructionExample> examples) =>
+        transformed.GetColumn<string>("GeneratedText").Zip(examples).Count(x => x.First.Trim() == x.Second.Response) / (double)examples.Count;
+
+    [Fact]
+    public void LoraFineTuningInAPipelineLearnsHeldOutInstructionsAndRoundTrips()
+    {
+        using var dir = new TempFolder();
+        var ml = new MLContext(seed: 1);
+        var world = BaseModelRecipe.World();
+        var trainExamples = InstructionTasks.Generate(InstructionTasks.TrainingSet(world), 2, 1);
+        var testExamples = InstructionTasks.Generate(InstructionTasks.HeldOutSet(world), 1, 2);
+        var train = ml.Data.LoadFromEnumerable(Rows(trainExamples));
+        var test = ml.Data.LoadFromEnumerable(Rows(testExamples));
+        using var model = BundledBaseModel.Load();
+        var tokenizer = BundledBaseModel.LoadTokenizer();
+        var baseWeights = model.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.clone());
+
+        var before = ml.Transforms.CopyColumns("Prompt", "Question").Append(ml.Transforms.Text.GenerateText(model, tokenizer, options: Answer)).Fit(train);
+        double emBefore = ExactMatch(before.Transform(test), testExamples);
+
+        var steps = new List<TrainingProgress>();
+        var options = new CausalLmFineTuningOptions
+        {
+            Lora = new LoraConfig { R = 8, LoraAlpha = 16, TargetModules = [LoraConfig.AllLinear] },
+            Training = new TrainingOptions { MaxSteps = 200, BatchSize = 16, LearningRate = 5e-3, WarmupSteps = 10, WeightDecay = 0, Seed = 1 },
+            MaxLength = 64, Generation = Answer, Seed = 1, Progress = new Sync<TrainingProgress>(steps.Add),
+        };
+        var pipeline = ml.Transforms.CopyColumns("Prompt", "Question").Append(ml.Transforms.Text.FineTuneCausalLm(model, tokenizer, options));
+        var fitted = pipeline.Fit(train);
+        double emAfter = ExactMatch(fitted.Transform(test), testExamples);
+        output.WriteLine($"held-out exact match {emBefore:P0} -> {emAfter:P0}");
+        Assert.True(emBefore < 0.2, $"before: {emBefore:P0}");
+        Assert.True(emAfter >= 0.8, $"after: {emAfter:P0}");
+        Assert.Equal(200, steps.Count);
+        foreach (var (name, w) in baseWeights) TensorAssert.BitIdentical(w, model.state_dict()[name], name);  // the caller's model is untouched
+
+        var path = dir.File("tuned.zip");
+        ml.Model.Save(fitted, train.Schema, path);
+        var fresh = new MLContext(seed: 3);
+        var loaded = fresh.Model.Load(path, out _);
+        var freshTest = fresh.Data.LoadFromEnumerable(Rows(testExamples));
+        Assert.Equal(fitted.Transform(test).GetColumn<string>("GeneratedText"), loaded.Transform(freshTest).GetColumn<string>("GeneratedText"));
+    }
+
+    [Fact]
+    public void BadInputIsRejectedNamingWhatIsWrong()
+    {
+        var ml = new MLContext(seed: 1);
+        using var model = BundledBaseModel.Load();
+        var tokenizer = BundledBaseModel.LoadTokenizer();
+        var quick = new TrainingOptions { MaxSteps = 1, BatchSize = 1, WarmupSteps = 0 };
+        var good = ml.Data.LoadFromEnumerable(new[] { new Row { Question = "Q", Response = " A" } });
+
+        var missing = ml.Transforms.Text.FineTuneCausalLm(model, tokenizer, new CausalLmFineTuningOptions { PromptColumnName = "Nope", Training = quick });
+        Assert.Contains("Nope", Assert.ThrowsAny<ArgumentException>(() => missing.Fit(good)).Message);
+
+        var empty = ml.Data.LoadFromEnumerable(Array.Empty<Row>());
+        var ok = new CausalLmFineTuningOptions { PromptColumnName = "Question", Training = quick };
+        Assert.Contains("no rows", Assert.ThrowsAny<ArgumentException>(() => ml.Transforms.Text.FineTuneCausalLm(model, tokenizer, ok).Fit(empty)).Message);
+
+        var blank = ml.Data.LoadFromEnumerable(new[] { new Row { Question = "Q", Response = " A" }, new Row { Question = "  ", Response = " B" } });
+        var strict = new CausalLmFineTuningOptions { PromptColumnName = "Question", Training = quick, EmptyRows = BadRowHandling.Fail };
+        Assert.Contains("Row 1", Assert.Throws<InvalidOperationException>(() => ml.Transforms.Text.FineTuneCausalLm(model, tokenizer, strict).Fit(blank)).Message);
+        using (ml.Transforms.Text.FineTuneCausalLm(model, tokenizer, ok).Fit(blank)) { } // skipped with a logged count
+
+        var longRow = ml.Data.LoadFromEnumerable(new[] { new Row { Question = string.Join(" ", Enumerable.Repeat("word", 50)), Response = " A" } });
+        var tight = new CausalLmFineTuningOptions { PromptColumnName = "Question", Training = quick, MaxLength = 8, LongRows = BadRowHandling.Fail };
+        Assert.Contains("MaxLength", Assert.ThrowsAny<Exception>(() => ml.Transforms.Text.FineTuneCausalLm(model, tokenizer, tight).Fit(longRow)).Message);
+
+        Assert.Contains("R", Assert.ThrowsAny<ArgumentException>(() => ml.Transforms.Text.FineTuneCausalLm(model, tokenizer, new CausalLmFineTuningOptions { Lora = new LoraConfig { R = 0 } })).Message);
+        Assert.Contains("LearningRate", Assert.ThrowsAny<ArgumentException>(() => ml.Transforms.Text.FineTuneCausalLm(model, tokenizer,
+            new CausalLmFineTuningOptions { Training = new TrainingOptions { LearningRate = 0 } })).Message);
+        Assert.Contains("BatchSize", Assert.ThrowsAny<ArgumentException>(() => ml.Transforms.Text.FineTuneCausalLm(model, tokenizer,
+            new CausalLmFineTuningOptions { Training = new TrainingOptions { BatchSize = 0 } })).Message);
+        var unknownTarget = new CausalLmFineTuningOptions { PromptColumnName = "Question", Training = quick, Lora = new LoraConfig { TargetModules = ["query"] } };
+        var e = Assert.Throws<ArgumentException>(() => ml.Transforms.Text.FineTuneCausalLm(model, tokenizer, unknownTarget).Fit(good));
+        Assert.Contains("q_proj", e.Message);
+    }
+
+    private sealed class Sync<T>(Action<T> report) : IProgress<T>
+    {
+        public void Report(T value) => report(value);
+    }
+}
