@@ -63,6 +63,35 @@ public class TextGenerationTransformerTests
     }
 
     [Fact]
+    public async Task ASavedModelLoadsInAFreshProcessThatNeverBuiltTheEstimator()
+    {
+        using var dir = new TempFolder();
+        var ml = new MLContext(seed: 1);
+        var data = ml.Data.LoadFromEnumerable(Rows);
+        using var model = BundledBaseModel.Load();
+        var fitted = ml.Transforms.CopyColumns("Prompt", "Text")
+            .Append(ml.Transforms.Text.GenerateText(model, BundledBaseModel.LoadTokenizer(), options: Greedy))
+            .Append(ml.Transforms.CopyColumns("Copy", "GeneratedText")).Fit(data);
+        var expected = fitted.Transform(data).GetColumn<string>("Copy").ToList();
+        var path = dir.File("model.zip");
+        ml.Model.Save(fitted, data.Schema, path);
+
+        // The helper sits beside this test project's output: tests/MLNetPeft.ML.FreshProcess/bin/<configuration>/<tfm>/.
+        var helper = AppContext.BaseDirectory.Replace("MLNetPeft.ML.Tests", "MLNetPeft.ML.FreshProcess") + "MLNetPeft.ML.FreshProcess.dll";
+        Assert.True(File.Exists(helper), helper);
+        var start = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in new[] { helper, path, "Copy" }.Concat(Rows.Select(r => r.Text))) start.ArgumentList.Add(a);
+        using var process = System.Diagnostics.Process.Start(start)!;
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(2));
+        await process.WaitForExitAsync(timeout.Token);
+        Assert.True(process.ExitCode == 0, await stderr);
+        var lines = (await stdout).Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => System.Text.Json.JsonSerializer.Deserialize<string>(l)!).ToList();
+        Assert.Equal(expected, lines);
+    }
+
+    [Fact]
     public void MissingOrMistypedPromptColumnsAreNamed()
     {
         var ml = new MLContext(seed: 1);
