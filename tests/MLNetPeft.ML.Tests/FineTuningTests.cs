@@ -69,6 +69,44 @@ public class FineTuningTests(Xunit.Abstractions.ITestOutputHelper output)
     }
 
     [Fact]
+    public void FullFineTuningChangesEveryLayerAndRoundTrips()
+    {
+        using var dir = new TempFolder();
+        var ml = new MLContext(seed: 1);
+        var world = BaseModelRecipe.World();
+        var examples = InstructionTasks.Generate(InstructionTasks.TrainingSet(world).Take(40).ToList(), 1, 4);
+        var data = ml.Data.LoadFromEnumerable(Rows(examples));
+        using var model = BundledBaseModel.Load();
+        var options = new CausalLmFineTuningOptions
+        {
+            Method = FineTuningMethod.Full, PromptColumnName = "Question", MaxLength = 64, Generation = Answer,
+            Training = new TrainingOptions { MaxSteps = 5, BatchSize = 8, LearningRate = 1e-4, WarmupSteps = 1, Seed = 2 },
+        };
+        using var fitted = ml.Transforms.Text.FineTuneCausalLm(model, BundledBaseModel.LoadTokenizer(), options).Fit(data);
+        var generated = fitted.Transform(data).GetColumn<string>("GeneratedText").ToList();
+
+        var path = dir.File("full.zip");
+        ml.Model.Save(fitted, data.Schema, path);
+        var fresh = new MLContext(seed: 9);
+        var loaded = fresh.Model.Load(path, out _);
+        Assert.Equal(generated, loaded.Transform(fresh.Data.LoadFromEnumerable(Rows(examples))).GetColumn<string>("GeneratedText"));
+
+        // Every layer moved (not only adapters); the caller's model did not.
+        using var reread = System.IO.Compression.ZipFile.OpenRead(path);
+        var tunedFolder = dir.File("tuned");
+        Directory.CreateDirectory(tunedFolder);
+        foreach (var entry in reread.Entries.Where(e => e.Name.StartsWith("File.", StringComparison.Ordinal)))
+            System.IO.Compression.ZipFileExtensions.ExtractToFile(entry, Path.Combine(tunedFolder, entry.Name["File.".Length..]));
+        using var tuned = PretrainedModels.LoadCausalLM(tunedFolder);
+        using var original = BundledBaseModel.Load();
+        foreach (var (name, w) in original.state_dict())
+        {
+            Assert.False(w.equal(tuned.state_dict()[name]).all().item<bool>(), $"{name} did not change");
+            TensorAssert.BitIdentical(w, model.state_dict()[name], name);
+        }
+    }
+
+    [Fact]
     public void BadInputIsRejectedNamingWhatIsWrong()
     {
         var ml = new MLContext(seed: 1);
