@@ -4,6 +4,7 @@ using MLNetPeft.Architectures;
 using MLNetPeft.BaseModel;
 using MLNetPeft.BaseModel.Tasks;
 using MLNetPeft.Generation;
+using MLNetPeft.ML.Evaluation;
 using MLNetPeft.ML.FineTuning;
 using MLNetPeft.ML.Generation;
 using MLNetPeft.Training;
@@ -55,6 +56,14 @@ public class FineTuningTests(Xunit.Abstractions.ITestOutputHelper output)
         var fitted = pipeline.Fit(train);
         double emAfter = ExactMatch(fitted.Transform(test), testExamples);
         output.WriteLine($"held-out exact match {emBefore:P0} -> {emAfter:P0}");
+
+        // The same through the evaluation catalog, with teacher-forced scores of the references.
+        var beforeMetrics = ml.TextGeneration().Evaluate(before.Transform(test), "Response", model: before.LastTransformer);
+        var afterMetrics = ml.TextGeneration().Evaluate(fitted.Transform(test), "Response", model: fitted.LastTransformer);
+        output.WriteLine($"before: {beforeMetrics}; after: {afterMetrics}");
+        Assert.Equal(emAfter, afterMetrics.ExactMatch, 6);
+        Assert.True(afterMetrics.Perplexity < beforeMetrics.Perplexity / 2, $"perplexity {beforeMetrics.Perplexity:F2} -> {afterMetrics.Perplexity:F2}");
+        Assert.True(afterMetrics.TokenAccuracy > beforeMetrics.TokenAccuracy + 0.3, $"token accuracy {beforeMetrics.TokenAccuracy:P0} -> {afterMetrics.TokenAccuracy:P0}");
         Assert.True(emBefore < 0.2, $"before: {emBefore:P0}");
         Assert.True(emAfter >= 0.8, $"after: {emAfter:P0}");
         Assert.Equal(200, steps.Count);

@@ -23,6 +23,7 @@ public sealed class TextGenerationTransformer : RowToRowTransformerBase, IDispos
 
     private readonly CausalLanguageModel _model;
     private readonly TextGenerator _generator;
+    private readonly TextTokenizer _tokenizer;
     private readonly IReadOnlyDictionary<string, byte[]> _files;
     private readonly object _lock = new();
 
@@ -36,6 +37,7 @@ public sealed class TextGenerationTransformer : RowToRowTransformerBase, IDispos
     {
         _model = model;
         _generator = new TextGenerator(model, tokenizer);
+        _tokenizer = tokenizer;
         _files = files;
         OutputColumnName = outputColumnName;
         InputColumnName = inputColumnName;
@@ -71,6 +73,29 @@ public sealed class TextGenerationTransformer : RowToRowTransformerBase, IDispos
     }
 
     protected override IRowMapper MakeRowMapper(DataViewSchema schema) => new Mapper(this, schema);
+
+    /// <summary>
+    /// Teacher-forced scoring of <paramref name="response"/> after <paramref name="prompt"/>: the summed negative
+    /// log-likelihood of the response tokens (and eos), their count, and how many the model ranks first.
+    /// </summary>
+    internal (double NegativeLogLikelihood, int Tokens, int Correct) Score(string prompt, string response)
+    {
+        lock (_lock)
+        {
+            var promptIds = _tokenizer.Encode(prompt);
+            var responseIds = _tokenizer.Encode(response, addSpecialTokens: false).Append(_tokenizer.EosId ?? 0).ToList();
+            var ids = promptIds.Concat(responseIds).Select(i => (long)i).ToArray();
+            using var scope = TorchSharp.torch.NewDisposeScope();
+            using var _ = TorchSharp.torch.no_grad();
+            var logits = _model.Forward(TorchSharp.torch.tensor(ids).unsqueeze(0))[0];
+            // Position t predicts token t + 1: the response starts at index promptIds.Count.
+            var predicting = logits.narrow(0, promptIds.Count - 1, responseIds.Count).log_softmax(-1);
+            var targets = TorchSharp.torch.tensor(responseIds.Select(i => (long)i).ToArray());
+            double nll = -predicting.gather(1, targets.unsqueeze(1)).sum().item<float>();
+            int correct = (int)predicting.argmax(1).eq(targets).sum().item<long>();
+            return (nll, responseIds.Count, correct);
+        }
+    }
 
     /// <summary>Generates for one prompt (the model is not thread-safe, so rows are generated one at a time).</summary>
     internal string Generate(string prompt)
