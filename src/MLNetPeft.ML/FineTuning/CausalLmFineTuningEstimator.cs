@@ -42,6 +42,9 @@ public sealed class CausalLmFineTuningEstimator : IEstimator<TextGenerationTrans
         }
         var columns = inputSchema.ToDictionary(c => c.Name);
         columns[_options.OutputColumnName] = new SchemaShape.Column(_options.OutputColumnName, SchemaShape.Column.VectorKind.Scalar, TextDataViewType.Instance, false);
+        if (_options.ScoreResponses)
+            foreach (var name in new[] { TextGenerationTransformer.LogLikelihoodColumnName, TextGenerationTransformer.PerplexityColumnName })
+                columns[name] = new SchemaShape.Column(name, SchemaShape.Column.VectorKind.Scalar, NumberDataViewType.Single, false);
         return new SchemaShape(columns.Values);
     }
 
@@ -86,7 +89,8 @@ public sealed class CausalLmFineTuningEstimator : IEstimator<TextGenerationTrans
             tuned.eval();
             tuned.SavePretrained(copyFolder);
             var files = ModelFiles.Capture(copyFolder);
-            var transformer = new TextGenerationTransformer(_env, tuned, _tokenizer, files, o.OutputColumnName, o.PromptColumnName, o.Generation);
+            var transformer = new TextGenerationTransformer(_env, tuned, _tokenizer, files, o.OutputColumnName, o.PromptColumnName, o.Generation,
+                o.ScoreResponses ? o.ResponseColumnName : null);
             tuned = null; // owned by the transformer now
             return transformer;
         }

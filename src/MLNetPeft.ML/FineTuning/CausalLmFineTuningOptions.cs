@@ -44,6 +44,8 @@ public sealed class CausalLmFineTuningOptions
 
     /// <summary>Optimizer steps, batch size, learning rate and the rest of the training loop (see <see cref="TrainingOptions"/>).</summary>
     public TrainingOptions Training { get; set; } = new() { MaxSteps = 200, BatchSize = 8, LearningRate = 1e-3, WarmupSteps = 10, WeightDecay = 0 };
+    /// <summary>Whether the fitted transformer also scores each row's response (columns LogLikelihood and Perplexity).</summary>
+    public bool ScoreResponses { get; set; }
     /// <summary>Generation settings of the fitted transformer.</summary>
     public GenerationOptions Generation { get; set; } = new();
     /// <summary>Seed of the adapter initialisation (the training seed is <see cref="TrainingOptions.Seed"/>).</summary>

@@ -16,10 +16,12 @@ public sealed class TextGenerationEstimator : IEstimator<TextGenerationTransform
     private readonly TextTokenizer _tokenizer;
     private readonly string _outputColumnName, _inputColumnName;
     private readonly GenerationOptions _options;
+    private readonly string? _scoredResponseColumnName;
 
     internal TextGenerationEstimator(IHostEnvironment env, CausalLanguageModel model, TextTokenizer tokenizer, string outputColumnName,
-        string inputColumnName, GenerationOptions? options)
+        string inputColumnName, GenerationOptions? options, string? scoredResponseColumnName = null)
     {
+        _scoredResponseColumnName = scoredResponseColumnName;
         _env = env;
         _model = model ?? throw new ArgumentNullException(nameof(model));
         _tokenizer = tokenizer ?? throw new ArgumentNullException(nameof(tokenizer));
@@ -32,13 +34,14 @@ public sealed class TextGenerationEstimator : IEstimator<TextGenerationTransform
     public TextGenerationTransformer Fit(IDataView input)
     {
         TextGenerationTransformer.CheckInput(input.Schema, _inputColumnName, _env);
+        if (_scoredResponseColumnName is not null) TextGenerationTransformer.CheckInput(input.Schema, _scoredResponseColumnName, _env);
         ModelFiles.RequireCheckpointFolder(_model);
         // The transformer keeps the checkpoint's files so that it can be saved into an ML.NET model zip.
         var folder = Path.Combine(Path.GetTempPath(), "mlnetpeft-" + Guid.NewGuid().ToString("N"));
         try
         {
             _model.SavePretrained(folder);
-            return new TextGenerationTransformer(_env, _model, _tokenizer, ModelFiles.Capture(folder), _outputColumnName, _inputColumnName, _options);
+            return new TextGenerationTransformer(_env, _model, _tokenizer, ModelFiles.Capture(folder), _outputColumnName, _inputColumnName, _options, _scoredResponseColumnName);
         }
         finally
         {
@@ -54,6 +57,12 @@ public sealed class TextGenerationEstimator : IEstimator<TextGenerationTransform
             throw _env.ExceptSchemaMismatch(nameof(inputSchema), "prompt", _inputColumnName, "String", column.GetTypeString());
         var columns = inputSchema.ToDictionary(c => c.Name);
         columns[_outputColumnName] = new SchemaShape.Column(_outputColumnName, SchemaShape.Column.VectorKind.Scalar, TextDataViewType.Instance, false);
+        if (_scoredResponseColumnName is not null)
+        {
+            if (!inputSchema.TryFindColumn(_scoredResponseColumnName, out _)) throw _env.ExceptSchemaMismatch(nameof(inputSchema), "response", _scoredResponseColumnName);
+            foreach (var name in new[] { TextGenerationTransformer.LogLikelihoodColumnName, TextGenerationTransformer.PerplexityColumnName })
+                columns[name] = new SchemaShape.Column(name, SchemaShape.Column.VectorKind.Scalar, NumberDataViewType.Single, false);
+        }
         return new SchemaShape(columns.Values);
     }
 }
@@ -64,9 +73,11 @@ public static class TextGenerationCatalog
     /// <summary>
     /// Adds <paramref name="outputColumnName"/> with the text <paramref name="model"/> generates after each row's
     /// <paramref name="inputColumnName"/> (greedy, 64 new tokens unless <paramref name="options"/> say otherwise).
-    /// The model must come from a checkpoint folder (its tokenizer files are saved with the transformer).
+    /// The model must come from a checkpoint folder (its tokenizer files are saved with the transformer). With
+    /// <paramref name="scoredResponseColumnName"/>, each row's reference response is also scored: float columns
+    /// LogLikelihood (of the response and eos given the prompt) and Perplexity.
     /// </summary>
     public static TextGenerationEstimator GenerateText(this TransformsCatalog.TextTransforms catalog, CausalLanguageModel model, TextTokenizer tokenizer,
-        string outputColumnName = "GeneratedText", string inputColumnName = "Prompt", GenerationOptions? options = null) =>
-        new(CatalogUtils.GetEnvironment(catalog), model, tokenizer, outputColumnName, inputColumnName, options);
+        string outputColumnName = "GeneratedText", string inputColumnName = "Prompt", GenerationOptions? options = null, string? scoredResponseColumnName = null) =>
+        new(CatalogUtils.GetEnvironment(catalog), model, tokenizer, outputColumnName, inputColumnName, options, scoredResponseColumnName);
 }

@@ -30,11 +30,18 @@ public sealed class TextGenerationTransformer : RowToRowTransformerBase, IDispos
     public string InputColumnName { get; }
     public string OutputColumnName { get; }
     public GenerationOptions Options { get; }
+    /// <summary>When set, each row's reference response (this column) is also scored: columns LogLikelihood and Perplexity.</summary>
+    public string? ScoredResponseColumnName { get; }
+
+    public const string LogLikelihoodColumnName = "LogLikelihood";
+    public const string PerplexityColumnName = "Perplexity";
 
     internal TextGenerationTransformer(IHostEnvironment env, CausalLanguageModel model, TextTokenizer tokenizer,
-        IReadOnlyDictionary<string, byte[]> files, string outputColumnName, string inputColumnName, GenerationOptions options)
+        IReadOnlyDictionary<string, byte[]> files, string outputColumnName, string inputColumnName, GenerationOptions options,
+        string? scoredResponseColumnName = null)
         : base(Contracts.CheckRef(env, nameof(env)).Register(nameof(TextGenerationTransformer)))
     {
+        ScoredResponseColumnName = scoredResponseColumnName;
         _model = model;
         _generator = new TextGenerator(model, tokenizer);
         _tokenizer = tokenizer;
@@ -57,9 +64,10 @@ public sealed class TextGenerationTransformer : RowToRowTransformerBase, IDispos
         var options = JsonSerializer.Deserialize<GenerationOptions>(ctx.Reader.ReadString())
             ?? throw new InvalidDataException("The model zip holds no generation options.");
         options.Validate();
+        string? scored = ctx.Reader.ReadBoolean() ? ctx.Reader.ReadString() : null;
         var files = ModelFiles.Load(ctx);
         var (model, tokenizer) = ModelFiles.WithFolder(files, folder => (PretrainedModels.LoadCausalLM(folder), TextTokenizer.FromPretrained(folder)));
-        return new TextGenerationTransformer(env, model, tokenizer, files, output, input, options);
+        return new TextGenerationTransformer(env, model, tokenizer, files, output, input, options, scored);
     }
 
     protected override void SaveModel(ModelSaveContext ctx)
@@ -69,6 +77,8 @@ public sealed class TextGenerationTransformer : RowToRowTransformerBase, IDispos
         ctx.Writer.Write(OutputColumnName);
         ctx.Writer.Write(InputColumnName);
         ctx.Writer.Write(JsonSerializer.Serialize(Options));
+        ctx.Writer.Write(ScoredResponseColumnName is not null);
+        if (ScoredResponseColumnName is not null) ctx.Writer.Write(ScoredResponseColumnName);
         ModelFiles.Save(ctx, _files);
     }
 
@@ -115,30 +125,52 @@ public sealed class TextGenerationTransformer : RowToRowTransformerBase, IDispos
     {
         private readonly TextGenerationTransformer _owner;
         private readonly int _input;
+        private readonly int _response = -1;
 
         public Mapper(TextGenerationTransformer parent, DataViewSchema schema) : base(parent.Host, schema, parent)
         {
             _owner = parent;
             CheckInput(schema, parent.InputColumnName, parent.Host);
             _input = schema[parent.InputColumnName].Index;
+            if (parent.ScoredResponseColumnName is { } response)
+            {
+                CheckInput(schema, response, parent.Host);
+                _response = schema[response].Index;
+            }
         }
 
-        protected override DataViewSchema.DetachedColumn[] GetOutputColumnsCore() =>
-            [new DataViewSchema.DetachedColumn(_owner.OutputColumnName, TextDataViewType.Instance)];
+        protected override DataViewSchema.DetachedColumn[] GetOutputColumnsCore() => _response < 0
+            ? [new DataViewSchema.DetachedColumn(_owner.OutputColumnName, TextDataViewType.Instance)]
+            : [new DataViewSchema.DetachedColumn(_owner.OutputColumnName, TextDataViewType.Instance),
+               new DataViewSchema.DetachedColumn(LogLikelihoodColumnName, NumberDataViewType.Single),
+               new DataViewSchema.DetachedColumn(PerplexityColumnName, NumberDataViewType.Single)];
 
         protected override Delegate MakeGetter(DataViewRow input, int iinfo, Func<int, bool> activeOutput, out Action disposer)
         {
             disposer = null!;
             var getPrompt = input.GetGetter<ReadOnlyMemory<char>>(input.Schema[_input]);
             ReadOnlyMemory<char> prompt = default;
-            return (ValueGetter<ReadOnlyMemory<char>>)((ref ReadOnlyMemory<char> value) =>
+            if (iinfo == 0)
+            {
+                return (ValueGetter<ReadOnlyMemory<char>>)((ref ReadOnlyMemory<char> value) =>
+                {
+                    getPrompt(ref prompt);
+                    value = _owner.Generate(prompt.ToString()).AsMemory();
+                });
+            }
+            var getResponse = input.GetGetter<ReadOnlyMemory<char>>(input.Schema[_response]);
+            ReadOnlyMemory<char> response = default;
+            return (ValueGetter<float>)((ref float value) =>
             {
                 getPrompt(ref prompt);
-                value = _owner.Generate(prompt.ToString()).AsMemory();
+                getResponse(ref response);
+                var (nll, tokens, _) = _owner.Score(prompt.ToString(), response.ToString());
+                value = iinfo == 1 ? (float)-nll : (float)Math.Exp(nll / tokens);
             });
         }
 
-        protected override Func<int, bool> GetDependenciesCore(Func<int, bool> activeOutput) => col => activeOutput(0) && col == _input;
+        protected override Func<int, bool> GetDependenciesCore(Func<int, bool> activeOutput) =>
+            col => (activeOutput(0) && col == _input) || (_response >= 0 && (activeOutput(1) || activeOutput(2)) && (col == _input || col == _response));
 
         protected override void SaveModel(ModelSaveContext ctx) => _owner.SaveModel(ctx);
     }
