@@ -3,6 +3,9 @@ using MLNetPeft.Architectures;
 using MLNetPeft.BaseModel;
 using MLNetPeft.Benchmarks;
 using MLNetPeft.Generation;
+using MLNetPeft.Training;
+using MLNetPeft.Training.LanguageModeling;
+using MLNetPeft.Tuners.Lora;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -41,6 +44,8 @@ Console.WriteLine();
 Console.WriteLine("FLOPs per token = 6·(matmul parameters, output head included) + 6·2·layers·seq·d (attention scores and values).");
 Console.WriteLine();
 GenerationSpeed(256);
+Console.WriteLine();
+FineTuningCosts();
 
 void Report(string name, CausalLanguageModel ours, nn.Module<Tensor, Tensor> minimal, int layers, int dim, bool tiedHead, int vocab)
 {
@@ -97,6 +102,93 @@ void GenerationSpeed(int newTokens)
     Console.WriteLine($"| with KV cache | {cached:F0} |");
     Console.WriteLine($"| full recompute per token | {recompute:F0} |");
     Console.WriteLine($"| speedup (same run) | {cached / recompute:F1}× |");
+}
+
+// Fine-tuning the bundled model: the library's training step against a hand-written TorchSharp step on the same model
+// and batch; LoRA against full fine-tuning; inference latency of a merged LoRA model against the base model.
+void FineTuningCosts()
+{
+    var blocks = TokenBlocks.Pack(Enumerable.Range(0, 400).Select(i => (IReadOnlyList<int>)Enumerable.Range(0, 60).Select(j => (i * 7 + j * 13) % 2000 + 1).ToList()), 128, 0);
+    const int batchSize = 8, stepsPerRound = 5;
+
+    double LibraryStep(LlamaForCausalLM model, int rounds)
+    {
+        var times = new List<double>();
+        for (int r = 0; r < rounds; r++)
+        {
+            var trainer = new LanguageModelTrainer(model, new TrainingOptions { MaxSteps = stepsPerRound, BatchSize = batchSize, LearningRate = 1e-4, WarmupSteps = 0, MaxGradNorm = 1.0, Seed = r });
+            var sw = Stopwatch.StartNew();
+            trainer.Train(blocks);
+            times.Add(sw.Elapsed.TotalSeconds / stepsPerRound);
+        }
+        return Median(times);
+    }
+
+    double HandWrittenStep(LlamaForCausalLM model, int rounds)
+    {
+        var trainable = model.parameters().Where(p => p.requires_grad).ToList();
+        var optimizer = optim.AdamW(trainable, lr: 1e-4, beta1: 0.9, beta2: 0.95, weight_decay: 0.1);
+        var random = new Random(0);
+        var times = new List<double>();
+        for (int r = 0; r < rounds; r++)
+        {
+            var sw = Stopwatch.StartNew();
+            for (int s = 0; s < stepsPerRound; s++)
+            {
+                using var scope = NewDisposeScope();
+                var (inputs, targets) = blocks.Batch(Enumerable.Range(0, batchSize).Select(_ => random.Next(blocks.Count)).ToArray());
+                optimizer.zero_grad();
+                var logits = model.Forward(inputs);
+                var loss = nn.functional.cross_entropy(logits.view(-1, logits.shape[^1]), targets.view(-1));
+                loss.backward();
+                nn.utils.clip_grad_norm_(trainable, 1.0);
+                optimizer.step();
+            }
+            times.Add(sw.Elapsed.TotalSeconds / stepsPerRound);
+        }
+        return Median(times);
+    }
+
+    LlamaForCausalLM Fresh() => (LlamaForCausalLM)BundledBaseModel.Load();
+
+    using var full = Fresh();
+    full.train();
+    LibraryStep(full, 1); HandWrittenStep(full, 1);           // warm-up
+    double libraryFull = LibraryStep(full, 3), handFull = HandWrittenStep(full, 3);
+
+    using var adapted = Fresh();
+    adapted.train();
+    using var lora = LoraModel.Apply(adapted, new LoraConfig { R = 8, LoraAlpha = 16, TargetModules = [LoraConfig.AllLinear] });
+    LibraryStep(adapted, 1);
+    double libraryLora = LibraryStep(adapted, 3);
+    var (trainable, total) = lora.ParameterCounts();
+    long fullStateBytes, loraStateBytes;
+    using (var a = new AdamW(full.named_parameters().Select(p => (p.name, p.parameter)))) fullStateBytes = a.StateBytes;
+    using (var a = new AdamW(adapted.named_parameters().Where(p => p.parameter.requires_grad).Select(p => (p.name, p.parameter)))) loraStateBytes = a.StateBytes;
+
+    Console.WriteLine($"| fine-tuning the bundled model (batch {batchSize} × 128 tokens) | value |");
+    Console.WriteLine("|---|---|");
+    Console.WriteLine($"| library step vs hand-written TorchSharp step (full fine-tuning, same model and batch) | {libraryFull * 1000:F0} ms vs {handFull * 1000:F0} ms = {libraryFull / handFull:F3} |");
+    Console.WriteLine($"| LoRA r=8 all-linear: trainable share | {trainable:N0} of {total:N0} = {100.0 * trainable / total:F2} % |");
+    Console.WriteLine($"| optimizer state, LoRA vs full | {loraStateBytes / 1024.0:F0} KiB vs {fullStateBytes / 1024.0 / 1024:F1} MiB |");
+    Console.WriteLine($"| step time, LoRA vs full (library) | {libraryLora * 1000:F0} ms vs {libraryFull * 1000:F0} ms = {libraryLora / libraryFull:F3} |");
+
+    // Inference: the merged model is a plain model again, so it should cost what the base costs.
+    lora.MergeAndUnload();
+    adapted.eval();
+    using var baseModel = Fresh();
+    var input = blocks.Batch(Enumerable.Range(0, batchSize).ToArray()).Inputs;
+    double Latency(CausalLanguageModel m)
+    {
+        using var _ = no_grad();
+        for (int i = 0; i < 2; i++) m.Forward(input).Dispose();
+        var times = new List<double>();
+        for (int i = 0; i < 7; i++) { var sw = Stopwatch.StartNew(); m.Forward(input).Dispose(); times.Add(sw.Elapsed.TotalSeconds); }
+        return Median(times);
+    }
+    double merged = 0, plain = 0;
+    for (int r = 0; r < 3; r++) { plain += Latency(baseModel); merged += Latency(adapted); }
+    Console.WriteLine($"| forward latency, merged LoRA vs base | {merged / 3 * 1000:F1} ms vs {plain / 3 * 1000:F1} ms = {merged / plain:F3} |");
 }
 
 static List<int> GreedyWithoutCache(CausalLanguageModel model, IReadOnlyList<int> prompt, int newTokens)
