@@ -32,21 +32,9 @@ public sealed class CausalLmFineTuningEstimator : IEstimator<TextGenerationTrans
         if (_tokenizer.EosId is null) throw new ArgumentException("The tokenizer has no end-of-sequence token, which fine-tuning appends to every response.", nameof(tokenizer));
     }
 
-    public SchemaShape GetOutputSchema(SchemaShape inputSchema)
-    {
-        foreach (var name in new[] { _options.PromptColumnName, _options.ResponseColumnName })
-        {
-            if (!inputSchema.TryFindColumn(name, out var column)) throw _env.ExceptSchemaMismatch(nameof(inputSchema), "text", name);
-            if (column.Kind != SchemaShape.Column.VectorKind.Scalar || column.ItemType is not TextDataViewType)
-                throw _env.ExceptSchemaMismatch(nameof(inputSchema), "text", name, "String", column.GetTypeString());
-        }
-        var columns = inputSchema.ToDictionary(c => c.Name);
-        columns[_options.OutputColumnName] = new SchemaShape.Column(_options.OutputColumnName, SchemaShape.Column.VectorKind.Scalar, TextDataViewType.Instance, false);
-        if (_options.ScoreResponses)
-            foreach (var name in new[] { TextGenerationTransformer.LogLikelihoodColumnName, TextGenerationTransformer.PerplexityColumnName })
-                columns[name] = new SchemaShape.Column(name, SchemaShape.Column.VectorKind.Scalar, NumberDataViewType.Single, false);
-        return new SchemaShape(columns.Values);
-    }
+    public SchemaShape GetOutputSchema(SchemaShape inputSchema) =>
+        TextGenerationTransformer.OutputShape(_env, inputSchema, [_options.PromptColumnName, _options.ResponseColumnName],
+            _options.OutputColumnName, _options.ScoreResponses);
 
     public TextGenerationTransformer Fit(IDataView input)
     {

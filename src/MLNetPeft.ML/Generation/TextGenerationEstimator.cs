@@ -49,22 +49,10 @@ public sealed class TextGenerationEstimator : IEstimator<TextGenerationTransform
         }
     }
 
-    public SchemaShape GetOutputSchema(SchemaShape inputSchema)
-    {
-        if (!inputSchema.TryFindColumn(_inputColumnName, out var column))
-            throw _env.ExceptSchemaMismatch(nameof(inputSchema), "prompt", _inputColumnName);
-        if (column.Kind != SchemaShape.Column.VectorKind.Scalar || column.ItemType is not TextDataViewType)
-            throw _env.ExceptSchemaMismatch(nameof(inputSchema), "prompt", _inputColumnName, "String", column.GetTypeString());
-        var columns = inputSchema.ToDictionary(c => c.Name);
-        columns[_outputColumnName] = new SchemaShape.Column(_outputColumnName, SchemaShape.Column.VectorKind.Scalar, TextDataViewType.Instance, false);
-        if (_scoredResponseColumnName is not null)
-        {
-            if (!inputSchema.TryFindColumn(_scoredResponseColumnName, out _)) throw _env.ExceptSchemaMismatch(nameof(inputSchema), "response", _scoredResponseColumnName);
-            foreach (var name in new[] { TextGenerationTransformer.LogLikelihoodColumnName, TextGenerationTransformer.PerplexityColumnName })
-                columns[name] = new SchemaShape.Column(name, SchemaShape.Column.VectorKind.Scalar, NumberDataViewType.Single, false);
-        }
-        return new SchemaShape(columns.Values);
-    }
+    public SchemaShape GetOutputSchema(SchemaShape inputSchema) =>
+        TextGenerationTransformer.OutputShape(_env, inputSchema,
+            _scoredResponseColumnName is null ? [_inputColumnName] : [_inputColumnName, _scoredResponseColumnName],
+            _outputColumnName, scored: _scoredResponseColumnName is not null);
 }
 
 /// <summary>Catalog entry points: <c>mlContext.Transforms.Text.GenerateText(...)</c>.</summary>

@@ -113,6 +113,26 @@ public sealed class TextGenerationTransformer : RowToRowTransformerBase, IDispos
         lock (_lock) return _generator.Generate(prompt, Options).Text;
     }
 
+    /// <summary>
+    /// The output shape of the estimators that produce this transformer: the text columns they read must be scalar
+    /// text; the generated-text column is added, and with <paramref name="scored"/> the LogLikelihood and Perplexity columns.
+    /// </summary>
+    internal static SchemaShape OutputShape(IExceptionContext ectx, SchemaShape inputSchema, IEnumerable<string> textColumns, string outputColumnName, bool scored)
+    {
+        foreach (var name in textColumns)
+        {
+            if (!inputSchema.TryFindColumn(name, out var column)) throw ectx.ExceptSchemaMismatch(nameof(inputSchema), "text", name);
+            if (column.Kind != SchemaShape.Column.VectorKind.Scalar || column.ItemType is not TextDataViewType)
+                throw ectx.ExceptSchemaMismatch(nameof(inputSchema), "text", name, "String", column.GetTypeString());
+        }
+        var columns = inputSchema.ToDictionary(c => c.Name);
+        columns[outputColumnName] = new SchemaShape.Column(outputColumnName, SchemaShape.Column.VectorKind.Scalar, TextDataViewType.Instance, false);
+        if (scored)
+            foreach (var name in new[] { LogLikelihoodColumnName, PerplexityColumnName })
+                columns[name] = new SchemaShape.Column(name, SchemaShape.Column.VectorKind.Scalar, NumberDataViewType.Single, false);
+        return new SchemaShape(columns.Values);
+    }
+
     internal static void CheckInput(DataViewSchema schema, string column, IExceptionContext ectx)
     {
         var col = schema.GetColumnOrNull(column) ?? throw ectx.ExceptSchemaMismatch(nameof(schema), "prompt", column);
