@@ -1,15 +1,23 @@
+using System.Text.Json;
 using Microsoft.ML;
 using Microsoft.ML.Data;
 
-// FreshProcess <model.zip> <column> <prompt>...: loads the model with mlContext.Model.Load only, transforms the prompts
-// (column "Text") and prints the values of <column>, one per line, escaped as JSON strings.
+// FreshProcess <model.zip> <rows.json> <column>...: loads the model with mlContext.Model.Load only, transforms the rows
+// of rows.json (objects with Text and Response) and prints, per column, one line: the column's values as a JSON array.
 var ml = new MLContext(seed: 7);
 var model = ml.Model.Load(args[0], out _);
-var data = ml.Data.LoadFromEnumerable(args.Skip(2).Select(p => new Input { Text = p }));
-foreach (var value in model.Transform(data).GetColumn<string>(args[1]))
-    Console.WriteLine(System.Text.Json.JsonSerializer.Serialize(value));
+var rows = JsonSerializer.Deserialize<Input[]>(File.ReadAllText(args[1]))!;
+var transformed = model.Transform(ml.Data.LoadFromEnumerable(rows));
+foreach (var column in args.Skip(2))
+{
+    object values = transformed.Schema[column].Type is TextDataViewType
+        ? transformed.GetColumn<string>(column).ToList()
+        : transformed.GetColumn<float>(column).ToList();
+    Console.WriteLine(JsonSerializer.Serialize(values));
+}
 
 sealed class Input
 {
     public string Text { get; set; } = "";
+    public string Response { get; set; } = "";
 }

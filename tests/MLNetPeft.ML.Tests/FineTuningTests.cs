@@ -2,6 +2,7 @@ using Microsoft.ML;
 using Microsoft.ML.Data;
 using MLNetPeft.Architectures;
 using MLNetPeft.BaseModel;
+using MLNetPeft.BaseModel.Corpus;
 using MLNetPeft.BaseModel.Tasks;
 using MLNetPeft.Generation;
 using MLNetPeft.ML.Evaluation;
@@ -115,6 +116,44 @@ public class FineTuningTests(Xunit.Abstractions.ITestOutputHelper output)
         }
     }
 
+    public sealed class Doc
+    {
+        public string Text { get; set; } = "";
+    }
+
+    [Fact]
+    public void ContinuedPretrainingOnOneTextColumnWithPackingLearnsNewFacts()
+    {
+        var ml = new MLContext(seed: 1);
+        var world = BaseModelRecipe.World();
+        // Knowledge-base people never occur in the pretraining corpus; validation states the same facts in another order.
+        var people = world.KnowledgeBasePeople.Take(30).ToList();
+        var train = ml.Data.LoadFromEnumerable(people.Select(p => new Doc { Text = string.Join(' ', CorpusGenerator.Facts(p)) }).ToArray());
+        var validation = ml.Data.LoadFromEnumerable(people.Select(p => new Doc { Text = string.Join(' ', CorpusGenerator.Facts(p).Reverse()) }).ToArray());
+        using var model = BundledBaseModel.Load();
+        var steps = new List<TrainingProgress>();
+        var options = new CausalLmFineTuningOptions
+        {
+            TextColumnName = "Text", Packing = true, MaxLength = 64, ValidationData = validation, LongRows = BadRowHandling.Fail,
+            Lora = new LoraConfig { R = 8, LoraAlpha = 16, TargetModules = [LoraConfig.AllLinear] }, Seed = 1,
+            Training = new TrainingOptions { MaxSteps = 60, BatchSize = 8, LearningRate = 5e-3, WarmupSteps = 5, WeightDecay = 0, Seed = 1, EvalInterval = 10 },
+            Generation = new GenerationOptions { MaxNewTokens = 4, StopStrings = ["."] }, Progress = new Sync<TrainingProgress>(steps.Add),
+        };
+        var estimator = ml.Transforms.Text.FineTuneCausalLm(model, BundledBaseModel.LoadTokenizer(), options);
+        using var fitted = estimator.Fit(train);
+        var evaluated = steps.Where(s => s.Step % 10 == 0).Select(s => (s.Step, Loss: s.ValidationLoss!.Value)).DistinctBy(s => s.Step).ToList();
+        output.WriteLine(string.Join(", ", evaluated.Select(e => $"step {e.Step}: {e.Loss:F3}")));
+        Assert.Equal([10, 20, 30, 40, 50, 60], evaluated.Select(e => e.Step));
+        Assert.True(evaluated[^1].Loss < 0.7 * evaluated[0].Loss, $"validation loss {evaluated[0].Loss:F3} -> {evaluated[^1].Loss:F3}");
+
+        // The fitted transformer continues the text column.
+        var prompts = ml.Data.LoadFromEnumerable(people.Take(10).Select(p => new Doc { Text = $"{p.Name} lives in" }).ToArray());
+        var towns = fitted.Transform(prompts).GetColumn<string>("GeneratedText").ToList();
+        int right = towns.Zip(people).Count(x => x.First.Trim().TrimEnd('.') == x.Second.Town);
+        output.WriteLine($"towns right: {right}/10: {string.Join(" | ", towns)}");
+        Assert.All(towns, t => Assert.False(string.IsNullOrWhiteSpace(t)));
+    }
+
     [Fact]
     public void BadInputIsRejectedNamingWhatIsWrong()
     {
@@ -145,9 +184,25 @@ public class FineTuningTests(Xunit.Abstractions.ITestOutputHelper output)
             new CausalLmFineTuningOptions { Training = new TrainingOptions { LearningRate = 0 } })).Message);
         Assert.Contains("BatchSize", Assert.ThrowsAny<ArgumentException>(() => ml.Transforms.Text.FineTuneCausalLm(model, tokenizer,
             new CausalLmFineTuningOptions { Training = new TrainingOptions { BatchSize = 0 } })).Message);
+        var textScored = new CausalLmFineTuningOptions { TextColumnName = "Question", ScoreResponses = true, Training = quick };
+        Assert.Contains("ScoreResponses", Assert.Throws<ArgumentException>(() => ml.Transforms.Text.FineTuneCausalLm(model, tokenizer, textScored)).Message);
+        var badValidation = ml.Data.LoadFromEnumerable(new[] { new Doc { Text = "x" } });
+        var withValidation = new CausalLmFineTuningOptions { PromptColumnName = "Question", Training = quick, ValidationData = badValidation };
+        Assert.Contains("Question", Assert.ThrowsAny<ArgumentException>(() => ml.Transforms.Text.FineTuneCausalLm(model, tokenizer, withValidation).Fit(good)).Message);
+        Assert.Contains("LoraAlpha", Assert.ThrowsAny<ArgumentException>(() => ml.Transforms.Text.FineTuneCausalLm(model, tokenizer,
+            new CausalLmFineTuningOptions { Lora = new LoraConfig { LoraAlpha = 0 } })).Message);
+        var wrongType = ml.Data.LoadFromEnumerable(new[] { new TypedRow { Question = 1f, Response = " A" } });
+        Assert.Contains("Question", Assert.ThrowsAny<ArgumentException>(() => ml.Transforms.Text.FineTuneCausalLm(model, tokenizer,
+            new CausalLmFineTuningOptions { PromptColumnName = "Question", Training = quick }).Fit(wrongType)).Message);
         var unknownTarget = new CausalLmFineTuningOptions { PromptColumnName = "Question", Training = quick, Lora = new LoraConfig { TargetModules = ["query"] } };
         var e = Assert.Throws<ArgumentException>(() => ml.Transforms.Text.FineTuneCausalLm(model, tokenizer, unknownTarget).Fit(good));
         Assert.Contains("q_proj", e.Message);
+    }
+
+    public sealed class TypedRow
+    {
+        public float Question { get; set; }
+        public string Response { get; set; } = "";
     }
 
     private sealed class Sync<T>(Action<T> report) : IProgress<T>

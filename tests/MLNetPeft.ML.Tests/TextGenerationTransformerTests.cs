@@ -72,23 +72,10 @@ public class TextGenerationTransformerTests
         var fitted = ml.Transforms.CopyColumns("Prompt", "Text")
             .Append(ml.Transforms.Text.GenerateText(model, BundledBaseModel.LoadTokenizer(), options: Greedy))
             .Append(ml.Transforms.CopyColumns("Copy", "GeneratedText")).Fit(data);
-        var expected = fitted.Transform(data).GetColumn<string>("Copy").ToList();
+        var expected = FreshProcess.Columns(fitted.Transform(data), ["Copy"]);
         var path = dir.File("model.zip");
         ml.Model.Save(fitted, data.Schema, path);
-
-        // The helper sits beside this test project's output: tests/MLNetPeft.ML.FreshProcess/bin/<configuration>/<tfm>/.
-        var helper = AppContext.BaseDirectory.Replace("MLNetPeft.ML.Tests", "MLNetPeft.ML.FreshProcess") + "MLNetPeft.ML.FreshProcess.dll";
-        Assert.True(File.Exists(helper), helper);
-        var start = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in new[] { helper, path, "Copy" }.Concat(Rows.Select(r => r.Text))) start.ArgumentList.Add(a);
-        using var process = System.Diagnostics.Process.Start(start)!;
-        var stdout = process.StandardOutput.ReadToEndAsync();
-        var stderr = process.StandardError.ReadToEndAsync();
-        using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(2));
-        await process.WaitForExitAsync(timeout.Token);
-        Assert.True(process.ExitCode == 0, await stderr);
-        var lines = (await stdout).Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => System.Text.Json.JsonSerializer.Deserialize<string>(l)!).ToList();
-        Assert.Equal(expected, lines);
+        Assert.Equal(expected, await FreshProcess.RunAsync(path, Rows.Select(r => new FreshProcess.Row(r.Text, "")).ToList(), ["Copy"], dir.Path));
     }
 
     [Fact]
@@ -105,11 +92,6 @@ public class TextGenerationTransformerTests
         var e = Assert.ThrowsAny<ArgumentException>(() => wrongType.Fit(data));
         Assert.Contains("Id", e.Message);
         Assert.Contains("String", e.Message);
-    }
-
-    private static IEnumerable<Exception> Flatten(Exception e)
-    {
-        for (var x = e; x is not null; x = x.InnerException) yield return x;
     }
 
     [Fact]
@@ -138,7 +120,7 @@ public class TextGenerationTransformerTests
             w.Write(weights, 0, weights.Length - 100);
         }
         var invalid = Assert.ThrowsAny<Exception>(() => new MLContext().Model.Load(damaged, out _));
-        var messages = string.Join(" | ", Flatten(invalid).Select(x => x.Message));
+        var messages = string.Join(" | ", ExceptionChain.Flatten(invalid).Select(x => x.Message));
         Assert.Contains("Invalid safetensors file", messages);
         Assert.Contains("model.safetensors", messages);
 

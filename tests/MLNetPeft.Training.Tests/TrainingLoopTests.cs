@@ -60,6 +60,23 @@ public class TrainingLoopTests
     }
 
     [Fact]
+    public void PackedExamplesSpanBlocksWithoutPaddingAndLearnOnlyResponses()
+    {
+        // Stream: 5 6 | 7 0 | 8 | 9 10 0 (prompt | response eos), cut every 3 tokens; the last token has no successor.
+        var blocks = TokenBlocks.PackExamples([([5, 6], [7]), ([8], [9, 10])], blockSize: 3, eosId: 0);
+        Assert.Equal(2, blocks.Count);
+        Assert.Equal(0, blocks.Truncated);
+        var (inputs, targets) = blocks.Batch([0, 1]);
+        Assert.Equal(new long[] { 5, 6, 7, 0, 8, 9 }, inputs.data<long>().ToArray());
+        Assert.Equal(new long[] { -100, 7, 0, -100, 9, 10 }, targets.data<long>().ToArray());
+
+        // Without completion-only loss every token is learned, as in Pack (the next example's first token too).
+        var everything = TokenBlocks.PackExamples([([5, 6], [7]), ([8], [9, 10])], blockSize: 3, eosId: 0, completionOnly: false);
+        Assert.Equal(new long[] { 6, 7, 0, 8, 9, 10 }, everything.Batch([0, 1]).Targets.data<long>().ToArray());
+        Assert.Throws<ArgumentException>(() => TokenBlocks.PackExamples([([5], [6])], blockSize: 8, eosId: 0));
+    }
+
+    [Fact]
     public void CompletionOnlyTrainingLearnsTheResponses()
     {
         // Prompt "a b" → response "b a": the model must learn to swap two tokens it is shown.

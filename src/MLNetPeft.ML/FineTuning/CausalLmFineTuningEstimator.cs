@@ -32,89 +32,127 @@ public sealed class CausalLmFineTuningEstimator : IEstimator<TextGenerationTrans
         if (_tokenizer.EosId is null) throw new ArgumentException("The tokenizer has no end-of-sequence token, which fine-tuning appends to every response.", nameof(tokenizer));
     }
 
-    public SchemaShape GetOutputSchema(SchemaShape inputSchema) =>
-        TextGenerationTransformer.OutputShape(_env, inputSchema, [_options.PromptColumnName, _options.ResponseColumnName],
-            _options.OutputColumnName, _options.ScoreResponses);
+    /// <summary>The columns the fitted transformer generates from (the prompt, or the text in continued pretraining) and scores.</summary>
+    private string GenerationInput => _options.TextColumnName ?? _options.PromptColumnName;
 
-    public TextGenerationTransformer Fit(IDataView input)
+    private IEnumerable<string> TrainingColumns => _options.TextColumnName is { } text ? [text] : [_options.PromptColumnName, _options.ResponseColumnName];
+
+    public SchemaShape GetOutputSchema(SchemaShape inputSchema) =>
+        TextGenerationTransformer.OutputShape(_env, inputSchema, TrainingColumns, _options.OutputColumnName, _options.ScoreResponses);
+
+    public TextGenerationTransformer Fit(IDataView input) => Fit(input, _options.ValidationData);
+
+    /// <summary>Fits on <paramref name="trainData"/>, computing the validation loss on <paramref name="validationData"/> when given.</summary>
+    public TextGenerationTransformer Fit(IDataView trainData, IDataView? validationData)
     {
         var o = _options;
-        TextGenerationTransformer.CheckInput(input.Schema, o.PromptColumnName, _env);
-        TextGenerationTransformer.CheckInput(input.Schema, o.ResponseColumnName, _env);
+        foreach (var column in TrainingColumns) TextGenerationTransformer.CheckInput(trainData.Schema, column, _env);
+        if (validationData is not null)
+            foreach (var column in TrainingColumns) TextGenerationTransformer.CheckInput(validationData.Schema, column, _env);
         ModelFiles.RequireCheckpointFolder(_model);
         using var ch = _env.Start("Fine-tuning");
-        var examples = ReadExamples(input, ch);
-        TokenBlocks blocks;
+        var (trainTexts, examples) = ReadExamples(trainData, "training", ch);
+        ModelFiles.CheckTokenizerMatchesCheckpoint(_model, _tokenizer, trainTexts);
+        var blocks = MakeBlocks(examples, "training", ch);
+        var validation = validationData is null ? null : MakeBlocks(ReadExamples(validationData, "validation", ch).Examples, "validation", ch);
+        ch.Info($"Fine-tuning ({o.Method}) on {examples.Count} rows in {blocks.Count} blocks, {blocks.TargetTokens} target tokens, {o.Training.MaxSteps} steps" +
+            (validation is null ? "." : $"; {validation.Count} validation blocks."));
+
+        bool keepAdapter = o.Method == FineTuningMethod.Lora && !o.MergeAdapter;
+        var storage = CausalLmPackage.Resolve(o.BaseModelStorage, CausalLmPackage.WeightBytes(_model), baseUnchanged: keepAdapter, ch);
+        return ModelFiles.WithTempFolder(work =>
+        {
+            // Train a copy, so the caller's model stays as it was. A referenced base is the checkpoint on disk.
+            var reference = storage == BaseModelStorage.Reference ? BaseModelReference.Of(_model.SourceFolder!) : null;
+            var baseFolder = reference?.Folder ?? Path.Combine(work, "base");
+            if (reference is null) _model.SavePretrained(baseFolder);
+            CausalLmPackage package;
+            using (var tuned = PretrainedModels.LoadCausalLM(baseFolder))
+            {
+                tuned.train();
+                LoraModel? lora = o.Method == FineTuningMethod.Lora ? LoraModel.Apply(tuned, o.Lora, seed: o.Seed) : null;
+                if (lora is not null)
+                {
+                    var (trainable, total) = lora.ParameterCounts();
+                    ch.Info($"LoRA r = {o.Lora.R}: {trainable:N0} of {total:N0} parameters train ({100.0 * trainable / total:F2} %).");
+                }
+                var result = new LanguageModelTrainer(tuned, o.Training).Train(blocks, validation, o.Progress, o.CancellationToken);
+                ch.Info($"Final training loss {result.FinalLoss:F4} after {result.Steps} steps" +
+                    (result.ValidationLoss is { } v ? $"; validation loss {v:F4} (perplexity {Math.Exp(v):F3})." : "."));
+                if (keepAdapter)
+                {
+                    var adapterFolder = Path.Combine(work, "adapter");
+                    LoraAdapterFiles.Save(adapterFolder, lora!, baseModelNameOrPath: reference?.Folder);
+                    package = reference is null ? CausalLmPackage.Embed(baseFolder, adapterFolder) : CausalLmPackage.Reference(reference, adapterFolder);
+                }
+                else
+                {
+                    lora?.MergeAndUnload();
+                    var tunedFolder = Path.Combine(work, "tuned");
+                    tuned.SavePretrained(tunedFolder);
+                    package = CausalLmPackage.Embed(tunedFolder);
+                }
+            }
+            // The transformer runs exactly what the zip holds, so a saved and reloaded model behaves the same.
+            var (model, tokenizer) = package.LoadModel();
+            return new TextGenerationTransformer(_env, model, tokenizer, package, o.OutputColumnName, GenerationInput, o.Generation,
+                o.ScoreResponses ? o.ResponseColumnName : null);
+        });
+    }
+
+    private TokenBlocks MakeBlocks(List<(IReadOnlyList<int> Prompt, IReadOnlyList<int> Response)> examples, string what, IChannel ch)
+    {
+        var o = _options;
+        bool completionOnly = o.CompletionOnlyLoss && o.TextColumnName is null;
         try
         {
-            blocks = TokenBlocks.FromExamples(examples, o.MaxLength, _tokenizer.PadId ?? _tokenizer.EosId!.Value, _tokenizer.EosId!.Value, o.CompletionOnlyLoss);
+            var blocks = o.Packing
+                ? TokenBlocks.PackExamples(examples, o.MaxLength, _tokenizer.EosId!.Value, completionOnly)
+                : TokenBlocks.FromExamples(examples, o.MaxLength, _tokenizer.PadId ?? _tokenizer.EosId!.Value, _tokenizer.EosId!.Value, completionOnly);
+            if (blocks.Truncated > 0) ch.Warning($"{blocks.Truncated} {what} row(s) longer than MaxLength = {o.MaxLength} tokens were cut.");
+            return blocks;
         }
         catch (ArgumentException e)
         {
-            throw new ArgumentException($"With MaxLength = {o.MaxLength} tokens no row keeps any of its response; raise MaxLength.", nameof(input), e);
-        }
-        if (blocks.Truncated > 0) ch.Warning($"{blocks.Truncated} row(s) longer than MaxLength = {o.MaxLength} tokens were cut.");
-        ch.Info($"Fine-tuning ({o.Method}) on {blocks.Count} rows, {blocks.TargetTokens} target tokens, {o.Training.MaxSteps} steps.");
-
-        // Work on a copy: the caller's model stays as it was.
-        string? copyFolder = null;
-        CausalLanguageModel? tuned = null;
-        try
-        {
-            copyFolder = Path.Combine(Path.GetTempPath(), "mlnetpeft-" + Guid.NewGuid().ToString("N"));
-            _model.SavePretrained(copyFolder);
-            tuned = PretrainedModels.LoadCausalLM(copyFolder);
-            tuned.train();
-            LoraModel? lora = o.Method == FineTuningMethod.Lora ? LoraModel.Apply(tuned, o.Lora, seed: o.Seed) : null;
-            if (lora is not null)
-            {
-                var (trainable, total) = lora.ParameterCounts();
-                ch.Info($"LoRA r = {o.Lora.R}: {trainable:N0} of {total:N0} parameters train ({100.0 * trainable / total:F2} %).");
-            }
-            var result = new LanguageModelTrainer(tuned, o.Training).Train(blocks, progress: o.Progress, cancellationToken: o.CancellationToken);
-            ch.Info($"Final training loss {result.FinalLoss:F4} after {result.Steps} steps.");
-            lora?.MergeAndUnload();
-            tuned.eval();
-            tuned.SavePretrained(copyFolder);
-            var files = ModelFiles.Capture(copyFolder);
-            var transformer = new TextGenerationTransformer(_env, tuned, _tokenizer, files, o.OutputColumnName, o.PromptColumnName, o.Generation,
-                o.ScoreResponses ? o.ResponseColumnName : null);
-            tuned = null; // owned by the transformer now
-            return transformer;
-        }
-        finally
-        {
-            tuned?.Dispose();
-            if (copyFolder is not null && Directory.Exists(copyFolder)) Directory.Delete(copyFolder, recursive: true);
+            throw new ArgumentException(o.Packing
+                ? $"The {what} data holds fewer than MaxLength + 1 = {o.MaxLength + 1} tokens, too few for one packed block; lower MaxLength or add rows."
+                : $"With MaxLength = {o.MaxLength} tokens no {what} row keeps any of its response; raise MaxLength.", what + "Data", e);
         }
     }
 
-    private List<(IReadOnlyList<int> Prompt, IReadOnlyList<int> Response)> ReadExamples(IDataView input, IChannel ch)
+    private (List<string> Texts, List<(IReadOnlyList<int> Prompt, IReadOnlyList<int> Response)> Examples) ReadExamples(IDataView data, string what, IChannel ch)
     {
         var o = _options;
-        var prompts = input.GetColumn<string>(o.PromptColumnName).ToList();
-        var responses = input.GetColumn<string>(o.ResponseColumnName).ToList();
-        if (prompts.Count == 0) throw new ArgumentException("The training data view has no rows.", nameof(input));
-        var examples = new List<(IReadOnlyList<int>, IReadOnlyList<int>)>(prompts.Count);
+        var columns = TrainingColumns.ToArray();
+        var values = columns.Select(c => data.GetColumn<string>(c).ToList()).ToArray();
+        if (values[0].Count == 0) throw new ArgumentException($"The {what} data view has no rows.", what + "Data");
+        var texts = new List<string>();
+        var examples = new List<(IReadOnlyList<int>, IReadOnlyList<int>)>(values[0].Count);
         int skipped = 0;
-        for (int row = 0; row < prompts.Count; row++)
+        for (int row = 0; row < values[0].Count; row++)
         {
-            if (string.IsNullOrWhiteSpace(prompts[row]) || string.IsNullOrWhiteSpace(responses[row]))
+            int blank = Array.FindIndex(values, v => string.IsNullOrWhiteSpace(v[row]));
+            if (blank >= 0)
             {
                 if (o.EmptyRows == BadRowHandling.Fail)
-                    throw new InvalidOperationException($"Row {row} has an empty {(string.IsNullOrWhiteSpace(prompts[row]) ? o.PromptColumnName : o.ResponseColumnName)}; clean the data or set EmptyRows to SkipOrTruncate.");
+                    throw new InvalidOperationException($"Row {row} of the {what} data has an empty {columns[blank]}; clean the data or set EmptyRows to SkipOrTruncate.");
                 skipped++;
                 continue;
             }
-            var example = (Prompt: _tokenizer.Encode(prompts[row]), Response: _tokenizer.Encode(responses[row], addSpecialTokens: false));
+            texts.Add(values[0][row]);
+            // Continued pretraining learns the whole text: it is all "prompt" with completion-only loss off.
+            var example = columns.Length == 1
+                ? (Prompt: _tokenizer.Encode(values[0][row]), Response: (IReadOnlyList<int>)[])
+                : (Prompt: _tokenizer.Encode(values[0][row]), Response: _tokenizer.Encode(values[1][row], addSpecialTokens: false));
             int length = example.Prompt.Count + example.Response.Count + 1; // + eos
-            if (length > o.MaxLength + 1 && o.LongRows == BadRowHandling.Fail)
-                throw new InvalidOperationException($"Row {row} has {length} tokens with eos, more than MaxLength = {o.MaxLength}; raise MaxLength or set LongRows to SkipOrTruncate.");
+            if (!o.Packing && length > o.MaxLength + 1 && o.LongRows == BadRowHandling.Fail)
+                throw new InvalidOperationException($"Row {row} of the {what} data has {length} tokens with eos, more than MaxLength = {o.MaxLength}; " +
+                    "raise MaxLength, set LongRows to SkipOrTruncate, or use Packing.");
             examples.Add(example);
         }
-        if (skipped > 0) ch.Warning($"{skipped} row(s) with an empty prompt or response were skipped.");
-        if (examples.Count == 0) throw new ArgumentException($"Every row has an empty {o.PromptColumnName} or {o.ResponseColumnName}.", nameof(input));
-        return examples;
+        if (skipped > 0) ch.Warning($"{skipped} {what} row(s) with an empty {string.Join(" or ", columns)} were skipped.");
+        if (examples.Count == 0) throw new ArgumentException($"Every {what} row has an empty {string.Join(" or ", columns)}.", what + "Data");
+        return (texts, examples);
     }
 }
 

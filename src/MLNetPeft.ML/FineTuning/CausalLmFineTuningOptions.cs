@@ -1,3 +1,4 @@
+using Microsoft.ML;
 using MLNetPeft.Generation;
 using MLNetPeft.Training;
 using MLNetPeft.Tuners.Lora;
@@ -7,7 +8,7 @@ namespace MLNetPeft.ML.FineTuning;
 /// <summary>How the parameters are adapted.</summary>
 public enum FineTuningMethod
 {
-    /// <summary>LoRA adapters on the target layers (the default); merged into the weights at the end.</summary>
+    /// <summary>LoRA adapters on the target layers (the default); merged into the weights at the end unless <see cref="CausalLmFineTuningOptions.MergeAdapter"/> is false.</summary>
     Lora,
     /// <summary>Every parameter trains.</summary>
     Full,
@@ -29,6 +30,11 @@ public sealed class CausalLmFineTuningOptions
     public string PromptColumnName { get; set; } = "Prompt";
     /// <summary>Text column with the response to learn; the default is "Response".</summary>
     public string ResponseColumnName { get; set; } = "Response";
+    /// <summary>
+    /// One text column to learn whole instead of prompt/response pairs (continued pretraining); when set, the prompt
+    /// and response columns are not read and the fitted transformer continues this column's text.
+    /// </summary>
+    public string? TextColumnName { get; set; }
     /// <summary>Column the fitted transformer adds with generated text; the default is "GeneratedText".</summary>
     public string OutputColumnName { get; set; } = "GeneratedText";
 
@@ -39,6 +45,23 @@ public sealed class CausalLmFineTuningOptions
     public bool CompletionOnlyLoss { get; set; } = true;
     /// <summary>Longest prompt + response in tokens; longer rows are handled by <see cref="LongRows"/>.</summary>
     public int MaxLength { get; set; } = 128;
+    /// <summary>
+    /// Concatenate rows into blocks of <see cref="MaxLength"/> tokens (TRL's packing: no padding, long rows continue in
+    /// the next block instead of being cut) instead of one right-padded block per row.
+    /// </summary>
+    public bool Packing { get; set; }
+    /// <summary>
+    /// Rows (same columns as the training data) whose loss is computed after the last step and every
+    /// <see cref="TrainingOptions.EvalInterval"/> steps; reported in the progress and the log.
+    /// </summary>
+    public IDataView? ValidationData { get; set; }
+    /// <summary>
+    /// For LoRA: merge the adapter into the weights at the end (the default; no extra latency), or keep it apart, in
+    /// which case the saved model holds the base weights and the adapter in PEFT's adapter format.
+    /// </summary>
+    public bool MergeAdapter { get; set; } = true;
+    /// <summary>Whether the saved model zip embeds the base model or refers to its folder (see <see cref="ML.BaseModelStorage"/>).</summary>
+    public BaseModelStorage BaseModelStorage { get; set; } = BaseModelStorage.Auto;
     public BadRowHandling EmptyRows { get; set; } = BadRowHandling.SkipOrTruncate;
     public BadRowHandling LongRows { get; set; } = BadRowHandling.SkipOrTruncate;
 
@@ -58,8 +81,16 @@ public sealed class CausalLmFineTuningOptions
 
     internal void Validate()
     {
-        foreach (var (name, value) in new[] { (nameof(PromptColumnName), PromptColumnName), (nameof(ResponseColumnName), ResponseColumnName), (nameof(OutputColumnName), OutputColumnName) })
+        var columns = TextColumnName is null
+            ? new[] { (nameof(PromptColumnName), PromptColumnName), (nameof(ResponseColumnName), ResponseColumnName), (nameof(OutputColumnName), OutputColumnName) }
+            : [(nameof(TextColumnName), TextColumnName), (nameof(OutputColumnName), OutputColumnName)];
+        foreach (var (name, value) in columns)
             if (string.IsNullOrWhiteSpace(value)) throw new ArgumentException($"{name} must name a column.", name);
+        if (TextColumnName is not null && ScoreResponses)
+            throw new ArgumentException("ScoreResponses scores a response column, which continued pretraining on TextColumnName does not have.", nameof(ScoreResponses));
+        if (BaseModelStorage == BaseModelStorage.Reference && (Method != FineTuningMethod.Lora || MergeAdapter))
+            throw new ArgumentException("BaseModelStorage.Reference keeps the base model outside the zip, so its weights must stay as loaded: " +
+                "use Method = Lora with MergeAdapter = false, or BaseModelStorage.Embed.", nameof(BaseModelStorage));
         if (MaxLength <= 1) throw new ArgumentOutOfRangeException(nameof(MaxLength), MaxLength, "must be at least 2 tokens");
         ArgumentNullException.ThrowIfNull(Training, nameof(Training));
         ArgumentNullException.ThrowIfNull(Generation, nameof(Generation));

@@ -17,10 +17,12 @@ public sealed class TextGenerationEstimator : IEstimator<TextGenerationTransform
     private readonly string _outputColumnName, _inputColumnName;
     private readonly GenerationOptions _options;
     private readonly string? _scoredResponseColumnName;
+    private readonly BaseModelStorage _storage;
 
     internal TextGenerationEstimator(IHostEnvironment env, CausalLanguageModel model, TextTokenizer tokenizer, string outputColumnName,
-        string inputColumnName, GenerationOptions? options, string? scoredResponseColumnName = null)
+        string inputColumnName, GenerationOptions? options, string? scoredResponseColumnName = null, BaseModelStorage storage = BaseModelStorage.Auto)
     {
+        _storage = storage;
         _scoredResponseColumnName = scoredResponseColumnName;
         _env = env;
         _model = model ?? throw new ArgumentNullException(nameof(model));
@@ -36,17 +38,17 @@ public sealed class TextGenerationEstimator : IEstimator<TextGenerationTransform
         TextGenerationTransformer.CheckInput(input.Schema, _inputColumnName, _env);
         if (_scoredResponseColumnName is not null) TextGenerationTransformer.CheckInput(input.Schema, _scoredResponseColumnName, _env);
         ModelFiles.RequireCheckpointFolder(_model);
-        // The transformer keeps the checkpoint's files so that it can be saved into an ML.NET model zip.
-        var folder = Path.Combine(Path.GetTempPath(), "mlnetpeft-" + Guid.NewGuid().ToString("N"));
-        try
-        {
-            _model.SavePretrained(folder);
-            return new TextGenerationTransformer(_env, _model, _tokenizer, ModelFiles.Capture(folder), _outputColumnName, _inputColumnName, _options, _scoredResponseColumnName);
-        }
-        finally
-        {
-            if (Directory.Exists(folder)) Directory.Delete(folder, recursive: true);
-        }
+        ModelFiles.CheckTokenizerMatchesCheckpoint(_model, _tokenizer, input.GetColumn<string>(_inputColumnName).Take(16).Where(t => t is not null));
+        using var ch = _env.Start("Text generation");
+        // The transformer keeps the checkpoint (its files, or where they are) so that it can be saved into an ML.NET model zip.
+        var package = CausalLmPackage.Resolve(_storage, CausalLmPackage.WeightBytes(_model), baseUnchanged: true, ch) == BaseModelStorage.Reference
+            ? CausalLmPackage.Reference(BaseModelReference.Of(_model.SourceFolder!))
+            : ModelFiles.WithTempFolder(folder =>
+            {
+                _model.SavePretrained(folder);
+                return CausalLmPackage.Embed(folder);
+            });
+        return new TextGenerationTransformer(_env, _model, _tokenizer, package, _outputColumnName, _inputColumnName, _options, _scoredResponseColumnName);
     }
 
     public SchemaShape GetOutputSchema(SchemaShape inputSchema) =>
@@ -63,9 +65,12 @@ public static class TextGenerationCatalog
     /// <paramref name="inputColumnName"/> (greedy, 64 new tokens unless <paramref name="options"/> say otherwise).
     /// The model must come from a checkpoint folder (its tokenizer files are saved with the transformer). With
     /// <paramref name="scoredResponseColumnName"/>, each row's reference response is also scored: float columns
-    /// LogLikelihood (of the response and eos given the prompt) and Perplexity.
+    /// LogLikelihood (of the response and eos given the prompt) and Perplexity. <paramref name="baseModelStorage"/> says
+    /// whether a saved model zip embeds the model or refers to its checkpoint folder (embedded under 100 MB by default);
+    /// a referenced model is the one on disk in the folder it was loaded from.
     /// </summary>
     public static TextGenerationEstimator GenerateText(this TransformsCatalog.TextTransforms catalog, CausalLanguageModel model, TextTokenizer tokenizer,
-        string outputColumnName = "GeneratedText", string inputColumnName = "Prompt", GenerationOptions? options = null, string? scoredResponseColumnName = null) =>
-        new(CatalogUtils.GetEnvironment(catalog), model, tokenizer, outputColumnName, inputColumnName, options, scoredResponseColumnName);
+        string outputColumnName = "GeneratedText", string inputColumnName = "Prompt", GenerationOptions? options = null, string? scoredResponseColumnName = null,
+        BaseModelStorage baseModelStorage = BaseModelStorage.Auto) =>
+        new(CatalogUtils.GetEnvironment(catalog), model, tokenizer, outputColumnName, inputColumnName, options, scoredResponseColumnName, baseModelStorage);
 }

@@ -24,7 +24,7 @@ public sealed class TextGenerationTransformer : RowToRowTransformerBase, IDispos
     private readonly CausalLanguageModel _model;
     private readonly TextGenerator _generator;
     private readonly TextTokenizer _tokenizer;
-    private readonly IReadOnlyDictionary<string, byte[]> _files;
+    private readonly CausalLmPackage _package;
     private readonly object _lock = new();
 
     public string InputColumnName { get; }
@@ -33,11 +33,16 @@ public sealed class TextGenerationTransformer : RowToRowTransformerBase, IDispos
     /// <summary>When set, each row's reference response (this column) is also scored: columns LogLikelihood and Perplexity.</summary>
     public string? ScoredResponseColumnName { get; }
 
+    /// <summary>Whether the saved zip embeds the base model or refers to its folder (see <see cref="ML.BaseModelStorage"/>).</summary>
+    public BaseModelStorage BaseModelStorage => _package.Storage;
+    /// <summary>Whether the model carries an adapter that is kept apart from the base weights (saved in PEFT's adapter format).</summary>
+    public bool HasUnmergedAdapter => _package.AdapterFiles is not null;
+
     public const string LogLikelihoodColumnName = "LogLikelihood";
     public const string PerplexityColumnName = "Perplexity";
 
     internal TextGenerationTransformer(IHostEnvironment env, CausalLanguageModel model, TextTokenizer tokenizer,
-        IReadOnlyDictionary<string, byte[]> files, string outputColumnName, string inputColumnName, GenerationOptions options,
+        CausalLmPackage package, string outputColumnName, string inputColumnName, GenerationOptions options,
         string? scoredResponseColumnName = null)
         : base(Contracts.CheckRef(env, nameof(env)).Register(nameof(TextGenerationTransformer)))
     {
@@ -45,14 +50,15 @@ public sealed class TextGenerationTransformer : RowToRowTransformerBase, IDispos
         _model = model;
         _generator = new TextGenerator(model, tokenizer);
         _tokenizer = tokenizer;
-        _files = files;
+        _package = package;
         OutputColumnName = outputColumnName;
         InputColumnName = inputColumnName;
         Options = options;
     }
 
+    // 0x00010002: base model embedded or referenced, optional unmerged adapter.
     private static VersionInfo GetVersionInfo() =>
-        new(ModelSignature, verWrittenCur: 0x00010001, verReadableCur: 0x00010001, verWeCanReadBack: 0x00010001,
+        new(ModelSignature, verWrittenCur: 0x00010002, verReadableCur: 0x00010002, verWeCanReadBack: 0x00010002,
             loaderAssemblyName: typeof(TextGenerationTransformer).Assembly.FullName, loaderSignature: LoaderSignature);
 
     private static TextGenerationTransformer Create(IHostEnvironment env, ModelLoadContext ctx)
@@ -65,9 +71,9 @@ public sealed class TextGenerationTransformer : RowToRowTransformerBase, IDispos
             ?? throw new InvalidDataException("The model zip holds no generation options.");
         options.Validate();
         string? scored = ctx.Reader.ReadBoolean() ? ctx.Reader.ReadString() : null;
-        var files = ModelFiles.Load(ctx);
-        var (model, tokenizer) = ModelFiles.WithFolder(files, folder => (PretrainedModels.LoadCausalLM(folder), TextTokenizer.FromPretrained(folder)));
-        return new TextGenerationTransformer(env, model, tokenizer, files, output, input, options, scored);
+        var package = CausalLmPackage.Load(ctx);
+        var (model, tokenizer) = package.LoadModel();
+        return new TextGenerationTransformer(env, model, tokenizer, package, output, input, options, scored);
     }
 
     protected override void SaveModel(ModelSaveContext ctx)
@@ -79,7 +85,7 @@ public sealed class TextGenerationTransformer : RowToRowTransformerBase, IDispos
         ctx.Writer.Write(JsonSerializer.Serialize(Options));
         ctx.Writer.Write(ScoredResponseColumnName is not null);
         if (ScoredResponseColumnName is not null) ctx.Writer.Write(ScoredResponseColumnName);
-        ModelFiles.Save(ctx, _files);
+        _package.Save(ctx);
     }
 
     protected override IRowMapper MakeRowMapper(DataViewSchema schema) => new Mapper(this, schema);

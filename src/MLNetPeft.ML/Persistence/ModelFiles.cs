@@ -9,8 +9,6 @@ namespace MLNetPeft.ML.Persistence;
 /// </summary>
 internal static class ModelFiles
 {
-    private const string StreamPrefix = "File.";
-
     /// <summary>A transformer saves its model's tokenizer files, which are known only for models loaded from a checkpoint folder.</summary>
     public static void RequireCheckpointFolder(MLNetPeft.Architectures.PretrainedModule model)
     {
@@ -19,21 +17,35 @@ internal static class ModelFiles
                 "save it with SavePretrained next to its tokenizer files and load it with PretrainedModels.LoadCausalLM.");
     }
 
+    /// <summary>
+    /// A saved model reads its tokenizer from the checkpoint's files, so the tokenizer given must agree with them on
+    /// <paramref name="samples"/>; otherwise a reloaded model would see other token ids than it was trained or run on.
+    /// </summary>
+    public static void CheckTokenizerMatchesCheckpoint(MLNetPeft.Architectures.PretrainedModule model, MLNetPeft.Tokenization.TextTokenizer tokenizer, IEnumerable<string> samples)
+    {
+        var saved = MLNetPeft.Tokenization.TextTokenizer.FromPretrained(model.SourceFolder!);
+        foreach (var text in samples.Take(16))
+            if (!saved.Encode(text).SequenceEqual(tokenizer.Encode(text)))
+                throw new ArgumentException($"The tokenizer given encodes '{text}' differently from the tokenizer files in '{model.SourceFolder}', " +
+                    "which a saved model uses; pass TextTokenizer.FromPretrained of the model's folder.", nameof(tokenizer));
+    }
+
     /// <summary>Reads every file of <paramref name="folder"/> into memory (so the transformer can be saved again later).</summary>
     public static IReadOnlyDictionary<string, byte[]> Capture(string folder) =>
         Directory.GetFiles(folder).Order(StringComparer.Ordinal).ToDictionary(f => Path.GetFileName(f), File.ReadAllBytes, StringComparer.Ordinal);
 
-    public static void Save(ModelSaveContext ctx, IReadOnlyDictionary<string, byte[]> files)
+    /// <summary>Writes the file names to the model stream and each file as a binary stream named <paramref name="streamPrefix"/> + name.</summary>
+    public static void Save(ModelSaveContext ctx, IReadOnlyDictionary<string, byte[]> files, string streamPrefix)
     {
         ctx.Writer.Write(files.Count);
         foreach (var (name, bytes) in files)
         {
             ctx.Writer.Write(name);
-            ctx.SaveBinaryStream(StreamPrefix + name, w => w.Write(bytes));
+            ctx.SaveBinaryStream(streamPrefix + name, w => w.Write(bytes));
         }
     }
 
-    public static IReadOnlyDictionary<string, byte[]> Load(ModelLoadContext ctx)
+    public static IReadOnlyDictionary<string, byte[]> Load(ModelLoadContext ctx, string streamPrefix)
     {
         int count = ctx.Reader.ReadInt32();
         if (count is < 0 or > 10_000) throw new InvalidDataException($"The model zip lists {count} checkpoint files; it is corrupt.");
@@ -44,7 +56,7 @@ internal static class ModelFiles
             if (name.Length == 0 || name != Path.GetFileName(name))
                 throw new InvalidDataException($"The model zip names a checkpoint file '{name}', which is not a plain file name.");
             byte[]? bytes = null;
-            if (!ctx.TryLoadBinaryStream(StreamPrefix + name, r => bytes = r.ReadBytes(checked((int)r.BaseStream.Length))) || bytes is null)
+            if (!ctx.TryLoadBinaryStream(streamPrefix + name, r => bytes = r.ReadBytes(checked((int)r.BaseStream.Length))) || bytes is null)
                 throw new InvalidDataException($"The model zip lacks the stream of checkpoint file '{name}'; it is truncated or corrupt.");
             files[name] = bytes;
         }
@@ -52,13 +64,20 @@ internal static class ModelFiles
     }
 
     /// <summary>Writes <paramref name="files"/> into a new temporary folder, runs <paramref name="use"/> on it, and deletes it.</summary>
-    public static T WithFolder<T>(IReadOnlyDictionary<string, byte[]> files, Func<string, T> use)
+    public static T WithFolder<T>(IReadOnlyDictionary<string, byte[]> files, Func<string, T> use) =>
+        WithTempFolder(folder =>
+        {
+            foreach (var (name, bytes) in files) File.WriteAllBytes(Path.Combine(folder, name), bytes);
+            return use(folder);
+        });
+
+    /// <summary>Runs <paramref name="use"/> on a new, empty temporary folder and deletes the folder afterwards.</summary>
+    public static T WithTempFolder<T>(Func<string, T> use)
     {
         var folder = Path.Combine(Path.GetTempPath(), "mlnetpeft-" + Guid.NewGuid().ToString("N"));
         Directory.CreateDirectory(folder);
         try
         {
-            foreach (var (name, bytes) in files) File.WriteAllBytes(Path.Combine(folder, name), bytes);
             return use(folder);
         }
         finally

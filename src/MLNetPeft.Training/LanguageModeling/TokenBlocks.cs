@@ -39,22 +39,49 @@ public sealed class TokenBlocks
     public static TokenBlocks Pack(IEnumerable<IReadOnlyList<int>> documents, int blockSize, int separatorId)
     {
         ArgumentNullException.ThrowIfNull(documents);
+        return PackStream(documents.Select(d => (d.Append(separatorId).ToList(), 0)), blockSize, nameof(documents));
+    }
+
+    /// <summary>
+    /// Packs supervised examples (TRL's packing): each prompt + response + <paramref name="eosId"/> is appended to one
+    /// stream, which is cut every <paramref name="blockSize"/> tokens, so no padding is spent and no example is
+    /// truncated (one may continue in the next block). Attention is not separated between examples in a block, as in
+    /// TRL's constant-length packing. With <paramref name="completionOnly"/> only responses and eos are targets.
+    /// </summary>
+    public static TokenBlocks PackExamples(IEnumerable<(IReadOnlyList<int> Prompt, IReadOnlyList<int> Response)> examples, int blockSize,
+        int eosId, bool completionOnly = true)
+    {
+        ArgumentNullException.ThrowIfNull(examples);
+        var blocks = PackStream(examples.Select(e => (e.Prompt.Concat(e.Response).Append(eosId).ToList(), completionOnly ? e.Prompt.Count : 0)),
+            blockSize, nameof(examples));
+        if (blocks.TargetTokens == 0) throw new ArgumentException("No example has a response to learn.", nameof(examples));
+        return blocks;
+    }
+
+    // Each sequence's tokens from index firstTarget on are targets (predicted from the token before them, which for
+    // index 0 is the end of the previous sequence).
+    private static TokenBlocks PackStream(IEnumerable<(List<int> Tokens, int FirstTarget)> sequences, int blockSize, string parameter)
+    {
         if (blockSize <= 0) throw new ArgumentOutOfRangeException(nameof(blockSize), blockSize, "must be positive");
         var stream = new List<int>();
-        foreach (var doc in documents)
+        var learned = new List<bool>();
+        foreach (var (tokens, firstTarget) in sequences)
         {
-            stream.AddRange(doc);
-            stream.Add(separatorId);
+            for (int i = 0; i < tokens.Count; i++)
+            {
+                stream.Add(tokens[i]);
+                learned.Add(i >= firstTarget);
+            }
         }
         if (stream.Count < blockSize + 1)
-            throw new ArgumentException($"The documents hold {stream.Count} tokens with separators; one block of {blockSize} needs {blockSize + 1}.", nameof(documents));
+            throw new ArgumentException($"The data holds {stream.Count} tokens with separators; one block of {blockSize} needs {blockSize + 1}.", parameter);
         int blocks = (stream.Count - 1) / blockSize;
         var inputs = new int[blocks * blockSize];
         var targets = new int[blocks * blockSize];
         for (int i = 0; i < inputs.Length; i++)
         {
             inputs[i] = stream[i];
-            targets[i] = stream[i + 1];
+            targets[i] = learned[i + 1] ? stream[i + 1] : IgnoreIndex;
         }
         return new TokenBlocks(inputs, targets, blockSize, 0);
     }
