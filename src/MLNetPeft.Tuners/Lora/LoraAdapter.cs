@@ -9,19 +9,24 @@ namespace MLNetPeft.Tuners.Lora;
 /// A LoRA adapter attached to one linear layer (nn.Linear, or GPT-2's Conv1D whose weight is stored [in, out]).
 /// The layer itself is left in place; a forward hook adds B·A·dropout(x)·scaling to its output, and the adapter's
 /// weights are registered under the layer as <c>lora_A.{adapter}.weight</c> [r, in] and <c>lora_B.{adapter}.weight</c>
-/// [out, r], PEFT's names.
+/// [out, r], PEFT's names. With DoRA a magnitude vector [out] is added as <c>lora_magnitude_vector.{adapter}.weight</c>.
+/// Several adapters (different names) can sit on one layer; each adds its own term while enabled.
 /// </summary>
 public sealed class LoraAdapter : IDisposable
 {
     private readonly nn.Module<Tensor, Tensor> _layer;
     private readonly Linear _a, _b;
+    private readonly Parameter? _magnitude;
     private readonly double _dropout;
+    private readonly string _adapterName;
+    private Tensor? _mergedNorm;
     private readonly Action _removeHook;
 
     internal LoraAdapter(string moduleName, nn.Module<Tensor, Tensor> layer, LoraConfig config, string adapterName, Generator generator)
     {
         ModuleName = moduleName;
         _layer = layer;
+        _adapterName = adapterName;
         (InFeatures, OutFeatures, FanInFanOut) = layer switch
         {
             Linear l => (l.in_features, l.out_features, false),
@@ -44,8 +49,16 @@ public sealed class LoraAdapter : IDisposable
             }
             _b.weight!.zero_();
         }
-        layer.register_module("lora_A", new Architectures.Layers.Container("ModuleDict", (adapterName, _a)));
-        layer.register_module("lora_B", new Architectures.Layers.Container("ModuleDict", (adapterName, _b)));
+        TargetModules.RegisterAdapterChild(layer, "lora_A", adapterName, _a);
+        TargetModules.RegisterAdapterChild(layer, "lora_B", adapterName, _b);
+        if (config.UseDora)
+        {
+            // m starts at ‖W‖ per output row, so a fresh DoRA adapter (B = 0) changes nothing.
+            using (no_grad()) _magnitude = new Parameter(WeightNorm(DeltaWeight()).detach().clone());
+            var holder = new Architectures.Layers.Container("DoraMagnitude");
+            holder.register_parameter("weight", _magnitude);
+            TargetModules.RegisterAdapterChild(layer, "lora_magnitude_vector", adapterName, holder);
+        }
         var hook = layer.register_forward_hook((_, input, output) => Enabled && !Merged ? output + Delta(input) : output);
         _removeHook = hook.remove;
     }
@@ -60,6 +73,9 @@ public sealed class LoraAdapter : IDisposable
     public bool Enabled { get; set; } = true;
     /// <summary>Whether ΔW has been added into the base weight (the hook then adds nothing).</summary>
     public bool Merged { get; private set; }
+    public bool UseDora => _magnitude is not null;
+    /// <summary>DoRA's magnitude vector [out] (null without DoRA).</summary>
+    public Parameter? Magnitude => _magnitude;
     public Parameter LoraA => _a.weight!;
     public Parameter LoraB => _b.weight!;
     public Parameter BaseWeight => _layer switch { Linear l => l.weight!, Conv1D c => c.Weight, _ => throw new InvalidOperationException() };
@@ -68,7 +84,20 @@ public sealed class LoraAdapter : IDisposable
     private Tensor Delta(Tensor input)
     {
         var x = _dropout > 0 ? nn.functional.dropout(input, _dropout, _layer.training) : input;
-        return _b.call(_a.call(x)) * Scaling;
+        var lora = _b.call(_a.call(x)) * Scaling;
+        if (_magnitude is null) return lora;
+        // DoRA: the layer becomes m/‖W + ΔW‖ · (W + ΔW)x + bias; the hook adds the difference to the base output:
+        // (m/‖W + ΔW‖ − 1)·Wx + m/‖W + ΔW‖·ΔWx, with the norm detached (DoRA §4.3).
+        var scale = _magnitude / WeightNorm(DeltaWeight().detach()).detach();
+        var baseOutput = FanInFanOut ? x.matmul(BaseWeight) : x.matmul(BaseWeight.t());
+        return (scale - 1) * baseOutput + scale * lora;
+    }
+
+    /// <summary>‖W + ΔW‖ per output row (the base weight's layout handled).</summary>
+    private Tensor WeightNorm(Tensor deltaWeight)
+    {
+        var combined = BaseWeight + deltaWeight;
+        return (FanInFanOut ? combined.t() : combined).pow(2).sum(1).sqrt();
     }
 
     /// <summary>ΔW = B·A·scaling in the base weight's layout (transposed for Conv1D).</summary>
@@ -85,9 +114,18 @@ public sealed class LoraAdapter : IDisposable
         using var _ = no_grad();
         using var scope = NewDisposeScope();
         var merged = BaseWeight + DeltaWeight();
+        Tensor? norm = null;
+        if (_magnitude is not null)
+        {
+            // W' = m · (W + ΔW) / ‖W + ΔW‖, row by row; the norm is kept so that unmerging can divide it out again.
+            norm = WeightNorm(DeltaWeight());
+            var scale = (_magnitude / norm).unsqueeze(FanInFanOut ? 0 : 1);
+            merged = merged * scale;
+        }
         if (!merged.isfinite().all().item<bool>())
             throw new InvalidOperationException($"Merging the LoRA adapter of '{ModuleName}' would give non-finite weights; the model was left unmerged.");
         BaseWeight.copy_(merged);
+        _mergedNorm = norm?.DetachFromDisposeScope();
         Merged = true;
     }
 
@@ -97,8 +135,21 @@ public sealed class LoraAdapter : IDisposable
         if (!Merged) return;
         using var _ = no_grad();
         using var scope = NewDisposeScope();
+        if (_magnitude is not null)
+        {
+            BaseWeight.div_((_magnitude / _mergedNorm!).unsqueeze(FanInFanOut ? 0 : 1));
+            _mergedNorm!.Dispose();
+            _mergedNorm = null;
+        }
         BaseWeight.sub_(DeltaWeight());
         Merged = false;
+    }
+
+    /// <summary>Detaches the hook and removes the adapter's weights from the layer.</summary>
+    internal void Remove()
+    {
+        _removeHook();
+        foreach (var group in new[] { "lora_A", "lora_B", "lora_magnitude_vector" }) TargetModules.RemoveAdapterChild(_layer, group, _adapterName);
     }
 
     /// <summary>Detaches the hook (the registered adapter weights stay on the layer until it is unloaded).</summary>

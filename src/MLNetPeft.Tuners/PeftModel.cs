@@ -1,0 +1,68 @@
+using System.Text.Json.Nodes;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace MLNetPeft.Tuners;
+
+/// <summary>
+/// A PEFT method applied in place to a model (HF PEFT's tuner models such as <c>LoraModel</c>): the model object
+/// stays the same and keeps its parameter names; the method's weights are registered on it under PEFT's names and
+/// only they (and what the method chooses) train.
+/// </summary>
+public abstract class PeftModel : IDisposable
+{
+    protected PeftModel(nn.Module model, PeftConfig config, string adapterName)
+    {
+        Model = model;
+        Config = config;
+        AdapterName = adapterName;
+    }
+
+    public nn.Module Model { get; }
+    public PeftConfig Config { get; }
+    public string AdapterName { get; }
+
+    /// <summary>Trainable and total parameter counts (PEFT's print_trainable_parameters).</summary>
+    public (long Trainable, long Total) ParameterCounts()
+    {
+        var all = Model.parameters().ToList();
+        return (all.Where(p => p.requires_grad).Sum(p => p.numel()), all.Sum(p => p.numel()));
+    }
+
+    /// <summary>The method's weights under PEFT's adapter-file names (<c>base_model.model.{module}.…</c>, no adapter name).</summary>
+    public abstract Dictionary<string, Tensor> AdapterStateDict();
+
+    /// <summary>Enables or disables this adapter; disabled, the model computes exactly what the base model does.</summary>
+    public abstract void SetAdaptersEnabled(bool enabled);
+
+    /// <summary>
+    /// Runs the base model until the returned scope is disposed (PEFT's <c>disable_adapter()</c> context), e.g. as
+    /// the frozen reference model of PPO or DPO.
+    /// </summary>
+    public IDisposable DisableAdapters()
+    {
+        SetAdaptersEnabled(false);
+        return new Scope(() => SetAdaptersEnabled(true));
+    }
+
+    /// <summary>Folds the method's weights into the base weights and removes the method: a plain model remains.</summary>
+    public abstract void MergeAndUnload();
+
+    /// <summary>Removes the method and restores the base model's weights.</summary>
+    public abstract void Unload();
+
+    /// <summary>Fields of <c>adapter_config.json</c> that depend on where the method was applied (e.g. target_modules).</summary>
+    internal virtual void DescribeTargets(JsonObject config) { }
+
+    public virtual void Dispose() { }
+
+    private sealed class Scope(Action onDispose) : IDisposable
+    {
+        private Action? _onDispose = onDispose;
+        public void Dispose()
+        {
+            _onDispose?.Invoke();
+            _onDispose = null;
+        }
+    }
+}

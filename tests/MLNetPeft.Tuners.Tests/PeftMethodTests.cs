@@ -1,0 +1,242 @@
+using System.Text.Json.Nodes;
+using MLNetPeft.Architectures;
+using MLNetPeft.Checkpoints;
+using MLNetPeft.Training;
+using MLNetPeft.Training.LanguageModeling;
+using MLNetPeft.Tuners.Ia3;
+using MLNetPeft.Tuners.Lora;
+using MLNetPeft.Tuners.Selective;
+using static TorchSharp.torch;
+
+namespace MLNetPeft.Tuners.Tests;
+
+/// <summary>What every PEFT method must do: start as the base model, learn, leave the base alone, switch off, save and load, merge.</summary>
+public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
+{
+    private static CausalLanguageModel Tiny(string family, long seed) => family == "gpt2"
+        ? TinyModels.Randomize(new Gpt2ForCausalLM(TinyModels.Gpt2()), seed)
+        : TinyModels.Randomize(new LlamaForCausalLM(TinyModels.Llama()), seed);
+
+    private static long Vocab(string family) => family == "gpt2" ? 97 : 101;
+
+    private static PeftModel Apply(string method, CausalLanguageModel model) => method switch
+    {
+        "lora" => LoraModel.Apply(model, new LoraConfig { R = 8, LoraAlpha = 16, TargetModules = [LoraConfig.AllLinear] }, seed: 1),
+        "dora" => LoraModel.Apply(model, new LoraConfig { R = 8, LoraAlpha = 16, UseDora = true, TargetModules = [LoraConfig.AllLinear] }, seed: 1),
+        "ia3" => Ia3Model.Apply(model, new Ia3Config()),
+        "bitfit" => SelectiveModel.Apply(model, new SelectiveConfig { Tuning = SelectiveTuning.BitFit }),
+        "layernorm" => SelectiveModel.Apply(model, new SelectiveConfig { Tuning = SelectiveTuning.LayerNorm }),
+        _ => throw new ArgumentOutOfRangeException(nameof(method)),
+    };
+
+    private static Tensor Run(CausalLanguageModel model, Tensor ids)
+    {
+        using var _ = no_grad();
+        model.eval();
+        return model.Forward(ids);
+    }
+
+    private static TokenBlocks ToyTask(long vocab)
+    {
+        // Five fixed random sequences, repeated: the method's parameters alone must learn to reproduce them.
+        var random = new Random(3);
+        var patterns = Enumerable.Range(0, 5).Select(_ => (IReadOnlyList<int>)Enumerable.Range(0, 15).Select(_ => random.Next(1, (int)vocab)).ToList()).ToList();
+        return TokenBlocks.Pack(Enumerable.Range(0, 60).Select(i => patterns[i % 5]).ToList(), 16, 0);
+    }
+
+    [Theory]
+    [InlineData("lora", "llama")]
+    [InlineData("dora", "llama")]
+    [InlineData("dora", "gpt2")]
+    [InlineData("ia3", "llama")]
+    [InlineData("ia3", "gpt2")]
+    [InlineData("bitfit", "gpt2")]
+    [InlineData("layernorm", "llama")]
+    [InlineData("layernorm", "gpt2")]
+    public void EveryMethodStartsAsTheBaseLearnsSwitchesOffSavesLoadsAndMerges(string method, string family)
+    {
+        using var dir = new TempFolder();
+        using var model = Tiny(family, 13);
+        var ids = TinyModels.RandomIds(2, 7, Vocab(family), 1);
+        using var baseOutput = Run(model, ids);
+        var baseWeights = model.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.clone());
+
+        var peft = Apply(method, model);
+        TensorAssert.BitIdentical(baseOutput, Run(model, ids), "a fresh adapter changes nothing");
+        var (trainable, total) = peft.ParameterCounts();
+        Assert.InRange(trainable, 1, total / 2);
+
+        var blocks = ToyTask(Vocab(family));
+        double before = LanguageModelTrainer.Evaluate(model, blocks, 8, 4);
+        // IA3's few hundred scaling factors need a larger step than the other methods (IA3 paper: 3e-3 on a pretrained 3B model).
+        new LanguageModelTrainer(model, new TrainingOptions { MaxSteps = 40, BatchSize = 8, LearningRate = method == "ia3" ? 1e-1 : 1e-2, WarmupSteps = 4, WeightDecay = 0, Seed = 2 }).Train(blocks);
+        double after = LanguageModelTrainer.Evaluate(model, blocks, 8, 4);
+        output.WriteLine($"{method} on {family}: {trainable:N0} of {total:N0} parameters train; loss {before:F3} -> {after:F3}");
+        Assert.True(after < before - 0.3, $"loss {before:F3} -> {after:F3}");
+
+        // The base weights did not move (selective methods: all but the ones they tune).
+        var tuned = peft is SelectiveModel s ? s.TunedParameters.ToHashSet() : [];
+        foreach (var (name, w) in baseWeights.Where(kv => !tuned.Contains(kv.Key))) TensorAssert.BitIdentical(w, model.state_dict()[name], name);
+        using var adapted = Run(model, ids);
+        using (peft.DisableAdapters()) TensorAssert.BitIdentical(baseOutput, Run(model, ids), "adapters disabled: the base model exactly");
+        TensorAssert.BitIdentical(adapted, Run(model, ids), "enabled again");
+
+        // PEFT adapter folder: loads onto a fresh copy of the base and gives the same outputs.
+        PeftAdapterFiles.Save(dir.Path, peft, "tiny");
+        using var fresh = Tiny(family, 99);
+        using (no_grad()) foreach (var (name, w) in baseWeights) fresh.state_dict()[name].copy_(w);
+        var loaded = PeftAdapterFiles.Load(fresh, dir.Path, out var unused);
+        Assert.Empty(unused);
+        Assert.Equal(peft.GetType(), loaded.GetType());
+        TensorAssert.BitIdentical(adapted, Run(fresh, ids), "reloaded adapter");
+
+        // Merging folds the method into the weights: same outputs from a plain model.
+        loaded.MergeAndUnload();
+        Assert.DoesNotContain(fresh.state_dict().Keys, k => k.Contains("lora_", StringComparison.Ordinal) || k.Contains("ia3_l", StringComparison.Ordinal));
+        TensorAssert.Close(adapted, Run(fresh, ids), 1e-4, "merged");
+        peft.Unload();
+        TensorAssert.BitIdentical(baseOutput, Run(model, ids), "unloaded: the base model again");
+    }
+
+    [Fact]
+    public void TwoNamedAdaptersSwitchIndependentlyAndBaseOnlyReproducesTheBase()
+    {
+        using var model = Tiny("llama", 5);
+        var ids = TinyModels.RandomIds(1, 6, 101, 2);
+        using var baseOutput = Run(model, ids);
+        var first = LoraModel.Apply(model, new LoraConfig { R = 4, TargetModules = ["q_proj", "v_proj"] }, "first", seed: 1);
+        using (no_grad()) foreach (var a in first.Adapters) a.LoraB.normal_(0, 0.2, new Generator(3));
+        using var firstOnly = Run(model, ids);
+        var second = LoraModel.Apply(model, new LoraConfig { R = 2, UseDora = true, TargetModules = ["q_proj", "o_proj"] }, "second", seed: 2);
+        using (no_grad()) foreach (var a in second.Adapters) a.LoraB.normal_(0, 0.2, new Generator(4));
+        Assert.Contains("model.layers.0.self_attn.q_proj.lora_A.first.weight", model.state_dict().Keys);
+        Assert.Contains("model.layers.0.self_attn.q_proj.lora_A.second.weight", model.state_dict().Keys);
+        Assert.All(first.Adapters, a => Assert.False(a.LoraA.requires_grad));   // applying the second froze the first
+
+        using var both = Run(model, ids);
+        Assert.True((both - firstOnly).abs().max().item<float>() > 1e-3);
+        second.SetAdaptersEnabled(false);
+        TensorAssert.BitIdentical(firstOnly, Run(model, ids), "switched to the first adapter");
+        using (first.DisableAdapters()) TensorAssert.BitIdentical(baseOutput, Run(model, ids), "base only");
+        second.SetAdaptersEnabled(true);
+        second.Unload();
+        TensorAssert.BitIdentical(firstOnly, Run(model, ids), "second adapter removed");
+        Assert.DoesNotContain(model.state_dict().Keys, k => k.Contains(".second.", StringComparison.Ordinal));
+        first.Unload();
+        TensorAssert.BitIdentical(baseOutput, Run(model, ids));
+    }
+
+    [Theory]
+    [InlineData("llama")]
+    [InlineData("gpt2")]
+    public void DoraLayerComputesMagnitudeTimesNormalisedAdaptedWeight(string family)
+    {
+        using var model = Tiny(family, 7);
+        using var lora = LoraModel.Apply(model, new LoraConfig { R = 4, LoraAlpha = 8, UseDora = true });
+        var adapter = lora.Adapters[0];
+        using (no_grad())
+        {
+            adapter.LoraB.normal_(0, 0.3, new Generator(1));
+            adapter.Magnitude!.mul_(1.5);
+        }
+        var layer = (nn.Module<Tensor, Tensor>)model.named_modules().First(m => m.name == adapter.ModuleName).module;
+        var x = randn([3, adapter.InFeatures], generator: new Generator(2));
+        using var _ = no_grad();
+        // W' = m · (W + s·B·A) / ‖W + s·B·A‖ per output row, in [out, in] layout.
+        var w = adapter.FanInFanOut ? adapter.BaseWeight.t() : adapter.BaseWeight;
+        var adaptedW = w + adapter.LoraB.matmul(adapter.LoraA) * adapter.Scaling;
+        var rowNorm = adaptedW.pow(2).sum(1, keepdim: true).sqrt();
+        var expected = x.matmul((adapter.Magnitude!.unsqueeze(1) * adaptedW / rowNorm).t()) + (adapter.BaseBias is { } b ? b : zeros(1));
+        TensorAssert.Close(expected, layer.call(x), 1e-5, "DoRA layer output");
+    }
+
+    [Fact]
+    public void DoraNormIsDetachedSoOnlyTheLoraPathCarriesItsGradient()
+    {
+        using var model = Tiny("llama", 8);
+        using var lora = LoraModel.Apply(model, new LoraConfig { R = 2, UseDora = true, TargetModules = ["q_proj"] });
+        var adapter = lora.Adapters[0];
+        using (no_grad()) adapter.LoraB.normal_(0, 0.3, new Generator(1));
+        var layer = (nn.Module<Tensor, Tensor>)model.named_modules().First(m => m.name == adapter.ModuleName).module;
+        var x = randn([5, adapter.InFeatures], generator: new Generator(2));
+        layer.call(x).sum().backward();
+        var gradB = adapter.LoraB.grad!.clone();
+        // With the norm constant, d/dB of Σ (m/‖·‖) ⊙ (s·B·A·x) is (m/‖·‖) s · 1·(A x)ᵀ summed over rows.
+        using var _ = no_grad();
+        var w = adapter.BaseWeight + adapter.LoraB.matmul(adapter.LoraA) * adapter.Scaling;
+        var scale = adapter.Magnitude! / w.pow(2).sum(1).sqrt();
+        var expected = (scale * adapter.Scaling).unsqueeze(1).matmul(x.matmul(adapter.LoraA.t()).sum(0, keepdim: true));
+        TensorAssert.Close(expected, gradB, 1e-4, "gradient of B with the norm detached");
+        Assert.True(adapter.Magnitude!.grad!.abs().sum().item<float>() > 0);
+    }
+
+    [Theory]
+    [InlineData("llama")]
+    [InlineData("gpt2")]
+    public void Ia3ScalesKeyAndValueOutputsAndTheFeedForwardInput(string family)
+    {
+        using var model = Tiny(family, 9);
+        using var ia3 = Ia3Model.Apply(model, new Ia3Config());
+        var names = ia3.Layers.Select(l => l.ModuleName).ToList();
+        if (family == "gpt2") Assert.Equal(["transformer.h.0.attn.c_attn", "transformer.h.0.mlp.c_proj"], names.Take(2));
+        else Assert.Equal(["model.layers.0.self_attn.k_proj", "model.layers.0.self_attn.v_proj", "model.layers.0.mlp.down_proj"], names.Take(3));
+        using (no_grad()) foreach (var l in ia3.Layers) l.Scale.normal_(1, 0.5, new Generator(3));
+        using var _ = no_grad();
+        foreach (var l in ia3.Layers.Take(family == "gpt2" ? 2 : 3))
+        {
+            var layer = (nn.Module<Tensor, Tensor>)model.named_modules().First(m => m.name == l.ModuleName).module;
+            var (w, b) = layer switch
+            {
+                TorchSharp.Modules.Linear lin => (lin.weight!.t(), lin.bias),
+                Conv1D c => ((Tensor)c.Weight, (Tensor?)c.Bias),
+                _ => throw new InvalidOperationException(),
+            };
+            var x = randn([3, w.shape[0]], generator: new Generator(4));
+            var plain = l.IsFeedforward ? (x * l.Scale.flatten()).matmul(w) : x.matmul(w);
+            if (b is not null) plain += b;
+            var expected = l.IsFeedforward ? plain : plain * l.Scale.flatten();
+            Assert.Equal(l.IsFeedforward ? new long[] { 1, w.shape[0] } : new long[] { w.shape[1], 1 }, l.Scale.shape);
+            TensorAssert.Close(expected, layer.call(x), 1e-5, l.ModuleName);
+        }
+    }
+
+    [Fact]
+    public void AdapterFilesUsePeftKeysAndFieldsForDoraAndIa3()
+    {
+        using var dir = new TempFolder();
+        using var model = Tiny("llama", 10);
+        var dora = LoraModel.Apply(model, new LoraConfig { R = 4, UseDora = true });
+        PeftAdapterFiles.Save(dir.File("dora"), dora);
+        var json = JsonNode.Parse(File.ReadAllText(Path.Combine(dir.File("dora"), PeftAdapterFiles.ConfigFileName)))!;
+        Assert.True(json["use_dora"]!.GetValue<bool>());
+        using (var file = SafetensorsFile.Open(Path.Combine(dir.File("dora"), PeftAdapterFiles.WeightsFileName)))
+            Assert.Equal([TinyModels.Llama().HiddenSize], file.Info("base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector.weight").Shape);
+        dora.Unload();
+
+        var ia3 = Ia3Model.Apply(model, new Ia3Config());
+        PeftAdapterFiles.Save(dir.File("ia3"), ia3);
+        json = JsonNode.Parse(File.ReadAllText(Path.Combine(dir.File("ia3"), PeftAdapterFiles.ConfigFileName)))!;
+        Assert.Equal("IA3", json["peft_type"]!.GetValue<string>());
+        Assert.Contains("model.layers.0.mlp.down_proj", json["feedforward_modules"]!.AsArray().Select(n => n!.GetValue<string>()));
+        var config = TinyModels.Llama();
+        using var weights = SafetensorsFile.Open(Path.Combine(dir.File("ia3"), PeftAdapterFiles.WeightsFileName));
+        long kv = (config.NumKeyValueHeads ?? config.NumAttentionHeads) * (config.HiddenSize / config.NumAttentionHeads);
+        Assert.Equal([kv, 1], weights.Info("base_model.model.model.layers.0.self_attn.k_proj.ia3_l").Shape);
+        Assert.Equal([1, config.IntermediateSize], weights.Info("base_model.model.model.layers.0.mlp.down_proj.ia3_l").Shape);
+    }
+
+    [Fact]
+    public void BitFitOnAModelWithoutBiasesSaysSo()
+    {
+        using var model = Tiny("llama", 11);
+        var e = Assert.Throws<ArgumentException>(() => SelectiveModel.Apply(model, new SelectiveConfig { Tuning = SelectiveTuning.BitFit }));
+        Assert.Contains("bias", e.Message);
+        using var gpt2 = Tiny("gpt2", 11);
+        using var bitfit = SelectiveModel.Apply(gpt2, new SelectiveConfig());
+        Assert.All(bitfit.TunedParameters, n => Assert.EndsWith(".bias", n));
+        using var norms = SelectiveModel.Apply(gpt2, new SelectiveConfig { Tuning = SelectiveTuning.LayerNorm });
+        Assert.Contains("transformer.ln_f.weight", norms.TunedParameters);
+        Assert.Contains("transformer.h.0.ln_1.bias", norms.TunedParameters);
+        Assert.DoesNotContain(norms.TunedParameters, n => n.Contains("attn", StringComparison.Ordinal));
+    }
+}
