@@ -88,6 +88,48 @@ public class PersistenceTests(Xunit.Abstractions.ITestOutputHelper output)
         Assert.True(unmergedScores.Average() > baseScores.Average() + 1, $"log-likelihood {baseScores.Average():F2} -> {unmergedScores.Average():F2}");
     }
 
+    [Theory]
+    [InlineData(FineTuningMethod.Ia3, false, false)]
+    [InlineData(FineTuningMethod.Ia3, true, false)]
+    [InlineData(FineTuningMethod.LayerNorm, false, false)]
+    [InlineData(FineTuningMethod.Lora, false, true)]
+    public void EveryPeftMethodIsSelectableLearnsAndRoundTrips(FineTuningMethod method, bool merge, bool dora)
+    {
+        using var dir = new TempFolder();
+        var ml = new MLContext(seed: 1);
+        var rows = Rows(24, 5);
+        var data = ml.Data.LoadFromEnumerable(rows);
+        using var model = BundledBaseModel.Load();
+        var tokenizer = BundledBaseModel.LoadTokenizer();
+        var options = Quick(method, merge);
+        options.Lora.UseDora = dora;
+        if (method != FineTuningMethod.Lora) options.Training.LearningRate = 2e-2;
+        using var untouched = ml.Transforms.Text.GenerateText(model, tokenizer, inputColumnName: "Text", options: Answer, scoredResponseColumnName: "Response").Fit(data);
+        using var tuned = ml.Transforms.Text.FineTuneCausalLm(model, tokenizer, options).Fit(data);
+        Assert.Equal(!merge, tuned.HasUnmergedAdapter);
+        double before = untouched.Transform(data).GetColumn<float>("LogLikelihood").Average();
+        double after = tuned.Transform(data).GetColumn<float>("LogLikelihood").Average();
+        output.WriteLine($"{method}{(dora ? " (DoRA)" : "")} merge={merge}: mean response log-likelihood {before:F2} -> {after:F2}");
+        Assert.True(after > before + 0.5, $"log-likelihood {before:F2} -> {after:F2}");
+
+        var path = dir.File("model.zip");
+        ml.Model.Save(tuned, data.Schema, path);
+        var loaded = new MLContext(seed: 2).Model.Load(path, out _);
+        Assert.Equal(FreshProcess.Columns(tuned.Transform(data), ["GeneratedText", "LogLikelihood"]),
+            FreshProcess.Columns(loaded.Transform(data), ["GeneratedText", "LogLikelihood"]));
+        Assert.All(loaded.Transform(data).GetColumn<string>("GeneratedText"), t => Assert.NotNull(t));
+    }
+
+    [Fact]
+    public void BitFitOnTheBundledLlamaFailsAtFitSayingItHasNoBiases()
+    {
+        var ml = new MLContext(seed: 1);
+        using var model = BundledBaseModel.Load();
+        var options = Quick(FineTuningMethod.BitFit, merge: true);
+        var e = Assert.Throws<ArgumentException>(() => ml.Transforms.Text.FineTuneCausalLm(model, BundledBaseModel.LoadTokenizer(), options).Fit(ml.Data.LoadFromEnumerable(Rows(4, 1))));
+        Assert.Contains("bias", e.Message);
+    }
+
     [Fact]
     public void AReferencedBaseModelIsCheckedWhenTheZipLoads()
     {

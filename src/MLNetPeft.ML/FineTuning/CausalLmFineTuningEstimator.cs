@@ -6,7 +6,10 @@ using MLNetPeft.ML.Generation;
 using MLNetPeft.ML.Persistence;
 using MLNetPeft.Tokenization;
 using MLNetPeft.Training.LanguageModeling;
+using MLNetPeft.Tuners;
+using MLNetPeft.Tuners.Ia3;
 using MLNetPeft.Tuners.Lora;
+using MLNetPeft.Tuners.Selective;
 
 namespace MLNetPeft.ML.FineTuning;
 
@@ -58,7 +61,7 @@ public sealed class CausalLmFineTuningEstimator : IEstimator<TextGenerationTrans
         ch.Info($"Fine-tuning ({o.Method}) on {examples.Count} rows in {blocks.Count} blocks, {blocks.TargetTokens} target tokens, {o.Training.MaxSteps} steps" +
             (validation is null ? "." : $"; {validation.Count} validation blocks."));
 
-        bool keepAdapter = o.Method == FineTuningMethod.Lora && !o.MergeAdapter;
+        bool keepAdapter = o.Method != FineTuningMethod.Full && !o.MergeAdapter;
         var storage = CausalLmPackage.Resolve(o.BaseModelStorage, CausalLmPackage.WeightBytes(_model), baseUnchanged: keepAdapter, ch);
         return ModelFiles.WithTempFolder(work =>
         {
@@ -70,11 +73,11 @@ public sealed class CausalLmFineTuningEstimator : IEstimator<TextGenerationTrans
             using (var tuned = PretrainedModels.LoadCausalLM(baseFolder))
             {
                 tuned.train();
-                LoraModel? lora = o.Method == FineTuningMethod.Lora ? LoraModel.Apply(tuned, o.Lora, seed: o.Seed) : null;
-                if (lora is not null)
+                var peft = ApplyMethod(tuned);
+                if (peft is not null)
                 {
-                    var (trainable, total) = lora.ParameterCounts();
-                    ch.Info($"LoRA r = {o.Lora.R}: {trainable:N0} of {total:N0} parameters train ({100.0 * trainable / total:F2} %).");
+                    var (trainable, total) = peft.ParameterCounts();
+                    ch.Info($"{o.Method}: {trainable:N0} of {total:N0} parameters train ({100.0 * trainable / total:F2} %).");
                 }
                 var result = new LanguageModelTrainer(tuned, o.Training).Train(blocks, validation, o.Progress, o.CancellationToken);
                 ch.Info($"Final training loss {result.FinalLoss:F4} after {result.Steps} steps" +
@@ -82,12 +85,12 @@ public sealed class CausalLmFineTuningEstimator : IEstimator<TextGenerationTrans
                 if (keepAdapter)
                 {
                     var adapterFolder = Path.Combine(work, "adapter");
-                    LoraAdapterFiles.Save(adapterFolder, lora!, baseModelNameOrPath: reference?.Folder);
+                    PeftAdapterFiles.Save(adapterFolder, peft!, baseModelNameOrPath: reference?.Folder);
                     package = reference is null ? CausalLmPackage.Embed(baseFolder, adapterFolder) : CausalLmPackage.Reference(reference, adapterFolder);
                 }
                 else
                 {
-                    lora?.MergeAndUnload();
+                    peft?.MergeAndUnload();
                     var tunedFolder = Path.Combine(work, "tuned");
                     tuned.SavePretrained(tunedFolder);
                     package = CausalLmPackage.Embed(tunedFolder);
@@ -99,6 +102,17 @@ public sealed class CausalLmFineTuningEstimator : IEstimator<TextGenerationTrans
                 o.ScoreResponses ? o.ResponseColumnName : null);
         });
     }
+
+    /// <summary>Attaches the chosen PEFT method (null for full fine-tuning, where every parameter trains).</summary>
+    private PeftModel? ApplyMethod(CausalLanguageModel model) => _options.Method switch
+    {
+        FineTuningMethod.Full => null,
+        FineTuningMethod.Lora => LoraModel.Apply(model, _options.Lora, seed: _options.Seed),
+        FineTuningMethod.Ia3 => Ia3Model.Apply(model, _options.Ia3, seed: _options.Seed),
+        FineTuningMethod.BitFit => SelectiveModel.Apply(model, new SelectiveConfig { Tuning = SelectiveTuning.BitFit }),
+        FineTuningMethod.LayerNorm => SelectiveModel.Apply(model, new SelectiveConfig { Tuning = SelectiveTuning.LayerNorm }),
+        var m => throw new ArgumentOutOfRangeException(nameof(CausalLmFineTuningOptions.Method), m, "not a FineTuningMethod value"),
+    };
 
     private TokenBlocks MakeBlocks(List<(IReadOnlyList<int> Prompt, IReadOnlyList<int> Response)> examples, string what, IChannel ch)
     {

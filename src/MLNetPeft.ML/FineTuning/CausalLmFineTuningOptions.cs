@@ -1,6 +1,7 @@
 using Microsoft.ML;
 using MLNetPeft.Generation;
 using MLNetPeft.Training;
+using MLNetPeft.Tuners.Ia3;
 using MLNetPeft.Tuners.Lora;
 
 namespace MLNetPeft.ML.FineTuning;
@@ -12,6 +13,12 @@ public enum FineTuningMethod
     Lora,
     /// <summary>Every parameter trains.</summary>
     Full,
+    /// <summary>IA3 rescaling vectors on keys, values and the feed-forward activation (<see cref="CausalLmFineTuningOptions.Ia3"/>).</summary>
+    Ia3,
+    /// <summary>BitFit: only the bias terms train (needs a model with biases, e.g. GPT-2).</summary>
+    BitFit,
+    /// <summary>LayerNorm tuning: only the normalisation layers' scales (and biases) train.</summary>
+    LayerNorm,
 }
 
 /// <summary>What to do with rows that cannot be used as they are.</summary>
@@ -41,6 +48,8 @@ public sealed class CausalLmFineTuningOptions
     public FineTuningMethod Method { get; set; } = FineTuningMethod.Lora;
     /// <summary>LoRA settings (PEFT's defaults: r 8, alpha 8, the family's query/value projections).</summary>
     public LoraConfig Lora { get; set; } = new();
+    /// <summary>IA3 settings (PEFT's defaults: keys, values and the FFN output projection of the family).</summary>
+    public Ia3Config Ia3 { get; set; } = new();
     /// <summary>Learn only the response tokens (TRL's completion-only loss; the default) or the whole text.</summary>
     public bool CompletionOnlyLoss { get; set; } = true;
     /// <summary>Longest prompt + response in tokens; longer rows are handled by <see cref="LongRows"/>.</summary>
@@ -56,8 +65,8 @@ public sealed class CausalLmFineTuningOptions
     /// </summary>
     public IDataView? ValidationData { get; set; }
     /// <summary>
-    /// For LoRA: merge the adapter into the weights at the end (the default; no extra latency), or keep it apart, in
-    /// which case the saved model holds the base weights and the adapter in PEFT's adapter format.
+    /// For the PEFT methods: merge the adapter into the weights at the end (the default; no extra latency), or keep it
+    /// apart, in which case the saved model holds the base weights and the adapter in PEFT's adapter format.
     /// </summary>
     public bool MergeAdapter { get; set; } = true;
     /// <summary>Whether the saved model zip embeds the base model or refers to its folder (see <see cref="ML.BaseModelStorage"/>).</summary>
@@ -88,14 +97,16 @@ public sealed class CausalLmFineTuningOptions
             if (string.IsNullOrWhiteSpace(value)) throw new ArgumentException($"{name} must name a column.", name);
         if (TextColumnName is not null && ScoreResponses)
             throw new ArgumentException("ScoreResponses scores a response column, which continued pretraining on TextColumnName does not have.", nameof(ScoreResponses));
-        if (BaseModelStorage == BaseModelStorage.Reference && (Method != FineTuningMethod.Lora || MergeAdapter))
+        if (BaseModelStorage == BaseModelStorage.Reference && (Method == FineTuningMethod.Full || MergeAdapter))
             throw new ArgumentException("BaseModelStorage.Reference keeps the base model outside the zip, so its weights must stay as loaded: " +
-                "use Method = Lora with MergeAdapter = false, or BaseModelStorage.Embed.", nameof(BaseModelStorage));
+                "use a PEFT method with MergeAdapter = false, or BaseModelStorage.Embed.", nameof(BaseModelStorage));
+        if (!Enum.IsDefined(Method)) throw new ArgumentOutOfRangeException(nameof(Method), Method, "not a FineTuningMethod value");
         if (MaxLength <= 1) throw new ArgumentOutOfRangeException(nameof(MaxLength), MaxLength, "must be at least 2 tokens");
         ArgumentNullException.ThrowIfNull(Training, nameof(Training));
         ArgumentNullException.ThrowIfNull(Generation, nameof(Generation));
         Training.Validate();
         Generation.Validate();
         if (Method == FineTuningMethod.Lora) Lora.Validate();
+        if (Method == FineTuningMethod.Ia3) Ia3.Validate();
     }
 }

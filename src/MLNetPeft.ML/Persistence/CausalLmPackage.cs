@@ -2,7 +2,7 @@ using Microsoft.ML;
 using Microsoft.ML.Runtime;
 using MLNetPeft.Architectures;
 using MLNetPeft.Tokenization;
-using MLNetPeft.Tuners.Lora;
+using MLNetPeft.Tuners;
 
 namespace MLNetPeft.ML.Persistence;
 
@@ -131,7 +131,7 @@ internal sealed class CausalLmPackage
             {
                 ModelFiles.WithFolder(AdapterFiles, folder =>
                 {
-                    LoraAdapterFiles.Load(model, folder, out var unused);
+                    PeftAdapterFiles.Load(model, folder, out var unused);
                     if (unused.Count > 0) throw new InvalidDataException($"The adapter in the model zip has weights no layer takes: {string.Join(", ", unused)}.");
                     return 0;
                 });
