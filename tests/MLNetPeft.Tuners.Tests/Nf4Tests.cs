@@ -22,9 +22,9 @@ public class Nf4Tests(Xunit.Abstractions.ITestOutputHelper output)
     public void CodeValuesTimesTheirBlockScaleSurviveExactlyAndPackTwoPerByte()
     {
         var values = Nf4.Code.Concat(Nf4.Code.Reverse()).Select(v => v * 2.5f).ToArray();   // 32 values, absmax 2.5
-        var q = Nf4.Quantize(tensor(values).view(4, 8), blockSize: 32);
+        var q = Nf4.Quantize(tensor(values).view(4, 8), blockSize: 32, doubleQuant: false);
         Assert.Equal(16, q.Packed.Length);
-        Assert.Equal([2.5f], q.Absmax);
+        Assert.Equal([2.5f], q.Absmax!);
         Assert.Equal(0x01, q.Packed[0]);   // codes 0 and 1: the first in the high nibble
         TensorAssert.BitIdentical(tensor(values).view(4, 8), q.Dequantize());
     }
@@ -33,7 +33,7 @@ public class Nf4Tests(Xunit.Abstractions.ITestOutputHelper output)
     public void NormalWeightsQuantiseWithinHalfTheCodeGapAndCostFourAndAHalfBits()
     {
         var weight = randn([256, 384], generator: new Generator(1));
-        var q = Nf4.Quantize(weight);
+        var q = Nf4.Quantize(weight, doubleQuant: false);
         var restored = q.Dequantize();
         Assert.Equal(weight.shape, restored.shape);
         // Each element lands on its nearest code: the error is at most half the widest gap (−1 to −0.696) times its block's absmax.
@@ -49,12 +49,44 @@ public class Nf4Tests(Xunit.Abstractions.ITestOutputHelper output)
     }
 
     [Fact]
+    public void TheDynamicMapIsBitsandbytesSigned8BitMap()
+    {
+        var map = Nf4.DynamicMap();
+        Assert.Equal(256, map.Length);
+        Assert.Equal(map.Order(), map);
+        Assert.Equal(1f, map[^1]);
+        Assert.Contains(0f, map);
+        Assert.Equal(-0.99296875f, map[0], 6);            // −(1 + 0.98593750)/2: the last of 64 fractions of the 10⁰ decade
+        Assert.Equal(5.5e-7f, map.Where(v => v > 0).Min(), 9);   // 10⁻⁶ · (0.1 + 1)/2
+        Assert.Equal(map.Count(v => v > 0) - 1, map.Count(v => v < 0));   // symmetric but for the extra 1
+    }
+
+    [Fact]
+    public void DoubleQuantisationCostsAbout4Point13BitsAndBarelyAddsError()
+    {
+        var weight = randn([512, 1024], generator: new Generator(2));
+        var single = Nf4.Quantize(weight, doubleQuant: false);
+        var twice = Nf4.Quantize(weight);
+        Assert.Null(twice.Absmax);
+        // 4 + 8/64 + 32/(64·256) + 32/(512·1024) bits per weight.
+        Assert.Equal(4 + 8.0 / 64 + 32.0 / (64 * 256) + 32.0 / (512 * 1024), twice.BitsPerParameter, 9);
+        var scales = single.Absmax!;
+        var restored = twice.BlockScales();
+        double worst = scales.Zip(restored).Max(x => Math.Abs(x.First - x.Second) / x.First);
+        double rmseSingle = (single.Dequantize() - weight).pow(2).mean().sqrt().item<float>();
+        double rmseTwice = (twice.Dequantize() - weight).pow(2).mean().sqrt().item<float>();
+        output.WriteLine($"bits per weight {twice.BitsPerParameter:F4}; absmax relative error up to {worst:P2}; RMSE {rmseSingle:F5} -> {rmseTwice:F5}");
+        Assert.True(worst < 0.02, $"absmax relative error {worst:P2}");
+        Assert.True(rmseTwice < rmseSingle * 1.02, $"RMSE {rmseSingle:F5} -> {rmseTwice:F5}");
+    }
+
+    [Fact]
     public void ZeroBlocksAndPaddingAreHandled()
     {
         var weight = zeros(70);
         weight[69] = tensor(-3f);
-        var q = Nf4.Quantize(weight);
-        Assert.Equal(2, q.Absmax.Length);
+        var q = Nf4.Quantize(weight, doubleQuant: false);
+        Assert.Equal(2, q.Absmax!.Length);
         TensorAssert.BitIdentical(weight, q.Dequantize());
         Assert.Throws<ArgumentOutOfRangeException>(() => Nf4.Quantize(weight, blockSize: 63));
     }

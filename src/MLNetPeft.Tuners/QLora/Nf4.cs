@@ -56,11 +56,59 @@ public static class Nf4
         return (((((a[0] * s + a[1]) * s + a[2]) * s + a[3]) * s + a[4]) * s + a[5]) * r / (((((b[0] * s + b[1]) * s + b[2]) * s + b[3]) * s + b[4]) * s + 1);
     }
 
-    /// <summary>Quantises <paramref name="weight"/> (any shape, any float dtype) blockwise to NF4.</summary>
-    public static Nf4Tensor Quantize(Tensor weight, int blockSize = DefaultBlockSize)
+    /// <summary>Block size of the second quantisation (of the absmax constants).</summary>
+    public const int DoubleQuantBlockSize = 256;
+
+    /// <summary>
+    /// bitsandbytes' signed 8-bit dynamic map (<c>create_dynamic_map</c>): for exponents 10⁻⁶…10⁰, 2ⁱ fraction
+    /// values between 0.1 and 1 (midpoints), both signs, plus 0 and 1; 256 values, sorted. Double quantisation stores
+    /// the absmax constants with it.
+    /// </summary>
+    public static float[] DynamicMap()
+    {
+        var data = new List<float>();
+        const int maxExponentBits = 7;
+        for (int i = 0; i < maxExponentBits; i++)
+        {
+            int fractionItems = (1 << i) + 1;
+            var boundaries = Enumerable.Range(0, fractionItems).Select(k => (float)(0.1 + 0.9 * k / (fractionItems - 1))).ToArray();
+            float scale = (float)Math.Pow(10, -(maxExponentBits - 1) + i);
+            for (int k = 0; k + 1 < fractionItems; k++)
+            {
+                float mean = (boundaries[k] + boundaries[k + 1]) / 2f;
+                data.Add(scale * mean);
+                data.Add(-scale * mean);
+            }
+        }
+        data.Add(0f);
+        data.Add(1f);
+        data.Sort();
+        return [.. data];
+    }
+
+    /// <summary>
+    /// Quantises <paramref name="weight"/> (any shape, any float dtype) blockwise to NF4. With
+    /// <paramref name="doubleQuant"/> (QLoRA's double quantisation) the float32 absmax of each block is itself stored
+    /// in 8 bits: their mean is subtracted and the rest quantised with <see cref="DynamicMap"/> in blocks of 256.
+    /// </summary>
+    public static Nf4Tensor Quantize(Tensor weight, int blockSize = DefaultBlockSize, bool doubleQuant = true)
+    {
+        var (packed, absmax) = QuantizeBlockwise(weight, blockSize, Code, pack: true);
+        if (!doubleQuant) return new Nf4Tensor(packed, absmax, null, weight.shape, blockSize);
+        float offset = (float)absmax.Average(a => (double)a);
+        var (codes, scales) = QuantizeBlockwise(tensor(absmax.Select(a => a - offset).ToArray()), DoubleQuantBlockSize, DynamicMap(), pack: false);
+        return new Nf4Tensor(packed, codes, new Nf4Tensor.NestedScales(scales, offset), weight.shape, blockSize);
+    }
+
+    /// <summary>
+    /// Blockwise absmax quantisation to the nearest of <paramref name="code"/> (values in [−1, 1]): one index per
+    /// element (two per byte when <paramref name="pack"/>) and one float32 absmax per block.
+    /// </summary>
+    private static (byte[] Indices, float[] Absmax) QuantizeBlockwise(Tensor weight, int blockSize, float[] code, bool pack)
     {
         ArgumentNullException.ThrowIfNull(weight);
         if (blockSize <= 0 || blockSize % 2 != 0) throw new ArgumentOutOfRangeException(nameof(blockSize), blockSize, "must be a positive even number");
+        if (weight.numel() == 0) throw new ArgumentException("Cannot quantise an empty tensor.", nameof(weight));
         using var scope = NewDisposeScope();
         using var _ = no_grad();
         var flat = weight.detach().to(ScalarType.Float32).cpu().flatten();
@@ -70,7 +118,7 @@ public static class Nf4
         var absmax = padded.abs().amax([1]);
         // All-zero blocks keep scale 0 and quantise to the zero code.
         var normalized = padded / absmax.clamp_min(float.Epsilon).unsqueeze(1);
-        var code = tensor(Code);
+        var codeTensor = tensor(code);
         // Nearest code value (bitsandbytes compares against the midpoints, which picks the same one).
         var indices = new long[blocks * blockSize];
         const int chunk = 1 << 16;
@@ -78,29 +126,78 @@ public static class Nf4
         for (long start = 0; start < indices.Length; start += chunk)
         {
             long length = Math.Min(chunk, indices.Length - start);
-            var part = (normalizedFlat.narrow(0, start, length).unsqueeze(1) - code).abs().argmin(1);
+            var part = (normalizedFlat.narrow(0, start, length).unsqueeze(1) - codeTensor).abs().argmin(1);
             part.data<long>().CopyTo(indices, (int)start);
         }
-        var packed = new byte[indices.Length / 2];
-        for (int i = 0; i < packed.Length; i++) packed[i] = (byte)((indices[2 * i] << 4) | indices[2 * i + 1]);
-        return new Nf4Tensor(packed, absmax.data<float>().ToArray(), weight.shape, blockSize);
+        byte[] result;
+        if (pack)
+        {
+            result = new byte[indices.Length / 2];
+            for (int i = 0; i < result.Length; i++) result[i] = (byte)((indices[2 * i] << 4) | indices[2 * i + 1]);
+        }
+        else
+        {
+            result = indices.Select(i => (byte)i).ToArray();
+        }
+        return (result, absmax.data<float>().ToArray());
     }
 }
 
-/// <summary>An NF4-quantised tensor: packed 4-bit codes, one float32 absmax per block, and the original shape.</summary>
-public sealed class Nf4Tensor(byte[] packed, float[] absmax, long[] shape, int blockSize)
+/// <summary>
+/// An NF4-quantised tensor: packed 4-bit codes, the block scales (float32, or 8-bit codes with nested float32 scales
+/// and an offset after double quantisation) and the original shape.
+/// </summary>
+public sealed class Nf4Tensor
 {
-    public byte[] Packed { get; } = packed;
-    public float[] Absmax { get; } = absmax;
-    public long[] Shape { get; } = shape;
-    public int BlockSize { get; } = blockSize;
+    /// <summary>Double quantisation's second level: one float32 scale per 256 absmax codes, and the subtracted mean.</summary>
+    public sealed record NestedScales(float[] Absmax, float Offset);
+
+    public Nf4Tensor(byte[] packed, byte[] absmaxCodes, NestedScales nested, long[] shape, int blockSize)
+        : this(packed, null, absmaxCodes, nested, shape, blockSize) { }
+
+    public Nf4Tensor(byte[] packed, float[] absmax, NestedScales? nested, long[] shape, int blockSize)
+        : this(packed, absmax, null, nested, shape, blockSize) { }
+
+    private Nf4Tensor(byte[] packed, float[]? absmax, byte[]? absmaxCodes, NestedScales? nested, long[] shape, int blockSize)
+    {
+        Packed = packed;
+        Absmax = absmax;
+        AbsmaxCodes = absmaxCodes;
+        Nested = nested;
+        Shape = shape;
+        BlockSize = blockSize;
+        long blocks = (Count + blockSize - 1) / blockSize;
+        if (packed.Length * 2L != blocks * blockSize || (absmax?.Length ?? absmaxCodes!.Length) != blocks)
+            throw new InvalidDataException($"An NF4 tensor of shape [{string.Join(", ", shape)}] with blocks of {blockSize} needs {blocks * blockSize / 2} code bytes and {blocks} scales.");
+    }
+
+    public byte[] Packed { get; }
+    /// <summary>The float32 absmax per block (null after double quantisation).</summary>
+    public float[]? Absmax { get; }
+    /// <summary>The absmax per block as 8-bit dynamic-map codes (double quantisation only).</summary>
+    public byte[]? AbsmaxCodes { get; }
+    public NestedScales? Nested { get; }
+    public long[] Shape { get; }
+    public int BlockSize { get; }
     public long Count => Shape.Aggregate(1L, (a, b) => a * b);
 
-    /// <summary>Storage per original element, in bits: 4 for the code plus the block's float32 scale.</summary>
-    public double BitsPerParameter => 8.0 * (Packed.Length + 4.0 * Absmax.Length) / Count;
+    /// <summary>Storage per original element, in bits: 4 for the code plus the share of the block scales.</summary>
+    public double BitsPerParameter => 8.0 * (Packed.Length + (Absmax is not null ? 4.0 * Absmax.Length
+        : AbsmaxCodes!.Length + 4.0 * Nested!.Absmax.Length + 4)) / Count;
+
+    /// <summary>The absmax of each block, undoing the double quantisation if there was one.</summary>
+    public float[] BlockScales()
+    {
+        if (Absmax is not null) return Absmax;
+        var map = Nf4.DynamicMap();
+        var scales = new float[AbsmaxCodes!.Length];
+        for (int i = 0; i < scales.Length; i++)
+            scales[i] = map[AbsmaxCodes[i]] * Nested!.Absmax[i / Nf4.DoubleQuantBlockSize] + Nested.Offset;
+        return scales;
+    }
 
     /// <summary>The float tensor the codes stand for (code value × block absmax), in <paramref name="dtype"/>.</summary>
-    public Tensor Dequantize(ScalarType dtype = ScalarType.Float32)
+    public Tensor Dequantize(ScalarType dtype = ScalarType.Float32, Device? device = null)
     {
         using var scope = NewDisposeScope();
         var codes = new long[Packed.Length * 2];
@@ -109,7 +206,8 @@ public sealed class Nf4Tensor(byte[] packed, float[] absmax, long[] shape, int b
             codes[2 * i] = Packed[i] >> 4;
             codes[2 * i + 1] = Packed[i] & 0xF;
         }
-        var values = tensor(Nf4.Code).index_select(0, tensor(codes)).view(Absmax.Length, BlockSize) * tensor(Absmax).unsqueeze(1);
-        return values.flatten().narrow(0, 0, Count).view(Shape).to(dtype).MoveToOuterDisposeScope();
+        var scales = BlockScales();
+        var values = tensor(Nf4.Code).index_select(0, tensor(codes)).view(scales.Length, BlockSize) * tensor(scales).unsqueeze(1);
+        return values.flatten().narrow(0, 0, Count).view(Shape).to(dtype, device ?? CPU).MoveToOuterDisposeScope();
     }
 }
