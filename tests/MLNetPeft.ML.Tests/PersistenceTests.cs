@@ -93,6 +93,8 @@ public class PersistenceTests(Xunit.Abstractions.ITestOutputHelper output)
     [InlineData(FineTuningMethod.Ia3, true, false)]
     [InlineData(FineTuningMethod.LayerNorm, false, false)]
     [InlineData(FineTuningMethod.Lora, false, true)]
+    [InlineData(FineTuningMethod.QLora, false, false)]
+    [InlineData(FineTuningMethod.QLora, true, false)]
     public void EveryPeftMethodIsSelectableLearnsAndRoundTrips(FineTuningMethod method, bool merge, bool dora)
     {
         using var dir = new TempFolder();
@@ -103,7 +105,7 @@ public class PersistenceTests(Xunit.Abstractions.ITestOutputHelper output)
         var tokenizer = BundledBaseModel.LoadTokenizer();
         var options = Quick(method, merge);
         options.Lora.UseDora = dora;
-        if (method != FineTuningMethod.Lora) options.Training.LearningRate = 2e-2;
+        if (method is not (FineTuningMethod.Lora or FineTuningMethod.QLora)) options.Training.LearningRate = 2e-2;
         using var untouched = ml.Transforms.Text.GenerateText(model, tokenizer, inputColumnName: "Text", options: Answer, scoredResponseColumnName: "Response").Fit(data);
         using var tuned = ml.Transforms.Text.FineTuneCausalLm(model, tokenizer, options).Fit(data);
         Assert.Equal(!merge, tuned.HasUnmergedAdapter);
@@ -114,6 +116,14 @@ public class PersistenceTests(Xunit.Abstractions.ITestOutputHelper output)
 
         var path = dir.File("model.zip");
         ml.Model.Save(tuned, data.Schema, path);
+        if (method == FineTuningMethod.QLora && !merge)
+        {
+            // The zip holds the base quantised: about 4.13 bits per linear weight instead of 32.
+            using var zip = ZipFile.OpenRead(path);
+            long stored = zip.Entries.Single(e => e.Name == "File.model.safetensors").Length;
+            output.WriteLine($"quantised base in the zip: {stored:N0} bytes vs {CausalLmPackage.WeightBytes(model):N0} in float32");
+            Assert.True(stored < CausalLmPackage.WeightBytes(model) / 2, $"{stored:N0} bytes");
+        }
         var loaded = new MLContext(seed: 2).Model.Load(path, out _);
         Assert.Equal(FreshProcess.Columns(tuned.Transform(data), ["GeneratedText", "LogLikelihood"]),
             FreshProcess.Columns(loaded.Transform(data), ["GeneratedText", "LogLikelihood"]));

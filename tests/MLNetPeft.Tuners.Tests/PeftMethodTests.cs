@@ -15,9 +15,17 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
 {
     private static CausalLanguageModel Tiny(string family, long seed) => family == "gpt2"
         ? TinyModels.Randomize(new Gpt2ForCausalLM(TinyModels.Gpt2()), seed)
-        : TinyModels.Randomize(new LlamaForCausalLM(TinyModels.Llama()), seed);
+        : TinyModels.Randomize(new LlamaForCausalLM(TinyLlama()), seed);
 
-    private static long Vocab(string family) => family == "gpt2" ? 97 : 101;
+    /// <summary>The tiny Llama with the tiny tokenizer's vocabulary, so that generation can be checked.</summary>
+    internal static LlamaConfig TinyLlama()
+    {
+        var config = TinyModels.Llama();
+        config.VocabSize = TinyTokenizer.VocabSize;
+        return config;
+    }
+
+    private static long Vocab(string family) => TinyTokenizer.VocabSize;
 
     private static PeftModel Apply(string method, CausalLanguageModel model) => method switch
     {
@@ -80,6 +88,7 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
         using var adapted = Run(model, ids);
         using (peft.DisableAdapters()) TensorAssert.BitIdentical(baseOutput, Run(model, ids), "adapters disabled: the base model exactly");
         TensorAssert.BitIdentical(adapted, Run(model, ids), "enabled again");
+        GenerationCheck.CachedEqualsRecomputed(model);
 
         // PEFT adapter folder: loads onto a fresh copy of the base and gives the same outputs.
         PeftAdapterFiles.Save(dir.Path, peft, "tiny");
@@ -218,7 +227,7 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
         json = JsonNode.Parse(File.ReadAllText(Path.Combine(dir.File("ia3"), PeftAdapterFiles.ConfigFileName)))!;
         Assert.Equal("IA3", json["peft_type"]!.GetValue<string>());
         Assert.Contains("model.layers.0.mlp.down_proj", json["feedforward_modules"]!.AsArray().Select(n => n!.GetValue<string>()));
-        var config = TinyModels.Llama();
+        var config = TinyLlama();
         using var weights = SafetensorsFile.Open(Path.Combine(dir.File("ia3"), PeftAdapterFiles.WeightsFileName));
         long kv = (config.NumKeyValueHeads ?? config.NumAttentionHeads) * (config.HiddenSize / config.NumAttentionHeads);
         Assert.Equal([kv, 1], weights.Info("base_model.model.model.layers.0.self_attn.k_proj.ia3_l").Shape);

@@ -9,6 +9,7 @@ using MLNetPeft.Training.LanguageModeling;
 using MLNetPeft.Tuners;
 using MLNetPeft.Tuners.Ia3;
 using MLNetPeft.Tuners.Lora;
+using MLNetPeft.Tuners.QLora;
 using MLNetPeft.Tuners.Selective;
 
 namespace MLNetPeft.ML.FineTuning;
@@ -62,7 +63,7 @@ public sealed class CausalLmFineTuningEstimator : IEstimator<TextGenerationTrans
             (validation is null ? "." : $"; {validation.Count} validation blocks."));
 
         bool keepAdapter = o.Method != FineTuningMethod.Full && !o.MergeAdapter;
-        var storage = CausalLmPackage.Resolve(o.BaseModelStorage, CausalLmPackage.WeightBytes(_model), baseUnchanged: keepAdapter, ch);
+        var storage = CausalLmPackage.Resolve(o.BaseModelStorage, CausalLmPackage.WeightBytes(_model), baseUnchanged: keepAdapter && o.Method != FineTuningMethod.QLora, ch);
         return ModelFiles.WithTempFolder(work =>
         {
             // Train a copy, so the caller's model stays as it was. A referenced base is the checkpoint on disk.
@@ -73,6 +74,19 @@ public sealed class CausalLmFineTuningEstimator : IEstimator<TextGenerationTrans
             using (var tuned = PretrainedModels.LoadCausalLM(baseFolder))
             {
                 tuned.train();
+                Nf4Model? quantized = null;
+                if (o.Method == FineTuningMethod.QLora)
+                {
+                    quantized = Nf4Model.Quantize(tuned, o.Quantization);
+                    var (qBytes, fBytes) = quantized.WeightBytes();
+                    ch.Info($"QLoRA: {quantized.Layers.Count} linear layers NF4-quantised, {qBytes:N0} bytes instead of {fBytes:N0} in float32.");
+                    if (keepAdapter)
+                    {
+                        // The frozen quantised base is what the zip stores, so save it before adapters are attached.
+                        baseFolder = Path.Combine(work, "quantized-base");
+                        Nf4Checkpoint.Save(baseFolder, tuned, quantized);
+                    }
+                }
                 var peft = ApplyMethod(tuned);
                 if (peft is not null)
                 {
@@ -90,6 +104,7 @@ public sealed class CausalLmFineTuningEstimator : IEstimator<TextGenerationTrans
                 }
                 else
                 {
+                    quantized?.Dequantize();
                     peft?.MergeAndUnload();
                     var tunedFolder = Path.Combine(work, "tuned");
                     tuned.SavePretrained(tunedFolder);
@@ -107,7 +122,7 @@ public sealed class CausalLmFineTuningEstimator : IEstimator<TextGenerationTrans
     private PeftModel? ApplyMethod(CausalLanguageModel model) => _options.Method switch
     {
         FineTuningMethod.Full => null,
-        FineTuningMethod.Lora => LoraModel.Apply(model, _options.Lora, seed: _options.Seed),
+        FineTuningMethod.Lora or FineTuningMethod.QLora => LoraModel.Apply(model, _options.Lora, seed: _options.Seed),
         FineTuningMethod.Ia3 => Ia3Model.Apply(model, _options.Ia3, seed: _options.Seed),
         FineTuningMethod.BitFit => SelectiveModel.Apply(model, new SelectiveConfig { Tuning = SelectiveTuning.BitFit }),
         FineTuningMethod.LayerNorm => SelectiveModel.Apply(model, new SelectiveConfig { Tuning = SelectiveTuning.LayerNorm }),

@@ -3,6 +3,7 @@ using MLNetPeft.Generation;
 using MLNetPeft.Training;
 using MLNetPeft.Tuners.Ia3;
 using MLNetPeft.Tuners.Lora;
+using MLNetPeft.Tuners.QLora;
 
 namespace MLNetPeft.ML.FineTuning;
 
@@ -19,6 +20,11 @@ public enum FineTuningMethod
     BitFit,
     /// <summary>LayerNorm tuning: only the normalisation layers' scales (and biases) train.</summary>
     LayerNorm,
+    /// <summary>
+    /// QLoRA: the linear layers are NF4-quantised (<see cref="CausalLmFineTuningOptions.Quantization"/>) and frozen,
+    /// LoRA (<see cref="CausalLmFineTuningOptions.Lora"/>) trains on top; unmerged, the zip stores the quantised base.
+    /// </summary>
+    QLora,
 }
 
 /// <summary>What to do with rows that cannot be used as they are.</summary>
@@ -48,6 +54,8 @@ public sealed class CausalLmFineTuningOptions
     public FineTuningMethod Method { get; set; } = FineTuningMethod.Lora;
     /// <summary>LoRA settings (PEFT's defaults: r 8, alpha 8, the family's query/value projections).</summary>
     public LoraConfig Lora { get; set; } = new();
+    /// <summary>4-bit quantisation of the base for QLoRA (NF4, blocks of 64, double quantisation).</summary>
+    public Nf4QuantizationConfig Quantization { get; set; } = new();
     /// <summary>IA3 settings (PEFT's defaults: keys, values and the FFN output projection of the family).</summary>
     public Ia3Config Ia3 { get; set; } = new();
     /// <summary>Learn only the response tokens (TRL's completion-only loss; the default) or the whole text.</summary>
@@ -100,13 +108,20 @@ public sealed class CausalLmFineTuningOptions
         if (BaseModelStorage == BaseModelStorage.Reference && (Method == FineTuningMethod.Full || MergeAdapter))
             throw new ArgumentException("BaseModelStorage.Reference keeps the base model outside the zip, so its weights must stay as loaded: " +
                 "use a PEFT method with MergeAdapter = false, or BaseModelStorage.Embed.", nameof(BaseModelStorage));
+        if (BaseModelStorage == BaseModelStorage.Reference && Method == FineTuningMethod.QLora)
+            throw new ArgumentException("QLoRA stores its quantised base inside the zip; BaseModelStorage.Reference is not available for it.", nameof(BaseModelStorage));
         if (!Enum.IsDefined(Method)) throw new ArgumentOutOfRangeException(nameof(Method), Method, "not a FineTuningMethod value");
         if (MaxLength <= 1) throw new ArgumentOutOfRangeException(nameof(MaxLength), MaxLength, "must be at least 2 tokens");
         ArgumentNullException.ThrowIfNull(Training, nameof(Training));
         ArgumentNullException.ThrowIfNull(Generation, nameof(Generation));
         Training.Validate();
         Generation.Validate();
-        if (Method == FineTuningMethod.Lora) Lora.Validate();
+        if (Method is FineTuningMethod.Lora or FineTuningMethod.QLora) Lora.Validate();
+        if (Method == FineTuningMethod.QLora)
+        {
+            Quantization.Validate();
+            if (Lora.UseDora) throw new ArgumentException("DoRA needs unquantised base weights; QLoRA uses plain LoRA.", nameof(Lora));
+        }
         if (Method == FineTuningMethod.Ia3) Ia3.Validate();
     }
 }

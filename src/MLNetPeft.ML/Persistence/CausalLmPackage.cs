@@ -3,6 +3,7 @@ using Microsoft.ML.Runtime;
 using MLNetPeft.Architectures;
 using MLNetPeft.Tokenization;
 using MLNetPeft.Tuners;
+using MLNetPeft.Tuners.QLora;
 
 namespace MLNetPeft.ML.Persistence;
 
@@ -124,7 +125,7 @@ internal sealed class CausalLmPackage
     {
         var (model, tokenizer) = BaseReference is { } reference
             ? LoadReferenced(reference)
-            : ModelFiles.WithFolder(BaseFiles!, folder => (PretrainedModels.LoadCausalLM(folder), TextTokenizer.FromPretrained(folder)));
+            : ModelFiles.WithFolder(BaseFiles!, folder => (LoadBase(folder), TextTokenizer.FromPretrained(folder)));
         try
         {
             if (AdapterFiles is not null)
@@ -145,6 +146,10 @@ internal sealed class CausalLmPackage
             throw;
         }
     }
+
+    /// <summary>A base checkpoint, NF4-quantised (QLoRA) or not.</summary>
+    private static CausalLanguageModel LoadBase(string folder) =>
+        Nf4Checkpoint.IsQuantized(folder) ? Nf4Checkpoint.LoadCausalLM(folder).Model : PretrainedModels.LoadCausalLM(folder);
 
     private static (CausalLanguageModel, TextTokenizer) LoadReferenced(BaseModelReference reference)
     {

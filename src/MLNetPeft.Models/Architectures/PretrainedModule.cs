@@ -88,7 +88,10 @@ public abstract class PretrainedModule : nn.Module
     /// Copies the weights of <paramref name="checkpoint"/> into this module (converting dtype). Every parameter
     /// and persistent buffer must be found with the right shape; checkpoint tensors that match nothing are reported.
     /// </summary>
-    public WeightLoadReport LoadWeights(SafetensorsCheckpoint checkpoint, string source)
+    /// <param name="checkpoint">The weights.</param>
+    /// <param name="source">Named in errors.</param>
+    /// <param name="loadedElsewhere">Parameter names the caller fills itself (e.g. quantised layers); not read here.</param>
+    public WeightLoadReport LoadWeights(SafetensorsCheckpoint checkpoint, string source, IReadOnlySet<string>? loadedElsewhere = null)
     {
         var used = new HashSet<string>(StringComparer.Ordinal);
         var missing = new List<string>();
@@ -96,6 +99,7 @@ public abstract class PretrainedModule : nn.Module
         using var _ = no_grad();
         foreach (var (name, target) in state_dict())
         {
+            if (loadedElsewhere?.Contains(name) == true) continue;
             var key = CheckpointNames(name).FirstOrDefault(checkpoint.Contains);
             if (key is null) { missing.Add(name); continue; }
             var info = checkpoint.Info(key);
@@ -128,7 +132,17 @@ public abstract class PretrainedModule : nn.Module
                 throw new ArgumentException($"'{name}' is not a weight of this {GetType().Name}.", nameof(weights));
             own = own.ToDictionary(kv => kv.Key, kv => weights.TryGetValue(kv.Key, out var w) ? w : kv.Value);
         }
-        var weightsToSave = own;
+        SaveTensors(folder, own, maxShardBytes);
+    }
+
+    /// <summary>
+    /// Saves <paramref name="tensors"/> as this model's checkpoint, with its config and companion files: for stored
+    /// forms that differ from the module's own parameters (e.g. quantised weights under bitsandbytes' names).
+    /// </summary>
+    public void SaveTensors(string folder, IReadOnlyDictionary<string, Tensor> tensors, long maxShardBytes = 5L << 30)
+    {
+        Directory.CreateDirectory(folder);
+        var weightsToSave = tensors;
         var dtype = weightsToSave.Values.Select(t => t.dtype).FirstOrDefault(t => t.IsFloatingPoint(), ScalarType.Float32);
         Config.TorchDtype = dtype switch { ScalarType.BFloat16 => "bfloat16", ScalarType.Float16 => "float16", _ => "float32" };
         SafetensorsCheckpoint.Save(folder, weightsToSave, maxShardBytes);

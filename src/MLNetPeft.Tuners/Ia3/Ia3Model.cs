@@ -39,7 +39,6 @@ public sealed class Ia3Model : PeftModel
         Lora.LoraModel.CheckAdapterName(adapterName);
         var targets = TargetModules.Select(model, config.TargetModules, config.TargetModulesRegex, DefaultTargets(model));
         var feedforward = config.FeedforwardModules ?? DefaultFeedforward(model);
-        foreach (var (_, p) in model.named_parameters()) p.requires_grad = false;
         var generator = new Generator((ulong)seed);
         var layers = new List<Ia3Layer>();
         try
@@ -52,6 +51,7 @@ public sealed class Ia3Model : PeftModel
             foreach (var l in layers) l.Remove();
             throw;
         }
+        foreach (var (_, p) in model.named_parameters()) p.requires_grad = false;
         foreach (var l in layers) l.Scale.requires_grad = true;
         return new Ia3Model(model, config, adapterName, layers);
     }

@@ -51,6 +51,8 @@ public sealed class LoraAdapter : IDisposable
         }
         TargetModules.RegisterAdapterChild(layer, "lora_A", adapterName, _a);
         TargetModules.RegisterAdapterChild(layer, "lora_B", adapterName, _b);
+        if (config.UseDora && weight.stride().Contains(0))
+            throw new NotSupportedException($"DoRA needs the base weight of '{moduleName}', which is NF4-quantised here; use plain LoRA on quantised layers (QLoRA).");
         if (config.UseDora)
         {
             // m starts at ‖W‖ per output row, so a fresh DoRA adapter (B = 0) changes nothing.

@@ -42,7 +42,6 @@ public sealed class LoraModel : PeftModel
         CheckAdapterName(adapterName);
         var targets = TargetModules.Select(model, config.TargetModules, config.TargetModulesRegex, DefaultTargets(model));
 
-        foreach (var (_, p) in model.named_parameters()) p.requires_grad = false;
         var generator = new Generator((ulong)seed);
         var adapters = new List<LoraAdapter>();
         try
@@ -54,6 +53,8 @@ public sealed class LoraModel : PeftModel
             foreach (var a in adapters) a.Remove();
             throw;
         }
+        // Only once every adapter is in place is the rest frozen: a failed Apply leaves the model as it was.
+        foreach (var (_, p) in model.named_parameters()) p.requires_grad = false;
         var lora = new LoraModel(model, config, adapterName, adapters);
         foreach (var p in lora.TrainableTensors()) p.requires_grad = true;
         return lora;

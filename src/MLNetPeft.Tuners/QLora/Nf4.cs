@@ -97,7 +97,8 @@ public static class Nf4
         if (!doubleQuant) return new Nf4Tensor(packed, absmax, null, weight.shape, blockSize);
         float offset = (float)absmax.Average(a => (double)a);
         var (codes, scales) = QuantizeBlockwise(tensor(absmax.Select(a => a - offset).ToArray()), DoubleQuantBlockSize, DynamicMap(), pack: false);
-        return new Nf4Tensor(packed, codes, new Nf4Tensor.NestedScales(scales, offset), weight.shape, blockSize);
+        // The last block of 256 is padded; only one code per absmax is kept.
+        return new Nf4Tensor(packed, codes[..absmax.Length], new Nf4Tensor.NestedScales(scales, offset), weight.shape, blockSize);
     }
 
     /// <summary>

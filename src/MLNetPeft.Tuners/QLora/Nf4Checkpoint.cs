@@ -1,0 +1,147 @@
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using MLNetPeft.Architectures;
+using MLNetPeft.Checkpoints;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace MLNetPeft.Tuners.QLora;
+
+/// <summary>
+/// Checkpoint folders whose linear weights are stored NF4-quantised, in the layout transformers writes for
+/// bitsandbytes 4-bit models: per layer <c>{name}.weight</c> (uint8 codes [n/2, 1]), <c>.weight.absmax</c>,
+/// <c>.weight.quant_map</c>, with double quantisation <c>.weight.nested_absmax</c> and <c>.weight.nested_quant_map</c>,
+/// and <c>.weight.quant_state.bitsandbytes__nf4</c> (the quantisation state as JSON bytes); config.json carries a
+/// <c>quantization_config</c>. The weights stay quantised on disk and in memory.
+/// </summary>
+public static class Nf4Checkpoint
+{
+    private const string StateSuffix = ".weight.quant_state.bitsandbytes__nf4";
+
+    /// <summary>Whether the checkpoint folder's config.json says its weights are 4-bit quantised.</summary>
+    public static bool IsQuantized(string folder)
+    {
+        var path = Path.Combine(folder, "config.json");
+        if (!File.Exists(path)) return false;
+        var q = (JsonNode.Parse(File.ReadAllText(path)) as JsonObject)?["quantization_config"] as JsonObject;
+        return q?["load_in_4bit"]?.GetValue<bool>() == true;
+    }
+
+    /// <summary>Saves <paramref name="model"/> with the layers of <paramref name="quantized"/> in their quantised form.</summary>
+    public static void Save(string folder, PretrainedModule model, Nf4Model quantized)
+    {
+        using var scope = NewDisposeScope();
+        var quantizedWeights = quantized.Layers.Select(l => l.ModuleName + ".weight").ToHashSet(StringComparer.Ordinal);
+        var tensors = model.state_dict().Where(kv => !quantizedWeights.Contains(kv.Key)).ToDictionary(kv => kv.Key, kv => kv.Value);
+        foreach (var layer in quantized.Layers)
+        {
+            var w = layer.Weight;
+            string key = layer.ModuleName + ".weight";
+            tensors[key] = tensor(w.Packed, [w.Packed.Length, 1]);
+            tensors[key + ".quant_map"] = tensor(Nf4.Code);
+            var state = new JsonObject
+            {
+                ["quant_type"] = "nf4", ["blocksize"] = w.BlockSize, ["dtype"] = DTypeName(layer.ComputeDtype),
+                ["shape"] = new JsonArray(w.Shape.Select(d => (JsonNode)JsonValue.Create(d)!).ToArray()),
+            };
+            if (w.Nested is { } nested)
+            {
+                tensors[key + ".absmax"] = tensor(w.AbsmaxCodes!);
+                tensors[key + ".nested_absmax"] = tensor(nested.Absmax);
+                tensors[key + ".nested_quant_map"] = tensor(Nf4.DynamicMap());
+                state["nested_blocksize"] = Nf4.DoubleQuantBlockSize;
+                state["nested_offset"] = nested.Offset;
+                state["nested_dtype"] = "float32";
+            }
+            else
+            {
+                tensors[key + ".absmax"] = tensor(w.Absmax!);
+            }
+            tensors[layer.ModuleName + StateSuffix] = tensor(Encoding.UTF8.GetBytes(state.ToJsonString()));
+        }
+        model.Config.Extra ??= [];
+        model.Config.Extra["quantization_config"] = JsonSerializer.SerializeToElement(new JsonObject
+        {
+            ["quant_method"] = "bitsandbytes", ["load_in_4bit"] = true, ["bnb_4bit_quant_type"] = "nf4",
+            ["bnb_4bit_use_double_quant"] = quantized.Config.UseDoubleQuant,
+            ["bnb_4bit_compute_dtype"] = DTypeName(quantized.Layers.FirstOrDefault()?.ComputeDtype ?? ScalarType.Float32),
+        });
+        model.SaveTensors(folder, tensors);
+    }
+
+    /// <summary>Loads a quantised checkpoint folder: the model with its quantised layers attached (frozen).</summary>
+    public static (CausalLanguageModel Model, Nf4Model Quantized) LoadCausalLM(string folder)
+    {
+        var config = PretrainedModels.LoadConfig(folder);
+        var model = PretrainedModels.CreateCausalLM(config);
+        try
+        {
+            using var checkpoint = SafetensorsCheckpoint.Open(folder);
+            var layerNames = checkpoint.TensorNames.Where(n => n.EndsWith(StateSuffix, StringComparison.Ordinal)).Select(n => n[..^StateSuffix.Length]).Order(StringComparer.Ordinal).ToList();
+            if (layerNames.Count == 0) throw new InvalidDataException($"'{folder}' has no quantised layers ({StateSuffix}).");
+            model.LoadWeights(checkpoint, folder, layerNames.Select(n => n + ".weight").ToHashSet(StringComparer.Ordinal));
+            var modules = model.named_modules().ToDictionary(m => m.name, m => m.module);
+            var layers = new List<(string, Linear, Nf4Tensor)>();
+            var blockSize = Nf4.DefaultBlockSize;
+            bool doubleQuant = false;
+            foreach (var name in layerNames)
+            {
+                if (!modules.TryGetValue(name, out var module) || module is not Linear linear)
+                    throw new InvalidDataException($"'{folder}': quantised layer '{name}' is not a linear layer of this {model.GetType().Name}.");
+                var weight = ReadNf4(checkpoint, name, folder);
+                if (!weight.Shape.SequenceEqual(linear.weight!.shape))
+                    throw new InvalidDataException($"'{folder}': quantised '{name}.weight' has shape [{string.Join(", ", weight.Shape)}] but the config implies [{string.Join(", ", linear.weight.shape)}].");
+                blockSize = weight.BlockSize;
+                doubleQuant |= weight.Nested is not null;
+                layers.Add((name, linear, weight));
+            }
+            foreach (var (_, p) in model.named_parameters()) p.requires_grad = false;
+            var nf4 = Nf4Model.Attach(model, new Nf4QuantizationConfig { BlockSize = blockSize, UseDoubleQuant = doubleQuant }, layers);
+            model.eval();
+            return (model, nf4);
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+    }
+
+    private static Nf4Tensor ReadNf4(SafetensorsCheckpoint checkpoint, string name, string folder)
+    {
+        string key = name + ".weight";
+        JsonObject state;
+        try
+        {
+            using var stateBytes = checkpoint.ReadTensor(name + StateSuffix);
+            state = JsonNode.Parse(Encoding.UTF8.GetString(stateBytes.data<byte>().ToArray())) as JsonObject ?? throw new InvalidDataException("not a JSON object");
+        }
+        catch (Exception e) when (e is JsonException or InvalidDataException)
+        {
+            throw new InvalidDataException($"'{folder}': the quantisation state of '{name}' is unreadable: {e.Message}", e);
+        }
+        if (state["quant_type"]?.GetValue<string>() != "nf4")
+            throw new NotSupportedException($"'{folder}': '{name}' is quantised as '{state["quant_type"]}'; this library reads nf4.");
+        using var quantMap = checkpoint.ReadTensor(key + ".quant_map");
+        if (!quantMap.data<float>().ToArray().SequenceEqual(Nf4.Code))
+            throw new InvalidDataException($"'{folder}': '{key}.quant_map' is not the NF4 table.");
+        var shape = state["shape"]!.AsArray().Select(d => d!.GetValue<long>()).ToArray();
+        int blockSize = state["blocksize"]!.GetValue<int>();
+        using var packed = checkpoint.ReadTensor(key);
+        var codes = packed.data<byte>().ToArray();
+        if (state["nested_offset"] is JsonValue offset)
+        {
+            using var absmax = checkpoint.ReadTensor(key + ".absmax");
+            using var nested = checkpoint.ReadTensor(key + ".nested_absmax");
+            return new Nf4Tensor(codes, absmax.data<byte>().ToArray(), new Nf4Tensor.NestedScales(nested.data<float>().ToArray(), offset.GetValue<float>()), shape, blockSize);
+        }
+        using (var absmax = checkpoint.ReadTensor(key + ".absmax"))
+            return new Nf4Tensor(codes, absmax.data<float>().ToArray(), null, shape, blockSize);
+    }
+
+    private static string DTypeName(ScalarType dtype) => dtype switch
+    {
+        ScalarType.BFloat16 => "bfloat16", ScalarType.Float16 => "float16", _ => "float32",
+    };
+}
