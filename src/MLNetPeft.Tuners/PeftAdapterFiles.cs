@@ -4,6 +4,9 @@ using System.Text.Json.Nodes;
 using MLNetPeft.Checkpoints;
 using MLNetPeft.Tuners.Ia3;
 using MLNetPeft.Tuners.Lora;
+using MLNetPeft.Tuners.PrefixTuning;
+using MLNetPeft.Tuners.PromptTuning;
+using MLNetPeft.Tuners.PTuning;
 using MLNetPeft.Tuners.Selective;
 using static TorchSharp.torch;
 
@@ -51,8 +54,22 @@ public static class PeftAdapterFiles
             "LORA" => LoraAdapterFiles.Load(model, folder, out unusedKeys, adapterName),
             "IA3" => Ia3Model.Load(model, folder, json, path, out unusedKeys, adapterName),
             SelectiveConfig.BitFitType or SelectiveConfig.LayerNormType => SelectiveModel.Load(model, folder, json, path, out unusedKeys),
-            var other => throw new NotSupportedException($"'{path}' holds a '{other}' adapter; this library reads LORA, IA3, {SelectiveConfig.BitFitType} and {SelectiveConfig.LayerNormType}."),
+            "PROMPT_TUNING" => PromptLearned(PromptTuningModel.Load(CausalLM(model, path), folder, json, path, adapterName), out unusedKeys),
+            "P_TUNING" => PromptLearned(PTuningModel.Load(CausalLM(model, path), folder, json, path, adapterName), out unusedKeys),
+            "PREFIX_TUNING" => PromptLearned(PrefixTuningModel.Load(CausalLM(model, path), folder, json, path, adapterName), out unusedKeys),
+            var other => throw new NotSupportedException($"'{path}' holds a '{other}' adapter; this library reads LORA, IA3, PROMPT_TUNING, P_TUNING, " +
+                $"PREFIX_TUNING, {SelectiveConfig.BitFitType} and {SelectiveConfig.LayerNormType}."),
         };
+    }
+
+    private static Architectures.CausalLanguageModel CausalLM(nn.Module model, string path) =>
+        model as Architectures.CausalLanguageModel ?? throw new NotSupportedException($"'{path}' is a prompt-learning adapter, which applies to causal language models only.");
+
+    // Prompt-learning files hold one tensor, prompt_embeddings, which the loader has read.
+    private static PeftModel PromptLearned(PromptLearningModel model, out IReadOnlyList<string> unusedKeys)
+    {
+        unusedKeys = [];
+        return model;
     }
 
     internal static (JsonObject Json, string Path) ReadConfigJson(string folder)

@@ -5,6 +5,9 @@ using MLNetPeft.Training;
 using MLNetPeft.Training.LanguageModeling;
 using MLNetPeft.Tuners.Ia3;
 using MLNetPeft.Tuners.Lora;
+using MLNetPeft.Tuners.PrefixTuning;
+using MLNetPeft.Tuners.PromptTuning;
+using MLNetPeft.Tuners.PTuning;
 using MLNetPeft.Tuners.Selective;
 using static TorchSharp.torch;
 
@@ -34,6 +37,11 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
         "ia3" => Ia3Model.Apply(model, new Ia3Config()),
         "bitfit" => SelectiveModel.Apply(model, new SelectiveConfig { Tuning = SelectiveTuning.BitFit }),
         "layernorm" => SelectiveModel.Apply(model, new SelectiveConfig { Tuning = SelectiveTuning.LayerNorm }),
+        "prompt" => PromptTuningModel.Apply(model, new PromptTuningConfig { NumVirtualTokens = 4, PromptTuningInit = PromptTuningInit.SampleVocab }, seed: 1),
+        "ptuning-mlp" => PTuningModel.Apply(model, new PTuningConfig { NumVirtualTokens = 4, EncoderHiddenSize = 16 }, seed: 1),
+        "ptuning-lstm" => PTuningModel.Apply(model, new PTuningConfig { NumVirtualTokens = 4, EncoderHiddenSize = 16, EncoderReparameterizationType = PromptEncoderType.Lstm }, seed: 1),
+        "prefix" => PrefixTuningModel.Apply(model, new PrefixTuningConfig { NumVirtualTokens = 4, PrefixProjection = true, EncoderHiddenSize = 16 }, seed: 1),
+        "ptuning-v2" => PrefixTuningModel.Apply(model, PrefixTuningConfig.PTuningV2(4), seed: 1),
         _ => throw new ArgumentOutOfRangeException(nameof(method)),
     };
 
@@ -61,6 +69,13 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
     [InlineData("bitfit", "gpt2")]
     [InlineData("layernorm", "llama")]
     [InlineData("layernorm", "gpt2")]
+    [InlineData("prompt", "llama")]
+    [InlineData("prompt", "gpt2")]
+    [InlineData("ptuning-mlp", "llama")]
+    [InlineData("ptuning-lstm", "gpt2")]
+    [InlineData("prefix", "llama")]
+    [InlineData("prefix", "gpt2")]
+    [InlineData("ptuning-v2", "llama")]
     public void EveryMethodStartsAsTheBaseLearnsSwitchesOffSavesLoadsAndMerges(string method, string family)
     {
         using var dir = new TempFolder();
@@ -70,17 +85,22 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
         var baseWeights = model.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.clone());
 
         var peft = Apply(method, model);
-        TensorAssert.BitIdentical(baseOutput, Run(model, ids), "a fresh adapter changes nothing");
+        bool promptLearning = peft is PromptLearningModel;
+        // Virtual tokens change the outputs from the start; the other methods start as the identity.
+        if (!promptLearning) TensorAssert.BitIdentical(baseOutput, Run(model, ids), "a fresh adapter changes nothing");
         var (trainable, total) = peft.ParameterCounts();
         Assert.InRange(trainable, 1, total / 2);
 
         var blocks = ToyTask(Vocab(family));
         double before = LanguageModelTrainer.Evaluate(model, blocks, 8, 4);
-        // IA3's few hundred scaling factors need a larger step than the other methods (IA3 paper: 3e-3 on a pretrained 3B model).
-        new LanguageModelTrainer(model, new TrainingOptions { MaxSteps = 40, BatchSize = 8, LearningRate = method == "ia3" ? 1e-1 : 1e-2, WarmupSteps = 4, WeightDecay = 0, Seed = 2 }).Train(blocks);
+        // IA3's few hundred scaling factors and the virtual tokens of prompt learning need a larger step than weight updates.
+        new LanguageModelTrainer(model, new TrainingOptions { MaxSteps = 40, BatchSize = 8, LearningRate = method == "ia3" || promptLearning ? 1e-1 : 1e-2, WarmupSteps = 4, WeightDecay = 0, Seed = 2 }).Train(blocks);
         double after = LanguageModelTrainer.Evaluate(model, blocks, 8, 4);
         output.WriteLine($"{method} on {family}: {trainable:N0} of {total:N0} parameters train; loss {before:F3} -> {after:F3}");
-        Assert.True(after < before - 0.3, $"loss {before:F3} -> {after:F3}");
+        // Prepended embeddings steer a random tiny model only a little (0.1 to 0.3 here); on the pretrained bundled
+        // model they learn the instruction task (ML.Tests). Everything else must cut the loss by at least 0.3.
+        double required = peft is PromptTuningModel or PTuningModel ? 0.08 : 0.3;
+        Assert.True(after < before - required, $"loss {before:F3} -> {after:F3}");
 
         // The base weights did not move (selective methods: all but the ones they tune).
         var tuned = peft is SelectiveModel s ? s.TunedParameters.ToHashSet() : [];
@@ -99,6 +119,16 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
         Assert.Equal(peft.GetType(), loaded.GetType());
         TensorAssert.BitIdentical(adapted, Run(fresh, ids), "reloaded adapter");
 
+        if (promptLearning)
+        {
+            // Virtual tokens have no weights to merge into.
+            Assert.Throws<NotSupportedException>(() => loaded.MergeAndUnload());
+            loaded.Unload();
+            peft.Unload();
+            TensorAssert.BitIdentical(baseOutput, Run(model, ids), "unloaded: the base model again");
+            Assert.DoesNotContain(model.state_dict().Keys, k => k.StartsWith("prompt_encoder", StringComparison.Ordinal));
+            return;
+        }
         // Merging folds the method into the weights: same outputs from a plain model.
         loaded.MergeAndUnload();
         Assert.DoesNotContain(fresh.state_dict().Keys, k => k.Contains("lora_", StringComparison.Ordinal) || k.Contains("ia3_l", StringComparison.Ordinal));
@@ -232,6 +262,72 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
         long kv = (config.NumKeyValueHeads ?? config.NumAttentionHeads) * (config.HiddenSize / config.NumAttentionHeads);
         Assert.Equal([kv, 1], weights.Info("base_model.model.model.layers.0.self_attn.k_proj.ia3_l").Shape);
         Assert.Equal([1, config.IntermediateSize], weights.Info("base_model.model.model.layers.0.mlp.down_proj.ia3_l").Shape);
+    }
+
+    [Theory]
+    [InlineData("prompt")]
+    [InlineData("prefix")]
+    public void VirtualTokensRespectLeftPaddingAndTheCache(string method)
+    {
+        using var model = Tiny("llama", 12);
+        using var peft = Apply(method, model);
+        using (no_grad()) foreach (var p in peft.Model.parameters().Where(p => p.requires_grad)) p.mul_(0.1);
+        model.eval();
+        using var _ = no_grad();
+        // Row 0 alone, and row 0 left-padded by three tokens in a batch: the real tokens' logits agree.
+        var row = tensor(new long[] { 5, 9, 13, 2, 7 }).unsqueeze(0);
+        using var alone = model.Forward(row);
+        var padded = cat([full(1, 3, 0L), row], 1);
+        var mask = cat([zeros(1, 3, ScalarType.Int64), ones(1, 5, ScalarType.Int64)], 1);
+        using var withPadding = model.Forward(padded, mask);
+        TensorAssert.Close(alone, withPadding.narrow(1, 3, 5), 1e-5, "left-padded row");
+
+        // Feeding the tokens one at a time through a cache gives the same logits as one pass.
+        using var cache = model.CreateCache();
+        for (int t = 0; t < 5; t++)
+        {
+            using var step = model.Forward(row.narrow(1, t, 1), ones(1, t + 1, ScalarType.Int64), cache: cache);
+            TensorAssert.Close(alone.narrow(1, t, 1), step, 1e-5, $"cached step {t}");
+        }
+        Assert.Equal(4 + 5, cache.Length);   // the virtual tokens sit in the cache before the real ones
+    }
+
+    [Fact]
+    public void PromptLearningAdaptersUsePeftsPromptEmbeddingsLayout()
+    {
+        using var dir = new TempFolder();
+        using var model = Tiny("llama", 13);
+        var g = ModelGeometry.Of(model);
+        foreach (var (name, peft, width) in new (string, Func<PeftModel>, long)[]
+        {
+            ("prompt", () => PromptTuningModel.Apply(model, new PromptTuningConfig { NumVirtualTokens = 5, PromptTuningInit = PromptTuningInit.Text, PromptTuningInitText = "hi" }, TinyTokenizer.Create()), g.HiddenSize),
+            ("ptuning", () => PTuningModel.Apply(model, new PTuningConfig { NumVirtualTokens = 5 }), g.HiddenSize),
+            ("prefix", () => PrefixTuningModel.Apply(model, new PrefixTuningConfig { NumVirtualTokens = 5, PrefixProjection = true }), g.Layers * 2 * g.KeyValueHeads * g.HeadDim),
+        })
+        {
+            var adapter = peft();
+            PeftAdapterFiles.Save(dir.File(name), adapter);
+            var json = JsonNode.Parse(File.ReadAllText(Path.Combine(dir.File(name), PeftAdapterFiles.ConfigFileName)))!;
+            Assert.Equal(5, json["num_virtual_tokens"]!.GetValue<int>());
+            Assert.Equal(g.Layers, json["num_layers"]!.GetValue<int>());
+            using (var file = SafetensorsFile.Open(Path.Combine(dir.File(name), PeftAdapterFiles.WeightsFileName)))
+                Assert.Equal([5, width], file.Info("prompt_embeddings").Shape);
+            if (name == "prefix")
+            {
+                // Grouped-query attention: PEFT's token_dim is kv heads × head dim, num_attention_heads the kv heads.
+                Assert.Equal(g.KeyValueHeads * g.HeadDim, json["token_dim"]!.GetValue<int>());
+                Assert.Equal(g.KeyValueHeads, json["num_attention_heads"]!.GetValue<int>());
+            }
+            if (name == "prompt")
+            {
+                Assert.Equal("TEXT", json["prompt_tuning_init"]!.GetValue<string>());
+                // TEXT starts from the embeddings of the text's tokens, repeated to the length ("hi" → h i h i h).
+                var ids = TinyTokenizer.Create().Encode("hi");
+                using var words = model.Embed(tensor(Enumerable.Range(0, 5).Select(i => (long)ids[i % ids.Count]).ToArray()).unsqueeze(0))[0];
+                TensorAssert.BitIdentical(words, ((PromptTuningModel)adapter).Embeddings, "TEXT initialisation");
+            }
+            adapter.Unload();
+        }
     }
 
     [Fact]

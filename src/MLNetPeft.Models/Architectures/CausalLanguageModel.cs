@@ -30,13 +30,55 @@ public abstract class CausalLanguageModel : PretrainedModule
     /// <summary>Vocabulary logits [batch, seq, vocab] from final hidden states.</summary>
     public abstract Tensor ComputeLogits(Tensor hidden);
 
-    /// <summary>Logits [batch, seq, vocab] for token ids [batch, seq] (int64).</summary>
+    /// <summary>Virtual tokens of a prompt-learning method, put in front of every sequence (see <see cref="Architectures.VirtualPrompt"/>).</summary>
+    public VirtualPrompt? VirtualPrompt { get; set; }
+
+    /// <summary>
+    /// Logits [batch, seq, vocab] for token ids [batch, seq] (int64). The attention mask, positions and cache are
+    /// those of the caller's tokens; a <see cref="VirtualPrompt"/>'s tokens are accounted for here.
+    /// </summary>
     public Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
     {
         CheckTokenIds(inputIds, Config.VocabSize);
         using var scope = NewDisposeScope();
-        var hidden = ForwardHidden(Embed(inputIds), attentionMask, positionIds, cache);
+        var embeds = Embed(inputIds);
+        if (VirtualPrompt is { Enabled: true } prompt) return ForwardWithPrompt(prompt, embeds, attentionMask, positionIds, cache).MoveToOuterDisposeScope();
+        var hidden = ForwardHidden(embeds, attentionMask, positionIds, cache);
         return ComputeLogits(hidden).MoveToOuterDisposeScope();
+    }
+
+    private Tensor ForwardWithPrompt(VirtualPrompt prompt, Tensor embeds, Tensor? attentionMask, Tensor? positionIds, KvCache? cache)
+    {
+        long batch = embeds.shape[0], length = embeds.shape[1];
+        int p = prompt.Length;
+        bool first = cache is null || cache.Length == 0;
+        long callerPast = first ? 0 : cache!.Length - p;
+        if (callerPast < 0) throw new InvalidOperationException("The cache was filled without the virtual prompt; start a new cache after enabling it.");
+        attentionMask ??= ones(batch, callerPast + length, ScalarType.Int64, embeds.device);
+        var mask = cat([ones(batch, p, attentionMask.dtype, embeds.device), attentionMask], 1);
+        using var localCache = first && cache is null ? CreateCache() : null;
+        var useCache = cache ?? localCache;
+        bool prepended = false;
+        if (first)
+        {
+            if (prompt.PastKeyValues(batch, embeds.dtype, embeds.device) is { } past)
+                for (int layer = 0; layer < past.Count; layer++) useCache!.Append(layer, past[layer].Key, past[layer].Value);
+            if (prompt.InputEmbeddings(batch, embeds.dtype, embeds.device) is { } virtualEmbeds)
+            {
+                embeds = cat([virtualEmbeds, embeds], 1);
+                prepended = true;
+            }
+        }
+        if (positionIds is not null)
+        {
+            // The caller counted positions over its own tokens; the virtual ones come first.
+            positionIds = positionIds + p;
+            if (prepended) positionIds = cat([arange(p, device: embeds.device).expand(batch, p), positionIds], 1);
+        }
+        // Prefix keys/values only need a cache during this call when the caller passed none (training).
+        var hidden = ForwardHidden(embeds, mask, positionIds, useCache is { Length: > 0 } || cache is not null ? useCache : null);
+        var logits = ComputeLogits(hidden);
+        return prepended ? logits.narrow(1, p, length).contiguous() : logits;
     }
 
     public KvCache CreateCache() => new(LayerCount);
