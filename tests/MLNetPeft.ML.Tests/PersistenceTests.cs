@@ -95,6 +95,10 @@ public class PersistenceTests(Xunit.Abstractions.ITestOutputHelper output)
     [InlineData(FineTuningMethod.Lora, false, true)]
     [InlineData(FineTuningMethod.QLora, false, false)]
     [InlineData(FineTuningMethod.QLora, true, false)]
+    [InlineData(FineTuningMethod.PromptTuning, true, false)]
+    [InlineData(FineTuningMethod.PTuning, false, false)]
+    [InlineData(FineTuningMethod.PrefixTuning, false, false)]
+    [InlineData(FineTuningMethod.PTuningV2, false, false)]
     public void EveryPeftMethodIsSelectableLearnsAndRoundTrips(FineTuningMethod method, bool merge, bool dora)
     {
         using var dir = new TempFolder();
@@ -106,9 +110,13 @@ public class PersistenceTests(Xunit.Abstractions.ITestOutputHelper output)
         var options = Quick(method, merge);
         options.Lora.UseDora = dora;
         if (method is not (FineTuningMethod.Lora or FineTuningMethod.QLora)) options.Training.LearningRate = 2e-2;
+        options.PromptTuning = new() { NumVirtualTokens = 8, PromptTuningInit = Tuners.PromptTuning.PromptTuningInit.Text, PromptTuningInitText = "Answer with one word." };
+        options.PTuning = new() { NumVirtualTokens = 8, EncoderHiddenSize = 64 };
+        options.PrefixTuning = new() { NumVirtualTokens = 8, PrefixProjection = true, EncoderHiddenSize = 64 };
         using var untouched = ml.Transforms.Text.GenerateText(model, tokenizer, inputColumnName: "Text", options: Answer, scoredResponseColumnName: "Response").Fit(data);
         using var tuned = ml.Transforms.Text.FineTuneCausalLm(model, tokenizer, options).Fit(data);
-        Assert.Equal(!merge, tuned.HasUnmergedAdapter);
+        Assert.Equal(!merge || method is FineTuningMethod.PromptTuning or FineTuningMethod.PTuning or FineTuningMethod.PrefixTuning or FineTuningMethod.PTuningV2,
+            tuned.HasUnmergedAdapter);
         double before = untouched.Transform(data).GetColumn<float>("LogLikelihood").Average();
         double after = tuned.Transform(data).GetColumn<float>("LogLikelihood").Average();
         output.WriteLine($"{method}{(dora ? " (DoRA)" : "")} merge={merge}: mean response log-likelihood {before:F2} -> {after:F2}");

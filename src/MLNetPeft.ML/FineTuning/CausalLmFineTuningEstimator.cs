@@ -9,6 +9,9 @@ using MLNetPeft.Training.LanguageModeling;
 using MLNetPeft.Tuners;
 using MLNetPeft.Tuners.Ia3;
 using MLNetPeft.Tuners.Lora;
+using MLNetPeft.Tuners.PrefixTuning;
+using MLNetPeft.Tuners.PromptTuning;
+using MLNetPeft.Tuners.PTuning;
 using MLNetPeft.Tuners.QLora;
 using MLNetPeft.Tuners.Selective;
 
@@ -62,7 +65,8 @@ public sealed class CausalLmFineTuningEstimator : IEstimator<TextGenerationTrans
         ch.Info($"Fine-tuning ({o.Method}) on {examples.Count} rows in {blocks.Count} blocks, {blocks.TargetTokens} target tokens, {o.Training.MaxSteps} steps" +
             (validation is null ? "." : $"; {validation.Count} validation blocks."));
 
-        bool keepAdapter = o.Method != FineTuningMethod.Full && !o.MergeAdapter;
+        bool keepAdapter = o.Method != FineTuningMethod.Full && (!o.MergeAdapter || o.IsPromptLearning);
+        if (o.IsPromptLearning && o.MergeAdapter) ch.Info($"{o.Method} adds virtual tokens, which cannot be merged; the adapter is kept apart.");
         var storage = CausalLmPackage.Resolve(o.BaseModelStorage, CausalLmPackage.WeightBytes(_model), baseUnchanged: keepAdapter && o.Method != FineTuningMethod.QLora, ch);
         return ModelFiles.WithTempFolder(work =>
         {
@@ -126,6 +130,10 @@ public sealed class CausalLmFineTuningEstimator : IEstimator<TextGenerationTrans
         FineTuningMethod.Ia3 => Ia3Model.Apply(model, _options.Ia3, seed: _options.Seed),
         FineTuningMethod.BitFit => SelectiveModel.Apply(model, new SelectiveConfig { Tuning = SelectiveTuning.BitFit }),
         FineTuningMethod.LayerNorm => SelectiveModel.Apply(model, new SelectiveConfig { Tuning = SelectiveTuning.LayerNorm }),
+        FineTuningMethod.PromptTuning => PromptTuningModel.Apply(model, _options.PromptTuning, _tokenizer, seed: _options.Seed),
+        FineTuningMethod.PTuning => PTuningModel.Apply(model, _options.PTuning, seed: _options.Seed),
+        FineTuningMethod.PrefixTuning => PrefixTuningModel.Apply(model, _options.PrefixTuning, seed: _options.Seed),
+        FineTuningMethod.PTuningV2 => PrefixTuningModel.Apply(model, new PrefixTuningConfig { NumVirtualTokens = _options.PrefixTuning.NumVirtualTokens, PrefixProjection = false }, seed: _options.Seed),
         var m => throw new ArgumentOutOfRangeException(nameof(CausalLmFineTuningOptions.Method), m, "not a FineTuningMethod value"),
     };
 

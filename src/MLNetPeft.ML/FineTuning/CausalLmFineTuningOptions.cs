@@ -3,6 +3,9 @@ using MLNetPeft.Generation;
 using MLNetPeft.Training;
 using MLNetPeft.Tuners.Ia3;
 using MLNetPeft.Tuners.Lora;
+using MLNetPeft.Tuners.PrefixTuning;
+using MLNetPeft.Tuners.PromptTuning;
+using MLNetPeft.Tuners.PTuning;
 using MLNetPeft.Tuners.QLora;
 
 namespace MLNetPeft.ML.FineTuning;
@@ -25,6 +28,14 @@ public enum FineTuningMethod
     /// LoRA (<see cref="CausalLmFineTuningOptions.Lora"/>) trains on top; unmerged, the zip stores the quantised base.
     /// </summary>
     QLora,
+    /// <summary>Prompt tuning: trainable virtual token embeddings before the input (<see cref="CausalLmFineTuningOptions.PromptTuning"/>); never merged.</summary>
+    PromptTuning,
+    /// <summary>P-Tuning: virtual token embeddings from a trainable MLP or LSTM encoder (<see cref="CausalLmFineTuningOptions.PTuning"/>); never merged.</summary>
+    PTuning,
+    /// <summary>Prefix tuning: trainable keys and values before every layer (<see cref="CausalLmFineTuningOptions.PrefixTuning"/>, with PrefixProjection); never merged.</summary>
+    PrefixTuning,
+    /// <summary>P-Tuning v2: prefix tuning without the reparameterisation MLP (<see cref="CausalLmFineTuningOptions.PrefixTuning"/>'s other settings); never merged.</summary>
+    PTuningV2,
 }
 
 /// <summary>What to do with rows that cannot be used as they are.</summary>
@@ -56,6 +67,12 @@ public sealed class CausalLmFineTuningOptions
     public LoraConfig Lora { get; set; } = new();
     /// <summary>4-bit quantisation of the base for QLoRA (NF4, blocks of 64, double quantisation).</summary>
     public Nf4QuantizationConfig Quantization { get; set; } = new();
+    /// <summary>Prompt tuning settings (20 virtual tokens, RANDOM init unless set).</summary>
+    public PromptTuningConfig PromptTuning { get; set; } = new();
+    /// <summary>P-Tuning settings (20 virtual tokens, MLP encoder).</summary>
+    public PTuningConfig PTuning { get; set; } = new();
+    /// <summary>Prefix tuning and P-Tuning v2 settings (20 virtual tokens).</summary>
+    public PrefixTuningConfig PrefixTuning { get; set; } = new() { PrefixProjection = true };
     /// <summary>IA3 settings (PEFT's defaults: keys, values and the FFN output projection of the family).</summary>
     public Ia3Config Ia3 { get; set; } = new();
     /// <summary>Learn only the response tokens (TRL's completion-only loss; the default) or the whole text.</summary>
@@ -75,6 +92,7 @@ public sealed class CausalLmFineTuningOptions
     /// <summary>
     /// For the PEFT methods: merge the adapter into the weights at the end (the default; no extra latency), or keep it
     /// apart, in which case the saved model holds the base weights and the adapter in PEFT's adapter format.
+    /// Prompt-learning methods have nothing to merge and are always kept apart.
     /// </summary>
     public bool MergeAdapter { get; set; } = true;
     /// <summary>Whether the saved model zip embeds the base model or refers to its folder (see <see cref="ML.BaseModelStorage"/>).</summary>
@@ -96,6 +114,9 @@ public sealed class CausalLmFineTuningOptions
     /// <summary>Stops fitting at the next step boundary (with an <see cref="OperationCanceledException"/>).</summary>
     public CancellationToken CancellationToken { get; set; }
 
+    /// <summary>Whether the method adds virtual tokens (and so cannot be merged into the weights).</summary>
+    internal bool IsPromptLearning => Method is FineTuningMethod.PromptTuning or FineTuningMethod.PTuning or FineTuningMethod.PrefixTuning or FineTuningMethod.PTuningV2;
+
     internal void Validate()
     {
         var columns = TextColumnName is null
@@ -105,7 +126,7 @@ public sealed class CausalLmFineTuningOptions
             if (string.IsNullOrWhiteSpace(value)) throw new ArgumentException($"{name} must name a column.", name);
         if (TextColumnName is not null && ScoreResponses)
             throw new ArgumentException("ScoreResponses scores a response column, which continued pretraining on TextColumnName does not have.", nameof(ScoreResponses));
-        if (BaseModelStorage == BaseModelStorage.Reference && (Method == FineTuningMethod.Full || MergeAdapter))
+        if (BaseModelStorage == BaseModelStorage.Reference && (Method == FineTuningMethod.Full || (MergeAdapter && !IsPromptLearning)))
             throw new ArgumentException("BaseModelStorage.Reference keeps the base model outside the zip, so its weights must stay as loaded: " +
                 "use a PEFT method with MergeAdapter = false, or BaseModelStorage.Embed.", nameof(BaseModelStorage));
         if (BaseModelStorage == BaseModelStorage.Reference && Method == FineTuningMethod.QLora)
@@ -123,5 +144,8 @@ public sealed class CausalLmFineTuningOptions
             if (Lora.UseDora) throw new ArgumentException("DoRA needs unquantised base weights; QLoRA uses plain LoRA.", nameof(Lora));
         }
         if (Method == FineTuningMethod.Ia3) Ia3.Validate();
+        if (Method == FineTuningMethod.PromptTuning) PromptTuning.Validate();
+        if (Method == FineTuningMethod.PTuning) PTuning.Validate();
+        if (Method is FineTuningMethod.PrefixTuning or FineTuningMethod.PTuningV2) PrefixTuning.Validate();
     }
 }
