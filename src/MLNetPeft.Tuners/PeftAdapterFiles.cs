@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using MLNetPeft.Checkpoints;
+using MLNetPeft.Tuners.Houlsby;
 using MLNetPeft.Tuners.Ia3;
 using MLNetPeft.Tuners.Lora;
 using MLNetPeft.Tuners.PrefixTuning;
@@ -54,11 +55,12 @@ public static class PeftAdapterFiles
             "LORA" => LoraAdapterFiles.Load(model, folder, out unusedKeys, adapterName),
             "IA3" => Ia3Model.Load(model, folder, json, path, out unusedKeys, adapterName),
             SelectiveConfig.BitFitType or SelectiveConfig.LayerNormType => SelectiveModel.Load(model, folder, json, path, out unusedKeys),
+            HoulsbyConfig.PeftTypeName => HoulsbyModel.Load(model, folder, json, path, out unusedKeys, adapterName),
             "PROMPT_TUNING" => PromptLearned(PromptTuningModel.Load(CausalLM(model, path), folder, json, path, adapterName), out unusedKeys),
             "P_TUNING" => PromptLearned(PTuningModel.Load(CausalLM(model, path), folder, json, path, adapterName), out unusedKeys),
             "PREFIX_TUNING" => PromptLearned(PrefixTuningModel.Load(CausalLM(model, path), folder, json, path, adapterName), out unusedKeys),
             var other => throw new NotSupportedException($"'{path}' holds a '{other}' adapter; this library reads LORA, IA3, PROMPT_TUNING, P_TUNING, " +
-                $"PREFIX_TUNING, {SelectiveConfig.BitFitType} and {SelectiveConfig.LayerNormType}."),
+                $"PREFIX_TUNING, {HoulsbyConfig.PeftTypeName}, {SelectiveConfig.BitFitType} and {SelectiveConfig.LayerNormType}."),
         };
     }
 

@@ -99,6 +99,7 @@ public class PersistenceTests(Xunit.Abstractions.ITestOutputHelper output)
     [InlineData(FineTuningMethod.PTuning, false, false)]
     [InlineData(FineTuningMethod.PrefixTuning, false, false)]
     [InlineData(FineTuningMethod.PTuningV2, false, false)]
+    [InlineData(FineTuningMethod.AdapterTuning, true, false)]
     public void EveryPeftMethodIsSelectableLearnsAndRoundTrips(FineTuningMethod method, bool merge, bool dora)
     {
         using var dir = new TempFolder();
@@ -115,7 +116,8 @@ public class PersistenceTests(Xunit.Abstractions.ITestOutputHelper output)
         options.PrefixTuning = new() { NumVirtualTokens = 8, PrefixProjection = true, EncoderHiddenSize = 64 };
         using var untouched = ml.Transforms.Text.GenerateText(model, tokenizer, inputColumnName: "Text", options: Answer, scoredResponseColumnName: "Response").Fit(data);
         using var tuned = ml.Transforms.Text.FineTuneCausalLm(model, tokenizer, options).Fit(data);
-        Assert.Equal(!merge || method is FineTuningMethod.PromptTuning or FineTuningMethod.PTuning or FineTuningMethod.PrefixTuning or FineTuningMethod.PTuningV2,
+        Assert.Equal(!merge || method is FineTuningMethod.PromptTuning or FineTuningMethod.PTuning or FineTuningMethod.PrefixTuning or FineTuningMethod.PTuningV2
+            or FineTuningMethod.AdapterTuning,
             tuned.HasUnmergedAdapter);
         double before = untouched.Transform(data).GetColumn<float>("LogLikelihood").Average();
         double after = tuned.Transform(data).GetColumn<float>("LogLikelihood").Average();

@@ -3,6 +3,7 @@ using MLNetPeft.Architectures;
 using MLNetPeft.Checkpoints;
 using MLNetPeft.Training;
 using MLNetPeft.Training.LanguageModeling;
+using MLNetPeft.Tuners.Houlsby;
 using MLNetPeft.Tuners.Ia3;
 using MLNetPeft.Tuners.Lora;
 using MLNetPeft.Tuners.PrefixTuning;
@@ -37,6 +38,7 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
         "ia3" => Ia3Model.Apply(model, new Ia3Config()),
         "bitfit" => SelectiveModel.Apply(model, new SelectiveConfig { Tuning = SelectiveTuning.BitFit }),
         "layernorm" => SelectiveModel.Apply(model, new SelectiveConfig { Tuning = SelectiveTuning.LayerNorm }),
+        "houlsby" => HoulsbyModel.Apply(model, new HoulsbyConfig { ReductionFactor = 4 }, seed: 1),
         "prompt" => PromptTuningModel.Apply(model, new PromptTuningConfig { NumVirtualTokens = 4, PromptTuningInit = PromptTuningInit.SampleVocab }, seed: 1),
         "ptuning-mlp" => PTuningModel.Apply(model, new PTuningConfig { NumVirtualTokens = 4, EncoderHiddenSize = 16 }, seed: 1),
         "ptuning-lstm" => PTuningModel.Apply(model, new PTuningConfig { NumVirtualTokens = 4, EncoderHiddenSize = 16, EncoderReparameterizationType = PromptEncoderType.Lstm }, seed: 1),
@@ -69,6 +71,8 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
     [InlineData("bitfit", "gpt2")]
     [InlineData("layernorm", "llama")]
     [InlineData("layernorm", "gpt2")]
+    [InlineData("houlsby", "llama")]
+    [InlineData("houlsby", "gpt2")]
     [InlineData("prompt", "llama")]
     [InlineData("prompt", "gpt2")]
     [InlineData("ptuning-mlp", "llama")]
@@ -85,16 +89,17 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
         var baseWeights = model.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.clone());
 
         var peft = Apply(method, model);
-        bool promptLearning = peft is PromptLearningModel;
-        // Virtual tokens change the outputs from the start; the other methods start as the identity.
-        if (!promptLearning) TensorAssert.BitIdentical(baseOutput, Run(model, ids), "a fresh adapter changes nothing");
+        bool promptLearning = peft is PromptLearningModel, mergeable = !promptLearning && peft is not HoulsbyModel;
+        // Virtual tokens change the outputs from the start; bottleneck adapters start near the identity; the rest exactly at it.
+        if (peft is HoulsbyModel) TensorAssert.Close(baseOutput, Run(model, ids), 0.05 * baseOutput.abs().max().item<float>(), "near-identity adapters");
+        else if (!promptLearning) TensorAssert.BitIdentical(baseOutput, Run(model, ids), "a fresh adapter changes nothing");
         var (trainable, total) = peft.ParameterCounts();
         Assert.InRange(trainable, 1, total / 2);
 
         var blocks = ToyTask(Vocab(family));
         double before = LanguageModelTrainer.Evaluate(model, blocks, 8, 4);
-        // IA3's few hundred scaling factors and the virtual tokens of prompt learning need a larger step than weight updates.
-        new LanguageModelTrainer(model, new TrainingOptions { MaxSteps = 40, BatchSize = 8, LearningRate = method == "ia3" || promptLearning ? 1e-1 : 1e-2, WarmupSteps = 4, WeightDecay = 0, Seed = 2 }).Train(blocks);
+        // IA3's few hundred scaling factors, the near-zero bottlenecks and the virtual tokens of prompt learning need larger steps than weight updates.
+        new LanguageModelTrainer(model, new TrainingOptions { MaxSteps = 40, BatchSize = 8, LearningRate = method switch { "ia3" => 1e-1, "houlsby" => 5e-2, _ => promptLearning ? 1e-1 : 1e-2 }, WarmupSteps = 4, WeightDecay = 0, Seed = 2 }).Train(blocks);
         double after = LanguageModelTrainer.Evaluate(model, blocks, 8, 4);
         output.WriteLine($"{method} on {family}: {trainable:N0} of {total:N0} parameters train; loss {before:F3} -> {after:F3}");
         // Prepended embeddings steer a random tiny model only a little (0.1 to 0.3 here); on the pretrained bundled
@@ -119,14 +124,14 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
         Assert.Equal(peft.GetType(), loaded.GetType());
         TensorAssert.BitIdentical(adapted, Run(fresh, ids), "reloaded adapter");
 
-        if (promptLearning)
+        if (!mergeable)
         {
-            // Virtual tokens have no weights to merge into.
+            // Virtual tokens and nonlinear bottlenecks have no weights to merge into.
             Assert.Throws<NotSupportedException>(() => loaded.MergeAndUnload());
             loaded.Unload();
             peft.Unload();
             TensorAssert.BitIdentical(baseOutput, Run(model, ids), "unloaded: the base model again");
-            Assert.DoesNotContain(model.state_dict().Keys, k => k.StartsWith("prompt_encoder", StringComparison.Ordinal));
+            Assert.DoesNotContain(model.state_dict().Keys, k => k.StartsWith("prompt_encoder", StringComparison.Ordinal) || k.Contains(".adapter.", StringComparison.Ordinal));
             return;
         }
         // Merging folds the method into the weights: same outputs from a plain model.
@@ -328,6 +333,29 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
             }
             adapter.Unload();
         }
+    }
+
+    [Theory]
+    [InlineData("llama")]
+    [InlineData("gpt2")]
+    public void HoulsbyAdaptersSitAfterTheAttentionAndFeedForwardOutputProjections(string family)
+    {
+        using var model = Tiny(family, 14);
+        using var houlsby = HoulsbyModel.Apply(model, new HoulsbyConfig { ReductionFactor = 8, NonLinearity = "gelu" });
+        var names = houlsby.Adapters.Select(a => a.ModuleName).ToList();
+        Assert.Equal(family == "gpt2" ? ["transformer.h.0.attn.c_proj", "transformer.h.0.mlp.c_proj"] : ["model.layers.0.self_attn.o_proj", "model.layers.0.mlp.down_proj"], names.Take(2));
+        Assert.Equal(2 * TinyLlama().NumHiddenLayers, names.Count);
+        var adapter = houlsby.Adapters[0];
+        Assert.Equal(32 / 8, adapter.Down.out_features);   // hidden / reduction factor
+        using (no_grad()) adapter.Up.weight!.normal_(0, 0.5, new Generator(2));
+        var layer = (nn.Module<Tensor, Tensor>)model.named_modules().First(m => m.name == adapter.ModuleName).module;
+        var x = randn([3, family == "gpt2" ? 32 : 32], generator: new Generator(3));
+        using var _ = no_grad();
+        adapter.Enabled = false;
+        var plain = layer.call(x);
+        adapter.Enabled = true;
+        var expected = plain + adapter.Up.call(nn.functional.gelu(adapter.Down.call(plain)));
+        TensorAssert.Close(expected, layer.call(x), 1e-6, "y + up(gelu(down(y)))");
     }
 
     [Fact]

@@ -7,6 +7,7 @@ using MLNetPeft.ML.Persistence;
 using MLNetPeft.Tokenization;
 using MLNetPeft.Training.LanguageModeling;
 using MLNetPeft.Tuners;
+using MLNetPeft.Tuners.Houlsby;
 using MLNetPeft.Tuners.Ia3;
 using MLNetPeft.Tuners.Lora;
 using MLNetPeft.Tuners.PrefixTuning;
@@ -65,8 +66,8 @@ public sealed class CausalLmFineTuningEstimator : IEstimator<TextGenerationTrans
         ch.Info($"Fine-tuning ({o.Method}) on {examples.Count} rows in {blocks.Count} blocks, {blocks.TargetTokens} target tokens, {o.Training.MaxSteps} steps" +
             (validation is null ? "." : $"; {validation.Count} validation blocks."));
 
-        bool keepAdapter = o.Method != FineTuningMethod.Full && (!o.MergeAdapter || o.IsPromptLearning);
-        if (o.IsPromptLearning && o.MergeAdapter) ch.Info($"{o.Method} adds virtual tokens, which cannot be merged; the adapter is kept apart.");
+        bool keepAdapter = o.Method != FineTuningMethod.Full && (!o.MergeAdapter || o.CannotMerge);
+        if (o.CannotMerge && o.MergeAdapter) ch.Info($"{o.Method} cannot be merged into the weights; the adapter is kept apart.");
         var storage = CausalLmPackage.Resolve(o.BaseModelStorage, CausalLmPackage.WeightBytes(_model), baseUnchanged: keepAdapter && o.Method != FineTuningMethod.QLora, ch);
         return ModelFiles.WithTempFolder(work =>
         {
@@ -130,6 +131,7 @@ public sealed class CausalLmFineTuningEstimator : IEstimator<TextGenerationTrans
         FineTuningMethod.Ia3 => Ia3Model.Apply(model, _options.Ia3, seed: _options.Seed),
         FineTuningMethod.BitFit => SelectiveModel.Apply(model, new SelectiveConfig { Tuning = SelectiveTuning.BitFit }),
         FineTuningMethod.LayerNorm => SelectiveModel.Apply(model, new SelectiveConfig { Tuning = SelectiveTuning.LayerNorm }),
+        FineTuningMethod.AdapterTuning => HoulsbyModel.Apply(model, _options.AdapterTuning, seed: _options.Seed),
         FineTuningMethod.PromptTuning => PromptTuningModel.Apply(model, _options.PromptTuning, _tokenizer, seed: _options.Seed),
         FineTuningMethod.PTuning => PTuningModel.Apply(model, _options.PTuning, seed: _options.Seed),
         FineTuningMethod.PrefixTuning => PrefixTuningModel.Apply(model, _options.PrefixTuning, seed: _options.Seed),

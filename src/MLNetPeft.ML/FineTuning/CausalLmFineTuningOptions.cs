@@ -1,6 +1,7 @@
 using Microsoft.ML;
 using MLNetPeft.Generation;
 using MLNetPeft.Training;
+using MLNetPeft.Tuners.Houlsby;
 using MLNetPeft.Tuners.Ia3;
 using MLNetPeft.Tuners.Lora;
 using MLNetPeft.Tuners.PrefixTuning;
@@ -36,6 +37,8 @@ public enum FineTuningMethod
     PrefixTuning,
     /// <summary>P-Tuning v2: prefix tuning without the reparameterisation MLP (<see cref="CausalLmFineTuningOptions.PrefixTuning"/>'s other settings); never merged.</summary>
     PTuningV2,
+    /// <summary>Adapter tuning (Houlsby): bottlenecks after the attention and feed-forward blocks (<see cref="CausalLmFineTuningOptions.AdapterTuning"/>); never merged.</summary>
+    AdapterTuning,
 }
 
 /// <summary>What to do with rows that cannot be used as they are.</summary>
@@ -73,6 +76,8 @@ public sealed class CausalLmFineTuningOptions
     public PTuningConfig PTuning { get; set; } = new();
     /// <summary>Prefix tuning and P-Tuning v2 settings (20 virtual tokens).</summary>
     public PrefixTuningConfig PrefixTuning { get; set; } = new() { PrefixProjection = true };
+    /// <summary>Houlsby adapter settings (reduction factor 16, ReLU).</summary>
+    public HoulsbyConfig AdapterTuning { get; set; } = new();
     /// <summary>IA3 settings (PEFT's defaults: keys, values and the FFN output projection of the family).</summary>
     public Ia3Config Ia3 { get; set; } = new();
     /// <summary>Learn only the response tokens (TRL's completion-only loss; the default) or the whole text.</summary>
@@ -92,7 +97,7 @@ public sealed class CausalLmFineTuningOptions
     /// <summary>
     /// For the PEFT methods: merge the adapter into the weights at the end (the default; no extra latency), or keep it
     /// apart, in which case the saved model holds the base weights and the adapter in PEFT's adapter format.
-    /// Prompt-learning methods have nothing to merge and are always kept apart.
+    /// Prompt-learning methods and bottleneck adapters cannot be merged and are always kept apart.
     /// </summary>
     public bool MergeAdapter { get; set; } = true;
     /// <summary>Whether the saved model zip embeds the base model or refers to its folder (see <see cref="ML.BaseModelStorage"/>).</summary>
@@ -114,8 +119,9 @@ public sealed class CausalLmFineTuningOptions
     /// <summary>Stops fitting at the next step boundary (with an <see cref="OperationCanceledException"/>).</summary>
     public CancellationToken CancellationToken { get; set; }
 
-    /// <summary>Whether the method adds virtual tokens (and so cannot be merged into the weights).</summary>
-    internal bool IsPromptLearning => Method is FineTuningMethod.PromptTuning or FineTuningMethod.PTuning or FineTuningMethod.PrefixTuning or FineTuningMethod.PTuningV2;
+    /// <summary>Whether the method adds virtual tokens or nonlinear layers (and so cannot be merged into the weights).</summary>
+    internal bool CannotMerge => Method is FineTuningMethod.PromptTuning or FineTuningMethod.PTuning or FineTuningMethod.PrefixTuning
+        or FineTuningMethod.PTuningV2 or FineTuningMethod.AdapterTuning;
 
     internal void Validate()
     {
@@ -126,7 +132,7 @@ public sealed class CausalLmFineTuningOptions
             if (string.IsNullOrWhiteSpace(value)) throw new ArgumentException($"{name} must name a column.", name);
         if (TextColumnName is not null && ScoreResponses)
             throw new ArgumentException("ScoreResponses scores a response column, which continued pretraining on TextColumnName does not have.", nameof(ScoreResponses));
-        if (BaseModelStorage == BaseModelStorage.Reference && (Method == FineTuningMethod.Full || (MergeAdapter && !IsPromptLearning)))
+        if (BaseModelStorage == BaseModelStorage.Reference && (Method == FineTuningMethod.Full || (MergeAdapter && !CannotMerge)))
             throw new ArgumentException("BaseModelStorage.Reference keeps the base model outside the zip, so its weights must stay as loaded: " +
                 "use a PEFT method with MergeAdapter = false, or BaseModelStorage.Embed.", nameof(BaseModelStorage));
         if (BaseModelStorage == BaseModelStorage.Reference && Method == FineTuningMethod.QLora)
@@ -147,5 +153,6 @@ public sealed class CausalLmFineTuningOptions
         if (Method == FineTuningMethod.PromptTuning) PromptTuning.Validate();
         if (Method == FineTuningMethod.PTuning) PTuning.Validate();
         if (Method is FineTuningMethod.PrefixTuning or FineTuningMethod.PTuningV2) PrefixTuning.Validate();
+        if (Method == FineTuningMethod.AdapterTuning) AdapterTuning.Validate();
     }
 }
