@@ -113,6 +113,21 @@ public static class PeftAdapterFiles
         return file.Tensors.Select(t => t.Name).Where(n => !used.Contains(n)).ToList();
     }
 
+    /// <summary>Fills a freshly applied <paramref name="peft"/> from the folder's weights; on failure it is unloaded again.</summary>
+    internal static T FillFrom<T>(T peft, string folder, out IReadOnlyList<string> unusedKeys) where T : PeftModel
+    {
+        try
+        {
+            unusedKeys = ReadWeights(peft, folder);
+            return peft;
+        }
+        catch
+        {
+            peft.Unload();
+            throw;
+        }
+    }
+
     /// <summary>The module names that carry a tensor named <c>…{module}.{suffix}</c> in the weights file.</summary>
     internal static List<string> ModulesWith(string folder, string suffix)
     {

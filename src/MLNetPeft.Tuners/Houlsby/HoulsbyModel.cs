@@ -61,17 +61,7 @@ public sealed class HoulsbyModel : PeftModel
             AfterAttention = json["mh_adapter"]?.GetValue<bool>() ?? true,
             AfterFeedForward = json["output_adapter"]?.GetValue<bool>() ?? true,
         };
-        var houlsby = Apply(model, config, adapterName);
-        try
-        {
-            unusedKeys = PeftAdapterFiles.ReadWeights(houlsby, folder);
-            return houlsby;
-        }
-        catch
-        {
-            houlsby.Unload();
-            throw;
-        }
+        return PeftAdapterFiles.FillFrom(Apply(model, config, adapterName), folder, out unusedKeys);
     }
 
     public override Dictionary<string, Tensor> AdapterStateDict()

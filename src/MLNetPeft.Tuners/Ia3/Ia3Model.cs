@@ -72,17 +72,7 @@ public sealed class Ia3Model : PeftModel
             FeedforwardModules = feedforward ?? [],
             InitIa3Weights = json["init_ia3_weights"]?.GetValue<bool>() ?? true,
         };
-        var ia3 = Apply(model, config, adapterName);
-        try
-        {
-            unusedKeys = PeftAdapterFiles.ReadWeights(ia3, folder);
-            return ia3;
-        }
-        catch
-        {
-            ia3.Unload();
-            throw;
-        }
+        return PeftAdapterFiles.FillFrom(Apply(model, config, adapterName), folder, out unusedKeys);
     }
 
     public override Dictionary<string, Tensor> AdapterStateDict() =>

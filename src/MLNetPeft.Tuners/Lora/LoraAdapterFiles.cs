@@ -68,16 +68,6 @@ public static class LoraAdapterFiles
         if (modules.Count == 0) throw new InvalidDataException($"'{Path.Combine(folder, WeightsFileName)}' holds no lora_A weights.");
         config.TargetModules = null;
         config.TargetModulesRegex = PeftAdapterFiles.ExactModules(modules);
-        var lora = LoraModel.Apply(model, config, adapterName);
-        try
-        {
-            unusedKeys = PeftAdapterFiles.ReadWeights(lora, folder);
-            return lora;
-        }
-        catch
-        {
-            lora.Unload();
-            throw;
-        }
+        return PeftAdapterFiles.FillFrom(LoraModel.Apply(model, config, adapterName), folder, out unusedKeys);
     }
 }
