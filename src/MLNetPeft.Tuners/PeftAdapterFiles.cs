@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using MLNetPeft.Checkpoints;
+using MLNetPeft.Tuners.AdaLora;
 using MLNetPeft.Tuners.Houlsby;
 using MLNetPeft.Tuners.Ia3;
 using MLNetPeft.Tuners.Lora;
@@ -40,7 +41,7 @@ public static class PeftAdapterFiles
         foreach (var (key, value) in peft.Config.ToJson()) config[key] = value?.DeepClone();
         peft.DescribeTargets(config);
         AtomicFile.WriteAllText(Path.Combine(folder, ConfigFileName), config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-        SafetensorsWriter.Save(Path.Combine(folder, WeightsFileName), peft.AdapterStateDict(), new Dictionary<string, string> { ["format"] = "pt" });
+        SafetensorsWriter.Save(Path.Combine(folder, WeightsFileName), peft.SavedStateDict(), new Dictionary<string, string> { ["format"] = "pt" });
     }
 
     /// <summary>
@@ -53,13 +54,14 @@ public static class PeftAdapterFiles
         return PeftType(json, path) switch
         {
             "LORA" => LoraAdapterFiles.Load(model, folder, out unusedKeys, adapterName),
+            "ADALORA" => AdaLoraModel.Load(model, folder, json, path, out unusedKeys, adapterName),
             "IA3" => Ia3Model.Load(model, folder, json, path, out unusedKeys, adapterName),
             SelectiveConfig.BitFitType or SelectiveConfig.LayerNormType => SelectiveModel.Load(model, folder, json, path, out unusedKeys),
             HoulsbyConfig.PeftTypeName => HoulsbyModel.Load(model, folder, json, path, out unusedKeys, adapterName),
             "PROMPT_TUNING" => PromptLearned(PromptTuningModel.Load(CausalLM(model, path), folder, json, path, adapterName), out unusedKeys),
             "P_TUNING" => PromptLearned(PTuningModel.Load(CausalLM(model, path), folder, json, path, adapterName), out unusedKeys),
             "PREFIX_TUNING" => PromptLearned(PrefixTuningModel.Load(CausalLM(model, path), folder, json, path, adapterName), out unusedKeys),
-            var other => throw new NotSupportedException($"'{path}' holds a '{other}' adapter; this library reads LORA, IA3, PROMPT_TUNING, P_TUNING, " +
+            var other => throw new NotSupportedException($"'{path}' holds a '{other}' adapter; this library reads LORA, ADALORA, IA3, PROMPT_TUNING, P_TUNING, " +
                 $"PREFIX_TUNING, {HoulsbyConfig.PeftTypeName}, {SelectiveConfig.BitFitType} and {SelectiveConfig.LayerNormType}."),
         };
     }

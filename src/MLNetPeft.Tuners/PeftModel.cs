@@ -32,6 +32,9 @@ public abstract class PeftModel : IDisposable
     /// <summary>The method's weights under PEFT's adapter-file names (<c>base_model.model.{module}.…</c>, no adapter name).</summary>
     public abstract Dictionary<string, Tensor> AdapterStateDict();
 
+    /// <summary>What an adapter file stores (PEFT's saved form); the same as <see cref="AdapterStateDict"/> unless a method saves less.</summary>
+    internal virtual Dictionary<string, Tensor> SavedStateDict() => AdapterStateDict();
+
     /// <summary>Enables or disables this adapter; disabled, the model computes exactly what the base model does.</summary>
     public abstract void SetAdaptersEnabled(bool enabled);
 

@@ -100,6 +100,7 @@ public class PersistenceTests(Xunit.Abstractions.ITestOutputHelper output)
     [InlineData(FineTuningMethod.PrefixTuning, false, false)]
     [InlineData(FineTuningMethod.PTuningV2, false, false)]
     [InlineData(FineTuningMethod.AdapterTuning, true, false)]
+    [InlineData(FineTuningMethod.AdaLora, false, false)]
     public void EveryPeftMethodIsSelectableLearnsAndRoundTrips(FineTuningMethod method, bool merge, bool dora)
     {
         using var dir = new TempFolder();
@@ -112,6 +113,7 @@ public class PersistenceTests(Xunit.Abstractions.ITestOutputHelper output)
         options.Lora.UseDora = dora;
         if (method is not (FineTuningMethod.Lora or FineTuningMethod.QLora)) options.Training.LearningRate = 2e-2;
         options.PromptTuning = new() { NumVirtualTokens = 8, PromptTuningInit = Tuners.PromptTuning.PromptTuningInit.Text, PromptTuningInitText = "Answer with one word." };
+        options.AdaLora = new() { InitR = 8, TargetR = 4, TInit = 1, TFinal = 2, TargetModules = [Tuners.Lora.LoraConfig.AllLinear], LoraAlpha = 16 };
         options.PTuning = new() { NumVirtualTokens = 8, EncoderHiddenSize = 64 };
         options.PrefixTuning = new() { NumVirtualTokens = 8, PrefixProjection = true, EncoderHiddenSize = 64 };
         using var untouched = ml.Transforms.Text.GenerateText(model, tokenizer, inputColumnName: "Text", options: Answer, scoredResponseColumnName: "Response").Fit(data);

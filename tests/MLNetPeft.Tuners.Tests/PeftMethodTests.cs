@@ -3,6 +3,7 @@ using MLNetPeft.Architectures;
 using MLNetPeft.Checkpoints;
 using MLNetPeft.Training;
 using MLNetPeft.Training.LanguageModeling;
+using MLNetPeft.Tuners.AdaLora;
 using MLNetPeft.Tuners.Houlsby;
 using MLNetPeft.Tuners.Ia3;
 using MLNetPeft.Tuners.Lora;
@@ -38,6 +39,7 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
         "ia3" => Ia3Model.Apply(model, new Ia3Config()),
         "bitfit" => SelectiveModel.Apply(model, new SelectiveConfig { Tuning = SelectiveTuning.BitFit }),
         "layernorm" => SelectiveModel.Apply(model, new SelectiveConfig { Tuning = SelectiveTuning.LayerNorm }),
+        "adalora" => AdaLoraModel.Apply(model, new AdaLoraConfig { InitR = 6, TargetR = 2, TInit = 5, TFinal = 10, TotalStep = 40, LoraAlpha = 16, TargetModules = [LoraConfig.AllLinear] }, seed: 1),
         "houlsby" => HoulsbyModel.Apply(model, new HoulsbyConfig { ReductionFactor = 4 }, seed: 1),
         "prompt" => PromptTuningModel.Apply(model, new PromptTuningConfig { NumVirtualTokens = 4, PromptTuningInit = PromptTuningInit.SampleVocab }, seed: 1),
         "ptuning-mlp" => PTuningModel.Apply(model, new PTuningConfig { NumVirtualTokens = 4, EncoderHiddenSize = 16 }, seed: 1),
@@ -46,6 +48,11 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
         "ptuning-v2" => PrefixTuningModel.Apply(model, PrefixTuningConfig.PTuningV2(4), seed: 1),
         _ => throw new ArgumentOutOfRangeException(nameof(method)),
     };
+
+    private sealed class Sync<T>(Action<T> report) : IProgress<T>
+    {
+        public void Report(T value) => report(value);
+    }
 
     private static Tensor Run(CausalLanguageModel model, Tensor ids)
     {
@@ -71,6 +78,8 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
     [InlineData("bitfit", "gpt2")]
     [InlineData("layernorm", "llama")]
     [InlineData("layernorm", "gpt2")]
+    [InlineData("adalora", "llama")]
+    [InlineData("adalora", "gpt2")]
     [InlineData("houlsby", "llama")]
     [InlineData("houlsby", "gpt2")]
     [InlineData("prompt", "llama")]
@@ -98,8 +107,8 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
 
         var blocks = ToyTask(Vocab(family));
         double before = LanguageModelTrainer.Evaluate(model, blocks, 8, 4);
-        // IA3's few hundred scaling factors, the near-zero bottlenecks and the virtual tokens of prompt learning need larger steps than weight updates.
-        new LanguageModelTrainer(model, new TrainingOptions { MaxSteps = 40, BatchSize = 8, LearningRate = method switch { "ia3" => 1e-1, "houlsby" => 5e-2, _ => promptLearning ? 1e-1 : 1e-2 }, WarmupSteps = 4, WeightDecay = 0, Seed = 2 }).Train(blocks);
+        // IA3's few hundred scaling factors, the near-zero bottlenecks and SVD factors, and the virtual tokens of prompt learning need larger steps than weight updates.
+        new LanguageModelTrainer(model, new TrainingOptions { MaxSteps = 40, BatchSize = 8, LearningRate = method switch { "ia3" => 1e-1, "houlsby" or "adalora" => 5e-2, _ => promptLearning ? 1e-1 : 1e-2 }, WarmupSteps = 4, WeightDecay = 0, Seed = 2 }, peft as ITrainingStepHook).Train(blocks);
         double after = LanguageModelTrainer.Evaluate(model, blocks, 8, 4);
         output.WriteLine($"{method} on {family}: {trainable:N0} of {total:N0} parameters train; loss {before:F3} -> {after:F3}");
         // Prepended embeddings steer a random tiny model only a little (0.1 to 0.3 here); on the pretrained bundled
@@ -122,7 +131,9 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
         var loaded = PeftAdapterFiles.Load(fresh, dir.Path, out var unused);
         Assert.Empty(unused);
         Assert.Equal(peft.GetType(), loaded.GetType());
-        TensorAssert.BitIdentical(adapted, Run(fresh, ids), "reloaded adapter");
+        // AdaLoRA's file keeps only the unpruned triplets: the same sums over fewer (non-zero) terms.
+        if (peft is AdaLoraModel) TensorAssert.Close(adapted, Run(fresh, ids), 1e-5, "reloaded adapter");
+        else TensorAssert.BitIdentical(adapted, Run(fresh, ids), "reloaded adapter");
 
         if (!mergeable)
         {
@@ -356,6 +367,66 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
         adapter.Enabled = true;
         var expected = plain + adapter.Up.call(nn.functional.gelu(adapter.Down.call(plain)));
         TensorAssert.Close(expected, layer.call(x), 1e-6, "y + up(gelu(down(y)))");
+    }
+
+    [Fact]
+    public void AdaLoraShrinksTheRanksToTheBudgetAndSavesOnlyTheKeptTriplets()
+    {
+        using var dir = new TempFolder();
+        using var model = Tiny("llama", 15);
+        var config = new AdaLoraConfig { InitR = 6, TargetR = 2, TInit = 4, TFinal = 8, DeltaT = 2, TotalStep = 40, TargetModules = [LoraConfig.AllLinear] };
+        using var adalora = AdaLoraModel.Apply(model, config, seed: 3);
+        int layers = adalora.Layers.Count;
+        Assert.Equal(6 * layers, adalora.Allocator.InitialBudget);
+        // The cubic schedule: full budget through tinit, target from total − tfinal, b(t) = (b0 − bT)(1 − (t − ti)/(T − tf − ti))³ + bT between.
+        Assert.Equal((6 * layers, false), adalora.Allocator.Schedule(4));
+        Assert.Equal(((int)((6 * layers - 2 * layers) * Math.Pow(1 - 6.0 / 28, 3) + 2 * layers), true), adalora.Allocator.Schedule(10));
+        Assert.Equal((2 * layers, true), adalora.Allocator.Schedule(33));
+
+        var ranks = new List<int>();
+        var blocks = ToyTask(TinyTokenizer.VocabSize);
+        new LanguageModelTrainer(model, new TrainingOptions { MaxSteps = 40, BatchSize = 8, LearningRate = 1e-2, WarmupSteps = 2, WeightDecay = 0, Seed = 4 }, adalora)
+            .Train(blocks, progress: new Sync<TrainingProgress>(_ => ranks.Add(adalora.Layers.Sum(l => l.ActiveRank))));
+        output.WriteLine($"total rank by step: {string.Join(" ", ranks)}; per layer at the end: {string.Join(" ", adalora.Layers.Select(l => l.ActiveRank))}");
+        Assert.Equal(6 * layers, ranks[0]);
+        // Masking happens every deltaT steps (between them the optimizer may revive a masked Λ entry, as in PEFT);
+        // at the masking steps the total rank follows the shrinking budget, and from total − tfinal it stays at the target.
+        var masked = Enumerable.Range(5, 27).Where(step => step % 2 == 0).Select(step => ranks[step - 1]).ToList();
+        Assert.True(masked.Zip(masked.Skip(1)).All(p => p.Second <= p.First), "the budget never grows");
+        Assert.All(masked, r => Assert.True(r < 6 * layers));
+        Assert.All(ranks.Skip(31), r => Assert.Equal(2 * layers, r));   // exactly the target budget
+        Assert.True(adalora.Layers.Select(l => l.ActiveRank).Distinct().Count() > 1, "ranks are allocated unevenly, by importance");
+
+        PeftAdapterFiles.Save(dir.Path, adalora);
+        var json = JsonNode.Parse(File.ReadAllText(dir.File(PeftAdapterFiles.ConfigFileName)))!;
+        Assert.Equal("ADALORA", json["peft_type"]!.GetValue<string>());
+        var pattern = json["rank_pattern"]!.AsObject();
+        Assert.Equal(layers, pattern.Count);
+        using var file = SafetensorsFile.Open(dir.File(PeftAdapterFiles.WeightsFileName));
+        foreach (var l in adalora.Layers)
+        {
+            int kept = pattern[$"base_model.model.{l.ModuleName}.lora_E"]!.AsArray().Count(b => b!.GetValue<bool>());
+            Assert.Equal(l.ActiveRank, kept);
+            Assert.Equal([kept, l.A.shape[1]], file.Info($"base_model.model.{l.ModuleName}.lora_A").Shape);
+            Assert.Equal([l.B.shape[0], kept], file.Info($"base_model.model.{l.ModuleName}.lora_B").Shape);
+        }
+    }
+
+    [Fact]
+    public void AdaLoraOrthogonalPenaltyIsTheMeanFrobeniusDistanceFromIdentity()
+    {
+        using var model = Tiny("llama", 16);
+        using var adalora = AdaLoraModel.Apply(model, new AdaLoraConfig { InitR = 3, TargetR = 1, TotalStep = 10, OrthRegWeight = 0.5, TargetModules = ["q_proj"] });
+        using var _ = no_grad();
+        double expected = 0;
+        foreach (var l in adalora.Layers)
+        {
+            expected += (l.A.matmul(l.A.t()) - eye(3)).pow(2).sum().sqrt().item<float>();
+            expected += (l.B.t().matmul(l.B) - eye(3)).pow(2).sum().sqrt().item<float>();
+        }
+        expected = 0.5 * expected / (2 * adalora.Layers.Count);
+        Assert.Equal(expected, adalora.AdditionalLoss()!.item<float>(), 4);
+        Assert.Throws<ArgumentException>(() => AdaLoraModel.Apply(model, new AdaLoraConfig { TotalStep = null }, "other"));
     }
 
     [Fact]

@@ -7,6 +7,7 @@ using MLNetPeft.ML.Persistence;
 using MLNetPeft.Tokenization;
 using MLNetPeft.Training.LanguageModeling;
 using MLNetPeft.Tuners;
+using MLNetPeft.Tuners.AdaLora;
 using MLNetPeft.Tuners.Houlsby;
 using MLNetPeft.Tuners.Ia3;
 using MLNetPeft.Tuners.Lora;
@@ -98,7 +99,7 @@ public sealed class CausalLmFineTuningEstimator : IEstimator<TextGenerationTrans
                     var (trainable, total) = peft.ParameterCounts();
                     ch.Info($"{o.Method}: {trainable:N0} of {total:N0} parameters train ({100.0 * trainable / total:F2} %).");
                 }
-                var result = new LanguageModelTrainer(tuned, o.Training).Train(blocks, validation, o.Progress, o.CancellationToken);
+                var result = new LanguageModelTrainer(tuned, o.Training, peft as ITrainingStepHook).Train(blocks, validation, o.Progress, o.CancellationToken);
                 ch.Info($"Final training loss {result.FinalLoss:F4} after {result.Steps} steps" +
                     (result.ValidationLoss is { } v ? $"; validation loss {v:F4} (perplexity {Math.Exp(v):F3})." : "."));
                 if (keepAdapter)
@@ -128,6 +129,7 @@ public sealed class CausalLmFineTuningEstimator : IEstimator<TextGenerationTrans
     {
         FineTuningMethod.Full => null,
         FineTuningMethod.Lora or FineTuningMethod.QLora => LoraModel.Apply(model, _options.Lora, seed: _options.Seed),
+        FineTuningMethod.AdaLora => AdaLoraModel.Apply(model, _options.AdaLora, seed: _options.Seed),
         FineTuningMethod.Ia3 => Ia3Model.Apply(model, _options.Ia3, seed: _options.Seed),
         FineTuningMethod.BitFit => SelectiveModel.Apply(model, new SelectiveConfig { Tuning = SelectiveTuning.BitFit }),
         FineTuningMethod.LayerNorm => SelectiveModel.Apply(model, new SelectiveConfig { Tuning = SelectiveTuning.LayerNorm }),

@@ -1,6 +1,7 @@
 using Microsoft.ML;
 using MLNetPeft.Generation;
 using MLNetPeft.Training;
+using MLNetPeft.Tuners.AdaLora;
 using MLNetPeft.Tuners.Houlsby;
 using MLNetPeft.Tuners.Ia3;
 using MLNetPeft.Tuners.Lora;
@@ -18,6 +19,8 @@ public enum FineTuningMethod
     Lora,
     /// <summary>Every parameter trains.</summary>
     Full,
+    /// <summary>AdaLoRA: LoRA in SVD form whose rank budget shrinks by importance (<see cref="CausalLmFineTuningOptions.AdaLora"/>).</summary>
+    AdaLora,
     /// <summary>IA3 rescaling vectors on keys, values and the feed-forward activation (<see cref="CausalLmFineTuningOptions.Ia3"/>).</summary>
     Ia3,
     /// <summary>BitFit: only the bias terms train (needs a model with biases, e.g. GPT-2).</summary>
@@ -78,6 +81,8 @@ public sealed class CausalLmFineTuningOptions
     public PrefixTuningConfig PrefixTuning { get; set; } = new() { PrefixProjection = true };
     /// <summary>Houlsby adapter settings (reduction factor 16, ReLU).</summary>
     public HoulsbyConfig AdapterTuning { get; set; } = new();
+    /// <summary>AdaLoRA settings (init_r 12 → target_r 8); total_step defaults to <see cref="TrainingOptions.MaxSteps"/>.</summary>
+    public AdaLoraConfig AdaLora { get; set; } = new();
     /// <summary>IA3 settings (PEFT's defaults: keys, values and the FFN output projection of the family).</summary>
     public Ia3Config Ia3 { get; set; } = new();
     /// <summary>Learn only the response tokens (TRL's completion-only loss; the default) or the whole text.</summary>
@@ -150,6 +155,11 @@ public sealed class CausalLmFineTuningOptions
             if (Lora.UseDora) throw new ArgumentException("DoRA needs unquantised base weights; QLoRA uses plain LoRA.", nameof(Lora));
         }
         if (Method == FineTuningMethod.Ia3) Ia3.Validate();
+        if (Method == FineTuningMethod.AdaLora)
+        {
+            AdaLora.TotalStep ??= Training.MaxSteps;
+            AdaLora.Validate();
+        }
         if (Method == FineTuningMethod.PromptTuning) PromptTuning.Validate();
         if (Method == FineTuningMethod.PTuning) PTuning.Validate();
         if (Method is FineTuningMethod.PrefixTuning or FineTuningMethod.PTuningV2) PrefixTuning.Validate();

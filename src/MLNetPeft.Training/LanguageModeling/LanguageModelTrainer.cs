@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Text.Json;
 using MLNetPeft.Architectures;
 using MLNetPeft.Checkpoints;
+using MLNetPeft.Tuners;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -21,11 +22,16 @@ public sealed class LanguageModelTrainer
 
     private readonly CausalLanguageModel _model;
     private readonly TrainingOptions _options;
+    private readonly ITrainingStepHook? _hook;
 
-    public LanguageModelTrainer(CausalLanguageModel model, TrainingOptions options)
+    /// <param name="model">The model to train (its parameters that require grad).</param>
+    /// <param name="options">The training loop's settings.</param>
+    /// <param name="hook">A tuning method that takes part in each step (AdaLoRA); its own state is not part of checkpoints.</param>
+    public LanguageModelTrainer(CausalLanguageModel model, TrainingOptions options, ITrainingStepHook? hook = null)
     {
         _model = model ?? throw new ArgumentNullException(nameof(model));
         _options = options ?? throw new ArgumentNullException(nameof(options));
+        _hook = hook;
         options.Validate();
     }
 
@@ -116,6 +122,8 @@ public sealed class LanguageModelTrainer
             var loss = CrossEntropy(_model.Forward(inputs.to(Device)), targets.to(Device));
             double value = loss.item<float>();
             if (!double.IsFinite(value)) throw Diverged(step, $"the loss became {value}", lastCheckpoint);
+            // The reported loss stays the language-modelling loss; a method's extra term only shapes the gradient.
+            if (_hook?.AdditionalLoss() is { } extra) loss = loss + extra;
             (loss / o.GradientAccumulationSteps).backward();
             total += value / o.GradientAccumulationSteps;
             learned = true;
@@ -127,6 +135,7 @@ public sealed class LanguageModelTrainer
             if (!double.IsFinite(norm)) throw Diverged(step, $"the gradient norm became {norm}", lastCheckpoint);
         }
         optimizer.Step(lr);
+        _hook?.AfterOptimizerStep(step + 1);
         return total;
     }
 

@@ -1,0 +1,98 @@
+using MLNetPeft.Architectures;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace MLNetPeft.Tuners.AdaLora;
+
+/// <summary>
+/// AdaLoRA on one linear layer: ΔW = B·(A ⊙ E)·scaling / rank with A = Q [r, in], E = Λ [r, 1], B = P [out, r],
+/// registered under the layer as PEFT's <c>lora_A.{adapter}</c>, <c>lora_E.{adapter}</c>, <c>lora_B.{adapter}</c>
+/// and the fixed <c>ranknum.{adapter}</c> (the initial rank the scale divides by). A and B start N(0, 0.02²), E at
+/// zero, so a fresh adapter changes nothing; pruning a triplet sets its entry of E to zero.
+/// </summary>
+public sealed class SvdLayer
+{
+    private readonly nn.Module<Tensor, Tensor> _layer;
+    private readonly string _adapterName;
+    private readonly double _dropout;
+    private readonly Action _removeHook;
+
+    internal SvdLayer(string moduleName, nn.Module<Tensor, Tensor> layer, int rank, double initialRank, AdaLoraConfig config, string adapterName, Generator generator)
+    {
+        ModuleName = moduleName;
+        _layer = layer;
+        _adapterName = adapterName;
+        _dropout = config.LoraDropout;
+        (long inFeatures, long outFeatures, FanInFanOut) = layer switch
+        {
+            Linear l => (l.in_features, l.out_features, false),
+            Conv1D c => (c.Weight.shape[0], c.Weight.shape[1], true),
+            _ => throw new NotSupportedException($"AdaLoRA cannot wrap '{moduleName}' ({layer.GetType().Name}); it supports linear layers."),
+        };
+        var weight = BaseWeight;
+        A = new Parameter(randn([rank, inFeatures], dtype: weight.dtype, generator: generator).mul_(0.02).to(weight.device));
+        E = new Parameter(zeros([rank, 1], dtype: weight.dtype, device: weight.device));
+        B = new Parameter(randn([outFeatures, rank], dtype: weight.dtype, generator: generator).mul_(0.02).to(weight.device));
+        RankNum = new Parameter(full(1, initialRank, dtype: weight.dtype, device: weight.device), requires_grad: false);
+        Scaling = config.Scaling;
+        TargetModules.RegisterAdapterChild(layer, "lora_A", adapterName, A);
+        TargetModules.RegisterAdapterChild(layer, "lora_E", adapterName, E);
+        TargetModules.RegisterAdapterChild(layer, "lora_B", adapterName, B);
+        TargetModules.RegisterAdapterChild(layer, "ranknum", adapterName, RankNum);
+        var hook = layer.register_forward_hook((_, input, output) => Enabled && !Merged ? output + Delta(input) : output);
+        _removeHook = hook.remove;
+    }
+
+    public string ModuleName { get; }
+    public bool FanInFanOut { get; }
+    public Parameter A { get; }
+    public Parameter E { get; }
+    public Parameter B { get; }
+    public Parameter RankNum { get; }
+    public double Scaling { get; }
+    public bool Enabled { get; set; } = true;
+    public bool Merged { get; private set; }
+    /// <summary>Triplets still in use (non-zero entries of E).</summary>
+    public int ActiveRank => (int)E.ne(0).sum().item<long>();
+    private Parameter BaseWeight => _layer switch { Linear l => l.weight!, Conv1D c => c.Weight, _ => throw new InvalidOperationException() };
+    private Tensor Scale => RankNum + 1e-5;
+
+    private Tensor Delta(Tensor input)
+    {
+        var x = _dropout > 0 ? nn.functional.dropout(input, _dropout, _layer.training) : input;
+        return x.matmul((A * E).t()).matmul(B.t()) * Scaling / Scale;
+    }
+
+    /// <summary>ΔW in the base weight's layout.</summary>
+    public Tensor DeltaWeight()
+    {
+        var delta = B.matmul(A * E) * Scaling / Scale;
+        return FanInFanOut ? delta.t() : delta;
+    }
+
+    public void Merge()
+    {
+        if (Merged) return;
+        using var _ = no_grad();
+        var merged = BaseWeight + DeltaWeight();
+        if (!merged.isfinite().all().item<bool>())
+            throw new InvalidOperationException($"Merging the AdaLoRA adapter of '{ModuleName}' would give non-finite weights; the model was left unmerged.");
+        BaseWeight.copy_(merged);
+        Merged = true;
+    }
+
+    public void Unmerge()
+    {
+        if (!Merged) return;
+        using var _ = no_grad();
+        BaseWeight.sub_(DeltaWeight());
+        Merged = false;
+    }
+
+    internal void Remove()
+    {
+        _removeHook();
+        foreach (var group in new[] { "lora_A", "lora_E", "lora_B", "ranknum" }) TargetModules.RemoveAdapterChild(_layer, group, _adapterName);
+    }
+}
