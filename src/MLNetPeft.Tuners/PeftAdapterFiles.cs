@@ -44,13 +44,33 @@ public static class PeftAdapterFiles
         SafetensorsWriter.Save(Path.Combine(folder, WeightsFileName), peft.SavedStateDict(), new Dictionary<string, string> { ["format"] = "pt" });
     }
 
+    /// <summary>Fields every adapter_config.json may carry, whatever the method (PEFT writes them; they need no action here).</summary>
+    private static readonly HashSet<string> CommonFields =
+    [
+        "peft_type", "task_type", "base_model_name_or_path", "inference_mode", "revision", "modules_to_save", "target_modules",
+        "fan_in_fan_out", "feedforward_modules", "num_layers", "token_dim", "num_attention_heads", "rank_pattern", "alpha_pattern",
+        "auto_mapping", "peft_version", "layers_to_transform", "layers_pattern", "exclude_modules", "tokenizer_name_or_path",
+    ];
+
     /// <summary>
     /// Attaches the adapter in <paramref name="folder"/> to <paramref name="model"/>, whatever its method; tensors of
     /// the file that no layer takes (e.g. a head in modules_to_save) are reported in <paramref name="unusedKeys"/>.
+    /// Config fields this library does not act on (newer PEFT options, say) are tolerated and named through
+    /// <paramref name="onWarning"/>.
     /// </summary>
-    public static PeftModel Load(nn.Module model, string folder, out IReadOnlyList<string> unusedKeys, string adapterName = "default")
+    public static PeftModel Load(nn.Module model, string folder, out IReadOnlyList<string> unusedKeys, string adapterName = "default",
+        Action<string>? onWarning = null)
     {
         var (json, path) = ReadConfigJson(folder);
+        var peft = Dispatch(model, folder, json, path, out unusedKeys, adapterName);
+        var known = new HashSet<string>(CommonFields.Concat(peft.Config.ToJson().Select(kv => kv.Key)), StringComparer.Ordinal);
+        var unknown = json.Select(kv => kv.Key).Where(k => !known.Contains(k)).Order(StringComparer.Ordinal).ToList();
+        if (unknown.Count > 0) onWarning?.Invoke($"'{path}': config fields this library does not use were ignored: {string.Join(", ", unknown)}.");
+        return peft;
+    }
+
+    private static PeftModel Dispatch(nn.Module model, string folder, JsonObject json, string path, out IReadOnlyList<string> unusedKeys, string adapterName)
+    {
         return PeftType(json, path) switch
         {
             "LORA" => LoraAdapterFiles.Load(model, folder, out unusedKeys, adapterName),

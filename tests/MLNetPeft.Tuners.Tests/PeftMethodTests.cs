@@ -430,6 +430,27 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
     }
 
     [Fact]
+    public void UnknownConfigFieldsAreToleratedWithAWarning()
+    {
+        using var dir = new TempFolder();
+        using var model = Tiny("llama", 17);
+        var ia3 = Ia3Model.Apply(model, new Ia3Config());
+        PeftAdapterFiles.Save(dir.Path, ia3);
+        ia3.Unload();
+        var path = dir.File(PeftAdapterFiles.ConfigFileName);
+        var json = JsonNode.Parse(File.ReadAllText(path))!.AsObject();
+        json["some_future_option"] = 3;
+        json["use_fast_path"] = true;
+        File.WriteAllText(path, json.ToJsonString());
+        var warnings = new List<string>();
+        using var loaded = PeftAdapterFiles.Load(model, dir.Path, out _, onWarning: warnings.Add);
+        var warning = Assert.Single(warnings);
+        Assert.Contains("some_future_option", warning);
+        Assert.Contains("use_fast_path", warning);
+        Assert.DoesNotContain("init_ia3_weights", warning);
+    }
+
+    [Fact]
     public void BitFitOnAModelWithoutBiasesSaysSo()
     {
         using var model = Tiny("llama", 11);
