@@ -13,7 +13,9 @@ using static TorchSharp.torch;
 // matmul measured in the same run, and as a step-time ratio against minimal hand-written TorchSharp models
 // (MinimalModels.cs). Ours and the baseline alternate, so machine noise hits both alike.
 //
-//   dotnet run -c Release --project tests/MLNetPeft.Benchmarks [-- --batch 8 --seq 256 --steps 6 --rounds 5]
+//   dotnet run -c Release --project tests/MLNetPeft.Benchmarks [-- --batch 8 --seq 256 --steps 6 --rounds 5] [--peft-only [--method QLoRA]]
+//
+// The last table trains every PEFT method for the same steps on the same toy task and ~10M-parameter model.
 
 int Arg(string name, int fallback) => args.SkipWhile(a => a != name).Skip(1).Select(int.Parse).DefaultIfEmpty(fallback).First();
 int batch = Arg("--batch", 8), seq = Arg("--seq", 256), steps = Arg("--steps", 6), rounds = Arg("--rounds", 5);
@@ -33,6 +35,11 @@ var llamaConfig = new LlamaConfig
     MaxPositionEmbeddings = seq, TieWordEmbeddingsField = false,
 };
 
+if (args.Contains("--peft-only"))
+{
+    PeftFamily();
+    return;
+}
 Console.WriteLine("| model | params | ours ms/step | minimal ms/step | ratio (ours/minimal) | ours tokens/s | model GFLOP/s | MFU |");
 Console.WriteLine("|---|---|---|---|---|---|---|---|");
 Report("GPT-2", new Gpt2ForCausalLM(gpt2Config), new MinimalGpt2(benchmarkVocab, seq, 256, 10, 8), gpt2Config.NLayer, gpt2Config.NEmbd, tiedHead: true, benchmarkVocab);
@@ -46,6 +53,8 @@ Console.WriteLine();
 GenerationSpeed(256);
 Console.WriteLine();
 FineTuningCosts();
+Console.WriteLine();
+PeftFamily();
 
 void Report(string name, CausalLanguageModel ours, nn.Module<Tensor, Tensor> minimal, int layers, int dim, bool tiedHead, int vocab)
 {
@@ -191,6 +200,105 @@ void FineTuningCosts()
     Console.WriteLine($"| forward latency, merged LoRA vs base | {merged / 3 * 1000:F1} ms vs {plain / 3 * 1000:F1} ms = {merged / plain:F3} |");
 }
 
+// Every PEFT method, same seed, same data, same number of steps: trainable share, optimizer state, step time against
+// full fine-tuning in the same run, and the held-out loss reached. Twice: on the ~10M Llama config from scratch
+// (BitFit on the ~10M GPT-2 config: Llama has no biases) memorising random sequences, and on the pretrained bundled
+// model learning the instruction task (held-out people), which is what PEFT is for.
+void PeftFamily()
+{
+    // Eight fixed random sequences of 127 tokens (each with its eos, one block): the method must make the model
+    // reproduce them; the loss is measured on fresh blocks of the same sequences.
+    var toyRandom = new Random(5);
+    var patterns = Enumerable.Range(0, 8).Select(_ => (IReadOnlyList<int>)Enumerable.Range(0, 127).Select(_ => toyRandom.Next(1, 200)).ToList()).ToList();
+    PeftTable("~10M models from scratch, memorising 8 random sequences (batch 8 × 128)",
+        () => new LlamaForCausalLM(llamaConfig), "Llama 10M", () => new Gpt2ForCausalLM(gpt2Config), "GPT-2 10M",
+        TokenBlocks.Pack(Enumerable.Range(0, 400).Select(i => patterns[i % 8]), 128, 0),
+        TokenBlocks.Pack(Enumerable.Range(0, 40).Select(i => patterns[(i * 3) % 8]), 128, 0), steps: 30, promptTokenizer: null);
+
+    var world = BaseModelRecipe.World();
+    var tokenizer = BundledBaseModel.LoadTokenizer();
+    TokenBlocks Instructions(IReadOnlyList<MLNetPeft.BaseModel.World.Person> people, int seed) => TokenBlocks.FromExamples(
+        MLNetPeft.BaseModel.Tasks.InstructionTasks.Generate(people, 2, seed).Select(e => (tokenizer.Encode(e.Prompt), tokenizer.Encode(e.Completion, addSpecialTokens: false))),
+        64, tokenizer.PadId ?? tokenizer.EosId!.Value, tokenizer.EosId!.Value);
+    PeftTable("the pretrained bundled model (4.7M), instruction tuning, completion-only loss on 100 held-out people (batch 8 × 64)",
+        () => BundledBaseModel.Load(), "bundled 4.7M", null, null,
+        Instructions(MLNetPeft.BaseModel.Tasks.InstructionTasks.TrainingSet(world), 1),
+        Instructions(MLNetPeft.BaseModel.Tasks.InstructionTasks.HeldOutSet(world), 2), steps: 40, promptTokenizer: tokenizer);
+}
+
+void PeftTable(string title, Func<CausalLanguageModel> llama, string llamaName, Func<CausalLanguageModel>? gpt2, string? gpt2Name,
+    TokenBlocks blocks, TokenBlocks held, int steps, MLNetPeft.Tokenization.TextTokenizer? promptTokenizer)
+{
+    const int peftBatch = 8;
+    // Learning rates: the usual order of magnitude per family (full 1e-3, weight deltas 1e-2, scaling vectors and virtual tokens 1e-1).
+    var rows = new List<(string Method, string Model, long Trainable, long Total, long StateBytes, double StepMs, double Loss)>();
+    string extra = "";
+    var only = args.SkipWhile(a => a != "--method").Skip(1).FirstOrDefault();   // e.g. --method QLoRA,IA3: those and full fine-tuning
+    void Run(string method, string modelName, Func<CausalLanguageModel> create, Func<CausalLanguageModel, MLNetPeft.Tuners.PeftModel?> apply, double lr)
+    {
+        if (only is not null && method != "full fine-tuning" && !only.Split(',').Any(o => method.StartsWith(o, StringComparison.OrdinalIgnoreCase))) return;
+        using var model = create();
+        model.train();
+        var peft = apply(model);
+        long trainable = model.parameters().Where(p => p.requires_grad).Sum(p => p.numel());
+        long total = model.parameters().Sum(p => p.numel());
+        long state;
+        using (var a = new AdamW(model.named_parameters().Where(p => p.parameter.requires_grad).Select(p => (p.name, p.parameter)))) state = a.StateBytes;
+        var options = new TrainingOptions { MaxSteps = steps, BatchSize = peftBatch, LearningRate = lr, WarmupSteps = 3, WeightDecay = 0, Seed = 1 };
+        var stepTimes = new List<double>();
+        var clock = Stopwatch.StartNew();
+        new LanguageModelTrainer(model, options, peft as MLNetPeft.Tuners.ITrainingStepHook).Train(blocks,
+            progress: new Progress(p => { stepTimes.Add(clock.Elapsed.TotalMilliseconds); clock.Restart(); }));
+        double loss = LanguageModelTrainer.Evaluate(model, held, peftBatch);
+        rows.Add((method, modelName, trainable, total, state, Median(stepTimes.Skip(3).ToList()), loss));
+        peft?.Dispose();
+    }
+    var all = new[] { LoraConfig.AllLinear };
+    double before;
+    using (var untouched = llama()) before = LanguageModelTrainer.Evaluate(untouched, held, peftBatch);
+    Run("full fine-tuning", llamaName, llama, _ => null, 1e-3);
+    Run("LoRA r=8 all-linear", llamaName, llama, m => LoraModel.Apply(m, new LoraConfig { R = 8, LoraAlpha = 16, TargetModules = all }, seed: 1), 1e-2);
+    Run("rsLoRA r=8", llamaName, llama, m => LoraModel.Apply(m, new LoraConfig { R = 8, LoraAlpha = 16, UseRsLora = true, TargetModules = all }, seed: 1), 1e-2);
+    Run("DoRA r=8", llamaName, llama, m => LoraModel.Apply(m, new LoraConfig { R = 8, LoraAlpha = 16, UseDora = true, TargetModules = all }, seed: 1), 1e-2);
+    Run("AdaLoRA 12→8", llamaName, llama, m => MLNetPeft.Tuners.AdaLora.AdaLoraModel.Apply(m,
+        new MLNetPeft.Tuners.AdaLora.AdaLoraConfig { InitR = 12, TargetR = 8, TInit = 3, TFinal = 6, TotalStep = steps, LoraAlpha = 16, TargetModules = all }, seed: 1), 3e-2);
+    Run("QLoRA (NF4 + LoRA r=8)", llamaName, llama, m =>
+    {
+        var nf4 = MLNetPeft.Tuners.QLora.Nf4Model.Quantize(m);
+        var (q, f) = nf4.WeightBytes();
+        extra = $"QLoRA base linear weights: {q:N0} bytes NF4 with double quantisation vs {f:N0} bytes fp32 = {(double)q / f:P1} ({8.0 * q / (f / 4):F3} bits per weight)";
+        return LoraModel.Apply(m, new LoraConfig { R = 8, LoraAlpha = 16, TargetModules = all }, seed: 1);
+    }, 1e-2);
+    Run("IA3", llamaName, llama, m => MLNetPeft.Tuners.Ia3.Ia3Model.Apply(m, new MLNetPeft.Tuners.Ia3.Ia3Config()), 1e-1);
+    Run("adapters (Houlsby, reduction 16)", llamaName, llama, m => MLNetPeft.Tuners.Houlsby.HoulsbyModel.Apply(m, new MLNetPeft.Tuners.Houlsby.HoulsbyConfig(), seed: 1), 3e-2);
+    Run("prompt tuning (20 tokens)", llamaName, llama, m => MLNetPeft.Tuners.PromptTuning.PromptTuningModel.Apply(m,
+        new MLNetPeft.Tuners.PromptTuning.PromptTuningConfig { PromptTuningInit = MLNetPeft.Tuners.PromptTuning.PromptTuningInit.SampleVocab }, promptTokenizer, seed: 1), 1e-1);
+    Run("P-Tuning (MLP encoder)", llamaName, llama, m => MLNetPeft.Tuners.PTuning.PTuningModel.Apply(m, new MLNetPeft.Tuners.PTuning.PTuningConfig(), seed: 1), 1e-2);
+    Run("prefix tuning (projection)", llamaName, llama, m => MLNetPeft.Tuners.PrefixTuning.PrefixTuningModel.Apply(m,
+        new MLNetPeft.Tuners.PrefixTuning.PrefixTuningConfig { PrefixProjection = true }, seed: 1), 1e-2);
+    Run("P-Tuning v2", llamaName, llama, m => MLNetPeft.Tuners.PrefixTuning.PrefixTuningModel.Apply(m, MLNetPeft.Tuners.PrefixTuning.PrefixTuningConfig.PTuningV2(), seed: 1), 1e-1);
+    Run("LayerNorm tuning", llamaName, llama, m => MLNetPeft.Tuners.Selective.SelectiveModel.Apply(m,
+        new MLNetPeft.Tuners.Selective.SelectiveConfig { Tuning = MLNetPeft.Tuners.Selective.SelectiveTuning.LayerNorm }), 1e-1);
+    if (gpt2 is not null)
+    {
+        Run("full fine-tuning", gpt2Name!, gpt2, _ => null, 1e-3);
+        Run("BitFit", gpt2Name!, gpt2, m => MLNetPeft.Tuners.Selective.SelectiveModel.Apply(m, new MLNetPeft.Tuners.Selective.SelectiveConfig()), 1e-1);
+    }
+
+    Console.WriteLine($"PEFT methods on {title}, {steps} steps each; held-out loss before training {before:F3}:");
+    Console.WriteLine();
+    Console.WriteLine("| method | model | trainable | share | optimizer state | ms/step | vs full (same model) | held-out loss |");
+    Console.WriteLine("|---|---|---|---|---|---|---|---|");
+    foreach (var r in rows)
+    {
+        var full = rows.First(x => x.Model == r.Model && x.Method == "full fine-tuning");
+        Console.WriteLine($"| {r.Method} | {r.Model} | {r.Trainable:N0} | {100.0 * r.Trainable / r.Total:F2} % | {r.StateBytes / 1024.0:N0} KiB | {r.StepMs:F0} | {r.StepMs / full.StepMs:F2} | {r.Loss:F3} |");
+    }
+    Console.WriteLine();
+    Console.WriteLine(extra);
+    Console.WriteLine();
+}
+
 static List<int> GreedyWithoutCache(CausalLanguageModel model, IReadOnlyList<int> prompt, int newTokens)
 {
     var ids = prompt.Select(i => (long)i).ToList();
@@ -241,4 +349,9 @@ static double Median(List<double> xs)
 {
     var s = xs.Order().ToList();
     return s.Count % 2 == 1 ? s[s.Count / 2] : (s[s.Count / 2 - 1] + s[s.Count / 2]) / 2;
+}
+
+sealed class Progress(Action<TrainingProgress> report) : IProgress<TrainingProgress>
+{
+    public void Report(TrainingProgress value) => report(value);
 }

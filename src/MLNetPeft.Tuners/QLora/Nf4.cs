@@ -146,12 +146,16 @@ public static class Nf4
 
 /// <summary>
 /// An NF4-quantised tensor: packed 4-bit codes, the block scales (float32, or 8-bit codes with nested float32 scales
-/// and an offset after double quantisation) and the original shape.
+/// and an offset after double quantisation) and the original shape. The codes and scales are held as (uint8/float32)
+/// tensors, so that dequantising on every forward call allocates no managed memory.
 /// </summary>
 public sealed class Nf4Tensor
 {
     /// <summary>Double quantisation's second level: one float32 scale per 256 absmax codes, and the subtracted mean.</summary>
     public sealed record NestedScales(float[] Absmax, float Offset);
+
+    private readonly Tensor _packed, _code;
+    private readonly Tensor? _absmax, _absmaxCodes, _nestedAbsmax, _dynamicMap;
 
     public Nf4Tensor(byte[] packed, byte[] absmaxCodes, NestedScales nested, long[] shape, int blockSize)
         : this(packed, null, absmaxCodes, nested, shape, blockSize) { }
@@ -161,54 +165,61 @@ public sealed class Nf4Tensor
 
     private Nf4Tensor(byte[] packed, float[]? absmax, byte[]? absmaxCodes, NestedScales? nested, long[] shape, int blockSize)
     {
-        Packed = packed;
-        Absmax = absmax;
-        AbsmaxCodes = absmaxCodes;
         Nested = nested;
         Shape = shape;
         BlockSize = blockSize;
         long blocks = (Count + blockSize - 1) / blockSize;
         if (packed.Length * 2L != blocks * blockSize || (absmax?.Length ?? absmaxCodes!.Length) != blocks)
             throw new InvalidDataException($"An NF4 tensor of shape [{string.Join(", ", shape)}] with blocks of {blockSize} needs {blocks * blockSize / 2} code bytes and {blocks} scales.");
+        // Copies (clone) so that the tensors own their memory, independent of the arrays.
+        _packed = tensor(packed).clone().DetachFromDisposeScope();
+        _code = tensor(Nf4.Code).clone().DetachFromDisposeScope();
+        if (absmax is not null)
+        {
+            _absmax = tensor(absmax).clone().DetachFromDisposeScope();
+        }
+        else
+        {
+            _absmaxCodes = tensor(absmaxCodes!).clone().DetachFromDisposeScope();
+            _nestedAbsmax = tensor(nested!.Absmax).clone().DetachFromDisposeScope();
+            _dynamicMap = tensor(Nf4.DynamicMap()).DetachFromDisposeScope();
+        }
     }
 
-    public byte[] Packed { get; }
+    /// <summary>The codes, two per byte (first in the high nibble).</summary>
+    public byte[] Packed => _packed.data<byte>().ToArray();
     /// <summary>The float32 absmax per block (null after double quantisation).</summary>
-    public float[]? Absmax { get; }
+    public float[]? Absmax => _absmax?.data<float>().ToArray();
     /// <summary>The absmax per block as 8-bit dynamic-map codes (double quantisation only).</summary>
-    public byte[]? AbsmaxCodes { get; }
+    public byte[]? AbsmaxCodes => _absmaxCodes?.data<byte>().ToArray();
     public NestedScales? Nested { get; }
     public long[] Shape { get; }
     public int BlockSize { get; }
     public long Count => Shape.Aggregate(1L, (a, b) => a * b);
+    private long Blocks => (Count + BlockSize - 1) / BlockSize;
 
     /// <summary>Storage per original element, in bits: 4 for the code plus the share of the block scales.</summary>
-    public double BitsPerParameter => 8.0 * (Packed.Length + (Absmax is not null ? 4.0 * Absmax.Length
-        : AbsmaxCodes!.Length + 4.0 * Nested!.Absmax.Length + 4)) / Count;
+    public double BitsPerParameter => 8.0 * (_packed.numel() + (_absmax is not null ? 4.0 * Blocks
+        : Blocks + 4.0 * Nested!.Absmax.Length + 4)) / Count;
 
     /// <summary>The absmax of each block, undoing the double quantisation if there was one.</summary>
     public float[] BlockScales()
     {
-        if (Absmax is not null) return Absmax;
-        var map = Nf4.DynamicMap();
-        var scales = new float[AbsmaxCodes!.Length];
-        for (int i = 0; i < scales.Length; i++)
-            scales[i] = map[AbsmaxCodes[i]] * Nested!.Absmax[i / Nf4.DoubleQuantBlockSize] + Nested.Offset;
-        return scales;
+        using var scope = NewDisposeScope();
+        return ScalesTensor().data<float>().ToArray();
     }
+
+    private Tensor ScalesTensor() => _absmax ?? _dynamicMap!.index_select(0, _absmaxCodes!.to(ScalarType.Int64))
+        * _nestedAbsmax!.repeat_interleave(Nf4.DoubleQuantBlockSize).narrow(0, 0, Blocks) + Nested!.Offset;
 
     /// <summary>The float tensor the codes stand for (code value × block absmax), in <paramref name="dtype"/>.</summary>
     public Tensor Dequantize(ScalarType dtype = ScalarType.Float32, Device? device = null)
     {
         using var scope = NewDisposeScope();
-        var codes = new long[Packed.Length * 2];
-        for (int i = 0; i < Packed.Length; i++)
-        {
-            codes[2 * i] = Packed[i] >> 4;
-            codes[2 * i + 1] = Packed[i] & 0xF;
-        }
-        var scales = BlockScales();
-        var values = tensor(Nf4.Code).index_select(0, tensor(codes)).view(scales.Length, BlockSize) * tensor(scales).unsqueeze(1);
+        var high = _packed.div(16, rounding_mode: RoundingMode.floor);
+        var low = _packed.remainder(16);
+        var codes = stack([high, low], 1).flatten().to(ScalarType.Int64);
+        var values = _code.index_select(0, codes).view(Blocks, BlockSize) * ScalesTensor().unsqueeze(1);
         return values.flatten().narrow(0, 0, Count).view(Shape).to(dtype, device ?? CPU).MoveToOuterDisposeScope();
     }
 }
