@@ -20,6 +20,28 @@ public static class TargetModules
     public static List<(string Name, nn.Module<Tensor, Tensor> Layer)> LinearLayers(nn.Module model) =>
         model.named_modules().Where(m => m.module is Linear or Conv1D).Select(m => (m.name, (nn.Module<Tensor, Tensor>)m.module)).ToList();
 
+    /// <summary>
+    /// A linear layer's sizes, and whether its weight is stored [in, out] (GPT-2's Conv1D, PEFT's fan_in_fan_out)
+    /// rather than [out, in] (nn.Linear); other layers are refused, naming <paramref name="method"/>.
+    /// </summary>
+    internal static (long In, long Out, bool FanInFanOut) Shape(nn.Module<Tensor, Tensor> layer, string moduleName, string method) => layer switch
+    {
+        Linear l => (l.in_features, l.out_features, false),
+        Conv1D c => (c.Weight.shape[0], c.Weight.shape[1], true),
+        _ => throw new NotSupportedException($"{method} cannot wrap '{moduleName}' ({layer.GetType().Name}); it supports linear layers (Linear, Conv1D)."),
+    };
+
+    /// <summary>The weight of a linear layer (nn.Linear or Conv1D), in its own layout.</summary>
+    internal static Parameter Weight(nn.Module layer) => layer switch
+    {
+        Linear l => l.weight!,
+        Conv1D c => c.Weight,
+        _ => throw new InvalidOperationException($"{layer.GetType().Name} is not a linear layer."),
+    };
+
+    /// <summary>The bias of a linear layer, or null.</summary>
+    internal static Parameter? Bias(nn.Module layer) => layer switch { Linear l => l.bias, Conv1D c => c.Bias, _ => null };
+
     public static bool Matches(string moduleName, string target) =>
         moduleName == target || moduleName.EndsWith("." + target, StringComparison.Ordinal);
 

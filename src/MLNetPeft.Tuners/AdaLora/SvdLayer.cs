@@ -24,12 +24,7 @@ public sealed class SvdLayer
         _layer = layer;
         _adapterName = adapterName;
         _dropout = config.LoraDropout;
-        (long inFeatures, long outFeatures, FanInFanOut) = layer switch
-        {
-            Linear l => (l.in_features, l.out_features, false),
-            Conv1D c => (c.Weight.shape[0], c.Weight.shape[1], true),
-            _ => throw new NotSupportedException($"AdaLoRA cannot wrap '{moduleName}' ({layer.GetType().Name}); it supports linear layers."),
-        };
+        (long inFeatures, long outFeatures, FanInFanOut) = TargetModules.Shape(layer, moduleName, "AdaLoRA");
         var weight = BaseWeight;
         A = new Parameter(randn([rank, inFeatures], dtype: weight.dtype, generator: generator).mul_(0.02).to(weight.device));
         E = new Parameter(zeros([rank, 1], dtype: weight.dtype, device: weight.device));
@@ -55,7 +50,7 @@ public sealed class SvdLayer
     public bool Merged { get; private set; }
     /// <summary>Triplets still in use (non-zero entries of E).</summary>
     public int ActiveRank => (int)E.ne(0).sum().item<long>();
-    private Parameter BaseWeight => _layer switch { Linear l => l.weight!, Conv1D c => c.Weight, _ => throw new InvalidOperationException() };
+    private Parameter BaseWeight => TargetModules.Weight(_layer);
     private Tensor Scale => RankNum + 1e-5;
 
     private Tensor Delta(Tensor input)

@@ -43,7 +43,7 @@ public sealed class HoulsbyModel : PeftModel
         var adapters = new List<BottleneckAdapter>();
         foreach (var (name, layer) in targets)
         {
-            long hidden = layer switch { Linear l => l.out_features, Conv1D c => c.Weight.shape[1], _ => throw new InvalidOperationException() };
+            long hidden = TargetModules.Shape(layer, name, "Adapter tuning").Out;
             adapters.Add(new BottleneckAdapter(name, layer, hidden, config, adapterName, generator));
         }
         foreach (var (_, p) in model.named_parameters()) p.requires_grad = false;

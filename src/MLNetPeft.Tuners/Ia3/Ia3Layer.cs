@@ -22,13 +22,7 @@ public sealed class Ia3Layer
         _layer = layer;
         _adapterName = adapterName;
         IsFeedforward = isFeedforward;
-        (long inFeatures, long outFeatures, bool fanInFanOut) = layer switch
-        {
-            Linear l => (l.in_features, l.out_features, false),
-            Conv1D c => (c.Weight.shape[0], c.Weight.shape[1], true),
-            _ => throw new NotSupportedException($"IA3 cannot wrap '{moduleName}' ({layer.GetType().Name}); it supports linear layers."),
-        };
-        FanInFanOut = fanInFanOut;
+        (long inFeatures, long outFeatures, FanInFanOut) = TargetModules.Shape(layer, moduleName, "IA3");
         var weight = BaseWeight;
         long[] shape = isFeedforward ? [1, inFeatures] : [outFeatures, 1];
         Scale = new Parameter(config.InitIa3Weights
@@ -55,8 +49,8 @@ public sealed class Ia3Layer
     public bool Enabled { get; set; } = true;
     public bool Merged { get; private set; }
     private bool Active => Enabled && !Merged;
-    private Parameter BaseWeight => _layer switch { Linear l => l.weight!, Conv1D c => c.Weight, _ => throw new InvalidOperationException() };
-    private Parameter? BaseBias => _layer switch { Linear l => l.bias, Conv1D c => c.Bias, _ => null };
+    private Parameter BaseWeight => TargetModules.Weight(_layer);
+    private Parameter? BaseBias => TargetModules.Bias(_layer);
 
     /// <summary>The vector shaped to multiply the base weight in its own layout ([out, in], or [in, out] for Conv1D).</summary>
     private Tensor WeightFactor => FanInFanOut ? Scale.t() : Scale;

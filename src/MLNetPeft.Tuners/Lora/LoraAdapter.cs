@@ -27,12 +27,7 @@ public sealed class LoraAdapter : IDisposable
         ModuleName = moduleName;
         _layer = layer;
         _adapterName = adapterName;
-        (InFeatures, OutFeatures, FanInFanOut) = layer switch
-        {
-            Linear l => (l.in_features, l.out_features, false),
-            Conv1D c => (c.Weight.shape[0], c.Weight.shape[1], true),
-            _ => throw new NotSupportedException($"LoRA cannot wrap '{moduleName}' ({layer.GetType().Name}); it supports linear layers (Linear, Conv1D)."),
-        };
+        (InFeatures, OutFeatures, FanInFanOut) = TargetModules.Shape(layer, moduleName, "LoRA");
         Scaling = config.Scaling;
         _dropout = config.LoraDropout;
         var weight = BaseWeight;
@@ -80,8 +75,8 @@ public sealed class LoraAdapter : IDisposable
     public Parameter? Magnitude => _magnitude;
     public Parameter LoraA => _a.weight!;
     public Parameter LoraB => _b.weight!;
-    public Parameter BaseWeight => _layer switch { Linear l => l.weight!, Conv1D c => c.Weight, _ => throw new InvalidOperationException() };
-    public Parameter? BaseBias => _layer switch { Linear l => l.bias, Conv1D c => c.Bias, _ => null };
+    public Parameter BaseWeight => TargetModules.Weight(_layer);
+    public Parameter? BaseBias => TargetModules.Bias(_layer);
 
     private Tensor Delta(Tensor input)
     {
