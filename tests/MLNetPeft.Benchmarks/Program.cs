@@ -13,7 +13,7 @@ using static TorchSharp.torch;
 // matmul measured in the same run, and as a step-time ratio against minimal hand-written TorchSharp models
 // (MinimalModels.cs). Ours and the baseline alternate, so machine noise hits both alike.
 //
-//   dotnet run -c Release --project tests/MLNetPeft.Benchmarks [-- --batch 8 --seq 256 --steps 6 --rounds 5] [--peft-only [--method QLoRA]]
+//   dotnet run -c Release --project tests/MLNetPeft.Benchmarks [-- --batch 8 --seq 256 --steps 6 --rounds 5] [--peft-only [--method QLoRA] | --generation-only]
 //
 // The last table trains every PEFT method for the same steps on the same toy task and ~10M-parameter model.
 
@@ -35,6 +35,11 @@ var llamaConfig = new LlamaConfig
     MaxPositionEmbeddings = seq, TieWordEmbeddingsField = false,
 };
 
+if (args.Contains("--generation-only"))
+{
+    GenerationSpeed(256);
+    return;
+}
 if (args.Contains("--peft-only"))
 {
     PeftFamily();
