@@ -309,6 +309,17 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
     }
 
     [Fact]
+    public void VirtualTokensCountAgainstLearnedPositions()
+    {
+        using var model = Tiny("gpt2", 18);   // 64 learned positions
+        using var prompt = PromptTuningModel.Apply(model, new PromptTuningConfig { NumVirtualTokens = 8 });
+        using var _ = no_grad();
+        model.Forward(TinyModels.RandomIds(1, 56, TinyTokenizer.VocabSize, 1)).Dispose();
+        var e = Assert.Throws<ArgumentException>(() => model.Forward(TinyModels.RandomIds(1, 57, TinyTokenizer.VocabSize, 1)));
+        Assert.Contains("virtual tokens", e.Message);
+    }
+
+    [Fact]
     public void PromptLearningAdaptersUsePeftsPromptEmbeddingsLayout()
     {
         using var dir = new TempFolder();

@@ -54,6 +54,8 @@ public abstract class CausalLanguageModel : PretrainedModule
         bool first = cache is null || cache.Length == 0;
         long callerPast = first ? 0 : cache!.Length - p;
         if (callerPast < 0) throw new InvalidOperationException("The cache was filled without the virtual prompt; start a new cache after enabling it.");
+        if (MaxPositions is { } max && p + callerPast + length > max)
+            throw new ArgumentException($"{p} virtual tokens + {callerPast + length} tokens exceed the model's {max} positions; shorten the input or use fewer virtual tokens.");
         attentionMask ??= ones(batch, callerPast + length, ScalarType.Int64, embeds.device);
         var mask = cat([ones(batch, p, attentionMask.dtype, embeds.device), attentionMask], 1);
         using var localCache = first && cache is null ? CreateCache() : null;
