@@ -165,3 +165,66 @@ public sealed class BertLayer : nn.Module
         return _outputNorm.call(nn.functional.dropout(ff, _hiddenDropout, training) + x).MoveToOuterDisposeScope();
     }
 }
+
+/// <summary>How a sequence classifier turns the encoder's last hidden state into one vector.</summary>
+public enum SequencePooling
+{
+    /// <summary>The pooler over the first ([CLS]) token when the encoder has one, else that token's state (HF's BertForSequenceClassification).</summary>
+    Cls,
+    /// <summary>The mean over the real tokens (sentence-transformers' models such as all-MiniLM-L6-v2 are trained for it).</summary>
+    Mean,
+}
+
+/// <summary>
+/// A BERT encoder with a classification head: dropout, then a linear layer from the pooled vector to one logit per
+/// class. Parameters are named as in HF's BertForSequenceClassification (<c>bert.…</c>, <c>classifier.weight</c>).
+/// </summary>
+public sealed class BertForSequenceClassification : PretrainedModule
+{
+    private readonly BertModel _bert;
+    private readonly Linear _classifier;
+
+    public BertForSequenceClassification(BertModel bert, int numLabels, SequencePooling pooling, long seed = 0) : base(nameof(BertForSequenceClassification))
+    {
+        ArgumentNullException.ThrowIfNull(bert);
+        if (numLabels < 2) throw new ArgumentOutOfRangeException(nameof(numLabels), numLabels, "a classifier needs at least two classes");
+        _bert = bert;
+        NumLabels = numLabels;
+        Pooling = pooling;
+        var reference = bert.parameters().First();
+        _classifier = nn.Linear(bert.BertConfig.HiddenSize, numLabels, dtype: reference.dtype, device: reference.device);
+        using (no_grad())
+        {
+            // HF initialises the head N(0, initializer_range²) with a zero bias.
+            _classifier.weight!.normal_(0, bert.BertConfig.InitializerRange, new Generator((ulong)seed));
+            _classifier.bias!.zero_();
+        }
+        register_module("bert", bert);
+        register_module("classifier", _classifier);
+        SourceFolder = bert.SourceFolder;
+    }
+
+    public BertModel Bert => _bert;
+    public int NumLabels { get; }
+    public SequencePooling Pooling { get; }
+    public override ModelConfig Config => _bert.Config;
+
+    /// <summary>Logits [batch, classes] for token ids [batch, seq] with their attention mask (1 = real token).</summary>
+    public Tensor Forward(Tensor inputIds, Tensor attentionMask, Tensor? tokenTypeIds = null)
+    {
+        using var scope = NewDisposeScope();
+        using var encoded = _bert.Forward(inputIds, attentionMask, tokenTypeIds);
+        Tensor pooled;
+        if (Pooling == SequencePooling.Mean)
+        {
+            var mask = attentionMask.unsqueeze(-1).to(encoded.LastHiddenState.dtype);
+            pooled = (encoded.LastHiddenState * mask).sum(1) / mask.sum(1).clamp_min(1);
+        }
+        else
+        {
+            pooled = encoded.PoolerOutput ?? encoded.LastHiddenState.select(1, 0);
+        }
+        pooled = nn.functional.dropout(pooled, _bert.BertConfig.HiddenDropoutProb, training);
+        return _classifier.call(pooled).MoveToOuterDisposeScope();
+    }
+}

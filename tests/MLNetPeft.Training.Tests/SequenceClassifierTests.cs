@@ -1,0 +1,47 @@
+using MLNetPeft.Architectures;
+using MLNetPeft.Training;
+using MLNetPeft.Training.Classification;
+using MLNetPeft.Tuners.Lora;
+using static TorchSharp.torch;
+
+namespace MLNetPeft.Training.Tests;
+
+public class SequenceClassifierTests(Xunit.Abstractions.ITestOutputHelper output)
+{
+    /// <summary>Class = which of three marker tokens (10, 20, 30) the random sequence contains; pairs put it in either segment.</summary>
+    private static List<ClassificationExample> Task(int count, int seed)
+    {
+        var random = new Random(seed);
+        return Enumerable.Range(0, count).Select(_ =>
+        {
+            int label = random.Next(3);
+            var ids = Enumerable.Range(0, random.Next(4, 12)).Select(_ => random.Next(40, 89)).ToList();
+            ids.Insert(random.Next(ids.Count), 10 * (label + 1));
+            return new ClassificationExample(ids, ids.Select(_ => 0).ToList(), label);
+        }).ToList();
+    }
+
+    [Theory]
+    [InlineData(false, SequencePooling.Mean)]
+    [InlineData(true, SequencePooling.Cls)]
+    public void AClassifierLearnsAToyTaskWithFullFineTuningOrLora(bool lora, SequencePooling pooling)
+    {
+        using var bert = new BertModel(TinyModels.Bert(), addPoolingLayer: pooling == SequencePooling.Cls);
+        using var model = new BertForSequenceClassification(bert, 3, pooling, seed: 1);
+        LoraModel? adapter = lora ? LoraModel.Apply(model, new LoraConfig { R = 4, LoraAlpha = 8, TargetModules = ["query", "value"] }, seed: 1) : null;
+        if (adapter is not null) model.named_parameters().First(p => p.name == "classifier.weight").parameter.requires_grad = true;
+        if (adapter is not null) model.named_parameters().First(p => p.name == "classifier.bias").parameter.requires_grad = true;
+        var train = Task(240, 1);
+        var test = Task(90, 2);
+        var before = SequenceClassifierTrainer.Evaluate(model, test);
+        var options = new TrainingOptions { MaxSteps = SequenceClassifierTrainer.StepsFor(train.Count, 16, lora ? 15 : 6), BatchSize = 16, LearningRate = lora ? 2e-2 : 2e-3, WarmupSteps = 5, WeightDecay = 0, Seed = 3 };
+        new SequenceClassifierTrainer(model, options).Train(train);
+        var after = SequenceClassifierTrainer.Evaluate(model, test);
+        output.WriteLine($"lora={lora} {pooling}: accuracy {before.Accuracy:P0} -> {after.Accuracy:P0}, loss {before.Loss:F3} -> {after.Loss:F3}");
+        Assert.True(after.Accuracy > 0.8, $"accuracy {before.Accuracy:P0} -> {after.Accuracy:P0}");
+        Assert.True(after.Loss < before.Loss);
+        var probabilities = SequenceClassifierTrainer.Predict(model, test.Take(3).ToList());
+        Assert.All(probabilities, p => Assert.Equal(1.0, p.Sum(), 4));
+        adapter?.Dispose();
+    }
+}
