@@ -93,7 +93,7 @@ public sealed class CausalLmFineTuningEstimator : IEstimator<TextGenerationTrans
                         Nf4Checkpoint.Save(baseFolder, tuned, quantized);
                     }
                 }
-                var peft = ApplyMethod(tuned);
+                var peft = PeftMethods.Apply(o.Method, tuned, o, _tokenizer, o.Seed);
                 if (peft is not null)
                 {
                     var (trainable, total) = peft.ParameterCounts();
@@ -123,23 +123,6 @@ public sealed class CausalLmFineTuningEstimator : IEstimator<TextGenerationTrans
                 o.ScoreResponses ? o.ResponseColumnName : null);
         });
     }
-
-    /// <summary>Attaches the chosen PEFT method (null for full fine-tuning, where every parameter trains).</summary>
-    private PeftModel? ApplyMethod(CausalLanguageModel model) => _options.Method switch
-    {
-        FineTuningMethod.Full => null,
-        FineTuningMethod.Lora or FineTuningMethod.QLora => LoraModel.Apply(model, _options.Lora, seed: _options.Seed),
-        FineTuningMethod.AdaLora => AdaLoraModel.Apply(model, _options.AdaLora, seed: _options.Seed),
-        FineTuningMethod.Ia3 => Ia3Model.Apply(model, _options.Ia3, seed: _options.Seed),
-        FineTuningMethod.BitFit => SelectiveModel.Apply(model, new SelectiveConfig { Tuning = SelectiveTuning.BitFit }),
-        FineTuningMethod.LayerNorm => SelectiveModel.Apply(model, new SelectiveConfig { Tuning = SelectiveTuning.LayerNorm }),
-        FineTuningMethod.AdapterTuning => HoulsbyModel.Apply(model, _options.AdapterTuning, seed: _options.Seed),
-        FineTuningMethod.PromptTuning => PromptTuningModel.Apply(model, _options.PromptTuning, _tokenizer, seed: _options.Seed),
-        FineTuningMethod.PTuning => PTuningModel.Apply(model, _options.PTuning, seed: _options.Seed),
-        FineTuningMethod.PrefixTuning => PrefixTuningModel.Apply(model, _options.PrefixTuning, seed: _options.Seed),
-        FineTuningMethod.PTuningV2 => PrefixTuningModel.Apply(model, new PrefixTuningConfig { NumVirtualTokens = _options.PrefixTuning.NumVirtualTokens, PrefixProjection = false }, seed: _options.Seed),
-        var m => throw new ArgumentOutOfRangeException(nameof(CausalLmFineTuningOptions.Method), m, "not a FineTuningMethod value"),
-    };
 
     private TokenBlocks MakeBlocks(List<(IReadOnlyList<int> Prompt, IReadOnlyList<int> Response)> examples, string what, IChannel ch)
     {

@@ -54,7 +54,7 @@ public enum BadRowHandling
 }
 
 /// <summary>Options of <see cref="CausalLmFineTuningEstimator"/>.</summary>
-public sealed class CausalLmFineTuningOptions
+public sealed class CausalLmFineTuningOptions : IPeftMethodSettings
 {
     /// <summary>Text column with the prompt (instruction); the default is "Prompt".</summary>
     public string PromptColumnName { get; set; } = "Prompt";
@@ -125,8 +125,7 @@ public sealed class CausalLmFineTuningOptions
     public CancellationToken CancellationToken { get; set; }
 
     /// <summary>Whether the method adds virtual tokens or nonlinear layers (and so cannot be merged into the weights).</summary>
-    internal bool CannotMerge => Method is FineTuningMethod.PromptTuning or FineTuningMethod.PTuning or FineTuningMethod.PrefixTuning
-        or FineTuningMethod.PTuningV2 or FineTuningMethod.AdapterTuning;
+    internal bool CannotMerge => PeftMethods.CannotMerge(Method);
 
     internal void Validate()
     {

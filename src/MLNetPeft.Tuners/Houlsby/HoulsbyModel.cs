@@ -22,7 +22,7 @@ public sealed class HoulsbyModel : PeftModel
     public static (string Attention, string FeedForward) BlockOutputs(nn.Module model) => model switch
     {
         Gpt2ForCausalLM => (@"transformer\.h\.\d+\.attn\.c_proj", @"transformer\.h\.\d+\.mlp\.c_proj"),
-        BertModel => (@"(.+\.)?encoder\.layer\.\d+\.attention\.output\.dense", @"(.+\.)?encoder\.layer\.\d+\.output\.dense"),
+        BertModel or BertForSequenceClassification => (@"(.+\.)?encoder\.layer\.\d+\.attention\.output\.dense", @"(.+\.)?encoder\.layer\.\d+\.output\.dense"),
         LlamaForCausalLM => (@"model\.layers\.\d+\.self_attn\.o_proj", @"model\.layers\.\d+\.mlp\.down_proj"),
         _ => throw new NotSupportedException($"Adapter tuning does not know where the blocks of a {model.GetType().Name} end."),
     };

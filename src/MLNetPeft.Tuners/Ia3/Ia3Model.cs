@@ -19,7 +19,7 @@ public sealed class Ia3Model : PeftModel
     public static IReadOnlyList<string> DefaultTargets(nn.Module model) => model switch
     {
         Gpt2ForCausalLM => ["c_attn", "mlp.c_proj"],
-        BertModel => ["key", "value", "output.dense"],
+        BertModel or BertForSequenceClassification => ["key", "value", "output.dense"],
         _ => ["k_proj", "v_proj", "down_proj"],
     };
 
@@ -27,7 +27,7 @@ public sealed class Ia3Model : PeftModel
     public static IReadOnlyList<string> DefaultFeedforward(nn.Module model) => model switch
     {
         Gpt2ForCausalLM => ["mlp.c_proj"],
-        BertModel => ["output.dense"],
+        BertModel or BertForSequenceClassification => ["output.dense"],
         _ => ["down_proj"],
     };
 

@@ -26,7 +26,7 @@ public sealed class LoraModel : PeftModel
     public static IReadOnlyList<string> DefaultTargets(nn.Module model) => model switch
     {
         Gpt2ForCausalLM => ["c_attn"],
-        BertModel => ["query", "value"],
+        BertModel or BertForSequenceClassification => ["query", "value"],
         _ => ["q_proj", "v_proj"],
     };
 

