@@ -7,15 +7,7 @@ using MLNetPeft.ML.Persistence;
 using MLNetPeft.Tokenization;
 using MLNetPeft.Training.LanguageModeling;
 using MLNetPeft.Tuners;
-using MLNetPeft.Tuners.AdaLora;
-using MLNetPeft.Tuners.Houlsby;
-using MLNetPeft.Tuners.Ia3;
-using MLNetPeft.Tuners.Lora;
-using MLNetPeft.Tuners.PrefixTuning;
-using MLNetPeft.Tuners.PromptTuning;
-using MLNetPeft.Tuners.PTuning;
 using MLNetPeft.Tuners.QLora;
-using MLNetPeft.Tuners.Selective;
 
 namespace MLNetPeft.ML.FineTuning;
 
