@@ -34,34 +34,9 @@ public sealed class PeftTextClassificationEstimator : IEstimator<PeftTextClassif
 
     private IEnumerable<string> TextColumns => _options.Sentence2ColumnName is { } second ? [_options.Sentence1ColumnName, second] : [_options.Sentence1ColumnName];
 
-    public SchemaShape GetOutputSchema(SchemaShape inputSchema)
-    {
-        var o = _options;
-        foreach (var name in TextColumns)
-        {
-            if (!inputSchema.TryFindColumn(name, out var text)) throw _env.ExceptSchemaMismatch(nameof(inputSchema), "sentence", name);
-            if (text.Kind != SchemaShape.Column.VectorKind.Scalar || text.ItemType is not TextDataViewType)
-                throw _env.ExceptSchemaMismatch(nameof(inputSchema), "sentence", name, "String", text.GetTypeString());
-        }
-        if (!inputSchema.TryFindColumn(o.LabelColumnName, out var label)) throw _env.ExceptSchemaMismatch(nameof(inputSchema), "label", o.LabelColumnName);
-        var columns = inputSchema.ToDictionary(c => c.Name);
-        if (_binary)
-        {
-            if (label.Kind != SchemaShape.Column.VectorKind.Scalar || label.ItemType is not BooleanDataViewType)
-                throw _env.ExceptSchemaMismatch(nameof(inputSchema), "label", o.LabelColumnName, "Boolean", label.GetTypeString());
-            columns[o.ScoreColumnName] = new SchemaShape.Column(o.ScoreColumnName, SchemaShape.Column.VectorKind.Scalar, NumberDataViewType.Single, false);
-            columns[o.ProbabilityColumnName] = new SchemaShape.Column(o.ProbabilityColumnName, SchemaShape.Column.VectorKind.Scalar, NumberDataViewType.Single, false);
-            columns[o.PredictedLabelColumnName] = new SchemaShape.Column(o.PredictedLabelColumnName, SchemaShape.Column.VectorKind.Scalar, BooleanDataViewType.Instance, false);
-        }
-        else
-        {
-            if (!label.IsKey || label.Kind != SchemaShape.Column.VectorKind.Scalar)
-                throw _env.ExceptSchemaMismatch(nameof(inputSchema), "label", o.LabelColumnName, "Key (use MapValueToKey)", label.GetTypeString());
-            columns[o.ScoreColumnName] = new SchemaShape.Column(o.ScoreColumnName, SchemaShape.Column.VectorKind.Vector, NumberDataViewType.Single, false);
-            columns[o.PredictedLabelColumnName] = new SchemaShape.Column(o.PredictedLabelColumnName, SchemaShape.Column.VectorKind.Scalar, NumberDataViewType.UInt32, true, label.Annotations);
-        }
-        return new SchemaShape(columns.Values);
-    }
+    public SchemaShape GetOutputSchema(SchemaShape inputSchema) =>
+        ClassifierColumns.OutputShape(_env, inputSchema, TextColumns, _options.LabelColumnName, _binary, _options.ScoreColumnName,
+            _options.PredictedLabelColumnName, _options.ProbabilityColumnName);
 
     public PeftTextClassificationTransformer Fit(IDataView input)
     {
@@ -70,7 +45,7 @@ public sealed class PeftTextClassificationEstimator : IEstimator<PeftTextClassif
         if (o.ValidationSet is not null) GetOutputSchema(SchemaShape.Create(o.ValidationSet.Schema));
         int classes = _binary ? 2 : checked((int)input.Schema[o.LabelColumnName].Type.GetKeyCount());
         if (classes < 2) throw new ArgumentException($"Label column '{o.LabelColumnName}' has {classes} key value(s); a classifier needs at least two.", nameof(input));
-        var keyValues = _binary ? null : KeyValues(input.Schema[o.LabelColumnName]);
+        var keyValues = _binary ? null : ClassifierColumns.KeyValues(input.Schema[o.LabelColumnName]);
         using var ch = _env.Start("Text classification");
 
         var encoder = o.BaseModel ?? AllMiniLmL6V2.Load();
@@ -155,15 +130,6 @@ public sealed class PeftTextClassificationEstimator : IEstimator<PeftTextClassif
         if (emptyText > 0) ch.Warning($"{emptyText} {what} row(s) with empty text were skipped.");
         if (examples.Count == 0) throw new ArgumentException($"No {what} row has both a label and text.", what + "Data");
         return examples;
-    }
-
-    private static IReadOnlyList<string>? KeyValues(DataViewSchema.Column label)
-    {
-        if (label.Annotations.Schema.GetColumnOrNull(AnnotationUtils.Kinds.KeyValues) is not { } column) return null;
-        VBuffer<ReadOnlyMemory<char>> values = default;
-        if (column.Type is not VectorDataViewType { ItemType: TextDataViewType }) return null;
-        label.Annotations.GetValue(AnnotationUtils.Kinds.KeyValues, ref values);
-        return values.DenseValues().Select(v => v.ToString()).ToList();
     }
 }
 

@@ -188,15 +188,8 @@ public sealed class PeftTextClassificationTransformer : RowToRowTransformerBase,
         public Mapper(PeftTextClassificationTransformer owner, DataViewSchema schema) : base(owner.Host, schema, owner)
         {
             _owner = owner;
-            _first = TextColumn(schema, owner.Sentence1ColumnName);
-            if (owner.Sentence2ColumnName is { } second) _second = TextColumn(schema, second);
-        }
-
-        private int TextColumn(DataViewSchema schema, string name)
-        {
-            var column = schema.GetColumnOrNull(name) ?? throw Host.ExceptSchemaMismatch(nameof(schema), "sentence", name);
-            if (column.Type is not TextDataViewType) throw Host.ExceptSchemaMismatch(nameof(schema), "sentence", name, "String", column.Type.ToString());
-            return column.Index;
+            _first = ClassifierColumns.Text(Host, schema, owner.Sentence1ColumnName);
+            if (owner.Sentence2ColumnName is { } second) _second = ClassifierColumns.Text(Host, schema, second);
         }
 
         protected override DataViewSchema.DetachedColumn[] GetOutputColumnsCore()
@@ -205,51 +198,23 @@ public sealed class PeftTextClassificationTransformer : RowToRowTransformerBase,
             if (o.IsBinary)
                 return [new(o.ScoreColumnName, NumberDataViewType.Single), new(o.ProbabilityColumnName, NumberDataViewType.Single),
                         new(o.PredictedLabelColumnName, BooleanDataViewType.Instance)];
-            var key = new KeyDataViewType(typeof(uint), o.NumberOfClasses);
-            DataViewSchema.Annotations? annotations = null;
-            if (o.KeyValues is { } values)
-            {
-                var builder = new DataViewSchema.Annotations.Builder();
-                builder.AddKeyValues(values.Count, TextDataViewType.Instance, (ref VBuffer<ReadOnlyMemory<char>> dst) =>
-                    dst = new VBuffer<ReadOnlyMemory<char>>(values.Count, values.Select(v => v.AsMemory()).ToArray()));
-                annotations = builder.ToAnnotations();
-            }
-            return [new(o.ScoreColumnName, new VectorDataViewType(NumberDataViewType.Single, o.NumberOfClasses)),
-                    new(o.PredictedLabelColumnName, key, annotations)];
+            return ClassifierColumns.Multiclass(o.ScoreColumnName, o.PredictedLabelColumnName, o.NumberOfClasses, o.KeyValues);
         }
 
         protected override Delegate MakeGetter(DataViewRow input, int iinfo, Func<int, bool> activeOutput, out Action disposer)
         {
             disposer = null!;
-            var getFirst = input.GetGetter<ReadOnlyMemory<char>>(input.Schema[_first]);
-            var getSecond = _second < 0 ? null : input.GetGetter<ReadOnlyMemory<char>>(input.Schema[_second]);
-            long cachedPosition = -1;
-            float[] cached = [];
-            float[] Row()
-            {
-                if (input.Position != cachedPosition)
-                {
-                    ReadOnlyMemory<char> a = default, b = default;
-                    getFirst(ref a);
-                    getSecond?.Invoke(ref b);
-                    cached = _owner.Probabilities(a.ToString(), getSecond is null ? null : b.ToString());
-                    cachedPosition = input.Position;
-                }
-                return cached;
-            }
+            var row = ClassifierColumns.RowProbabilities(input, _first, _second, _owner.Probabilities);
             if (_owner.IsBinary)
             {
                 return iinfo switch
                 {
-                    0 => (ValueGetter<float>)((ref float v) => { var p = Row(); v = (float)Math.Log(Math.Max(p[1], 1e-30) / Math.Max(p[0], 1e-30)); }),
-                    1 => (ValueGetter<float>)((ref float v) => v = Row()[1]),
-                    _ => (ValueGetter<bool>)((ref bool v) => v = Row()[1] > Row()[0]),
+                    0 => (ValueGetter<float>)((ref float v) => { var p = row(); v = (float)Math.Log(Math.Max(p[1], 1e-30) / Math.Max(p[0], 1e-30)); }),
+                    1 => (ValueGetter<float>)((ref float v) => v = row()[1]),
+                    _ => (ValueGetter<bool>)((ref bool v) => v = row()[1] > row()[0]),
                 };
             }
-            if (iinfo == 0)
-                return (ValueGetter<VBuffer<float>>)((ref VBuffer<float> v) => { var p = Row(); v = new VBuffer<float>(p.Length, (float[])p.Clone()); });
-            // Keys count from 1 (0 is missing).
-            return (ValueGetter<uint>)((ref uint v) => { var p = Row(); v = (uint)Array.IndexOf(p, p.Max()) + 1; });
+            return ClassifierColumns.MulticlassGetter(iinfo, row);
         }
 
         protected override Func<int, bool> GetDependenciesCore(Func<int, bool> activeOutput) =>
