@@ -100,7 +100,8 @@ public sealed class PeftTextClassificationEstimator : IEstimator<PeftTextClassif
                 // The transformer runs exactly what the zip holds.
                 var (assembled, assembledTokenizer) = PeftTextClassificationTransformer.Assemble(baseFiles, headFiles, adapterFiles, classes, pooling);
                 return new PeftTextClassificationTransformer(_env, assembled, assembledTokenizer, baseFiles, headFiles, adapterFiles, _binary,
-                    o.Sentence1ColumnName, o.Sentence2ColumnName, o.ScoreColumnName, o.PredictedLabelColumnName, o.ProbabilityColumnName, o.MaxSequenceLength, keyValues);
+                    o.Sentence1ColumnName, o.Sentence2ColumnName, o.ScoreColumnName, o.PredictedLabelColumnName, o.ProbabilityColumnName, o.MaxSequenceLength, keyValues)
+                { TrainedParameters = trainable };
             });
         }
         finally

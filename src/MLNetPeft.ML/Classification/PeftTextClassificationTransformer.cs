@@ -62,6 +62,8 @@ public sealed class PeftTextClassificationTransformer : RowToRowTransformerBase,
     /// <summary>The training label's key values (as text), restored on the predicted label.</summary>
     public IReadOnlyList<string>? KeyValues { get; }
     public bool HasUnmergedAdapter => _adapterFiles is not null;
+    /// <summary>Parameters that trained during <c>Fit</c> (adapter and head, or all); null for a loaded model.</summary>
+    public long? TrainedParameters { get; internal set; }
 
     private static VersionInfo GetVersionInfo() =>
         new(ModelSignature, verWrittenCur: 0x00010001, verReadableCur: 0x00010001, verWeCanReadBack: 0x00010001,
