@@ -123,6 +123,13 @@ public class TextClassificationTests(Xunit.Abstractions.ITestOutputHelper output
         output.WriteLine($"pairs: accuracy {metrics.Accuracy:P1}, AUC {metrics.AreaUnderRocCurve:F3}, F1 {metrics.F1Score:F3}");
         Assert.True(metrics.Accuracy > 0.75, $"accuracy {metrics.Accuracy:P1}");
         Assert.All(scored.GetColumn<float>("Probability"), p => Assert.InRange(p, 0f, 1f));
+
+        var path = dir.File("binary.zip");
+        var test = ml.Data.LoadFromEnumerable(Reviews(150, 4));
+        ml.Model.Save(model, test.Schema, path);
+        var loaded = new MLContext(seed: 2).Model.Load(path, out _).Transform(test);
+        Assert.Equal(scored.GetColumn<float>("Score"), loaded.GetColumn<float>("Score"));
+        Assert.Equal(scored.GetColumn<bool>("PredictedLabel"), loaded.GetColumn<bool>("PredictedLabel"));
     }
 
     [Fact]
