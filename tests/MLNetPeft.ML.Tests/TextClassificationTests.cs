@@ -133,6 +133,17 @@ public class TextClassificationTests(Xunit.Abstractions.ITestOutputHelper output
     }
 
     [Fact]
+    public void TheDefaultEncoderIsTheBundledMiniLm()
+    {
+        var ml = new MLContext(seed: 1);
+        var data = ml.Data.LoadFromEnumerable(Reviews(16, 6));
+        using var model = ml.BinaryClassification.Trainers.PeftTextClassification(labelColumnName: "Label", sentence1ColumnName: "Sentence1", batchSize: 8, maxEpochs: 1).Fit(data);
+        Assert.Equal(2, model.NumberOfClasses);
+        Assert.InRange(model.TrainedParameters!.Value, 70_000, 80_000);   // LoRA r=8 on 6 layers' query and value (73,728) + a 384×2 head
+        Assert.Equal(16, model.Transform(data).GetColumn<float>("Probability").Count());
+    }
+
+    [Fact]
     public void BadColumnsAndOptionsAreNamed()
     {
         using var dir = new TempFolder();
