@@ -79,8 +79,6 @@ public sealed class PeftTextClassificationOptions : IPeftMethodSettings
         if (!Enum.IsDefined(Method)) throw new ArgumentOutOfRangeException(nameof(Method), Method, "not a FineTuningMethod value");
         if (Method is FineTuningMethod.QLora or FineTuningMethod.PromptTuning or FineTuningMethod.PTuning or FineTuningMethod.PrefixTuning or FineTuningMethod.PTuningV2)
             throw new NotSupportedException($"{Method} is not available for text classification with a BERT encoder yet; use Lora, AdaLora, Ia3, AdapterTuning, BitFit, LayerNorm or Full.");
-        if (Method == FineTuningMethod.Lora) Lora.Validate();
-        if (Method == FineTuningMethod.Ia3) Ia3.Validate();
-        if (Method == FineTuningMethod.AdapterTuning) AdapterTuning.Validate();
+        PeftMethods.Validate(Method, this);
     }
 }

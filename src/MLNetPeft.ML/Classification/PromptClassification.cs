@@ -159,9 +159,13 @@ public sealed class PromptClassificationTransformer : RowToRowTransformerBase, I
         double[] scores;
         lock (_lock)
         {
+            // Every label word of every class in one call (the prompt is encoded once), then grouped by class.
+            var all = ContinuationScorer.LogLikelihoods(_model, _tokenizer, prompt, s.Words.SelectMany(w => w).ToList());
+            int offset = 0;
             scores = s.Words.Select(words =>
             {
-                var ll = ContinuationScorer.LogLikelihoods(_model, _tokenizer, prompt, words);
+                var ll = all.AsSpan(offset, words.Count).ToArray();
+                offset += words.Count;
                 if (s.Aggregation == AnswerAggregation.Max) return ll.Max();
                 double max = ll.Max();
                 return max + Math.Log(ll.Sum(v => Math.Exp(v - max)));

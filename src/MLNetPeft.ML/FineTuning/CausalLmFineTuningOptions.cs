@@ -147,21 +147,16 @@ public sealed class CausalLmFineTuningOptions : IPeftMethodSettings
         ArgumentNullException.ThrowIfNull(Generation, nameof(Generation));
         Training.Validate();
         Generation.Validate();
-        if (Method is FineTuningMethod.Lora or FineTuningMethod.QLora) Lora.Validate();
+        PeftMethods.Validate(Method, this);
         if (Method == FineTuningMethod.QLora)
         {
             Quantization.Validate();
             if (Lora.UseDora) throw new ArgumentException("DoRA needs unquantised base weights; QLoRA uses plain LoRA.", nameof(Lora));
         }
-        if (Method == FineTuningMethod.Ia3) Ia3.Validate();
         if (Method == FineTuningMethod.AdaLora)
         {
             AdaLora.TotalStep ??= Training.MaxSteps;
             AdaLora.Validate();
         }
-        if (Method == FineTuningMethod.PromptTuning) PromptTuning.Validate();
-        if (Method == FineTuningMethod.PTuning) PTuning.Validate();
-        if (Method is FineTuningMethod.PrefixTuning or FineTuningMethod.PTuningV2) PrefixTuning.Validate();
-        if (Method == FineTuningMethod.AdapterTuning) AdapterTuning.Validate();
     }
 }

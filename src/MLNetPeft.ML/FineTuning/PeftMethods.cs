@@ -32,6 +32,20 @@ internal static class PeftMethods
     public static bool CannotMerge(FineTuningMethod method) => method is FineTuningMethod.PromptTuning or FineTuningMethod.PTuning
         or FineTuningMethod.PrefixTuning or FineTuningMethod.PTuningV2 or FineTuningMethod.AdapterTuning;
 
+    /// <summary>Validates the settings of the chosen method (AdaLoRA's need its total_step, which callers settle first).</summary>
+    public static void Validate(FineTuningMethod method, IPeftMethodSettings s)
+    {
+        switch (method)
+        {
+            case FineTuningMethod.Lora or FineTuningMethod.QLora: s.Lora.Validate(); break;
+            case FineTuningMethod.Ia3: s.Ia3.Validate(); break;
+            case FineTuningMethod.AdapterTuning: s.AdapterTuning.Validate(); break;
+            case FineTuningMethod.PromptTuning: s.PromptTuning.Validate(); break;
+            case FineTuningMethod.PTuning: s.PTuning.Validate(); break;
+            case FineTuningMethod.PrefixTuning or FineTuningMethod.PTuningV2: s.PrefixTuning.Validate(); break;
+        }
+    }
+
     /// <summary>The method applied to <paramref name="model"/> (null for full fine-tuning, where every parameter trains).</summary>
     public static PeftModel? Apply(FineTuningMethod method, nn.Module model, IPeftMethodSettings s, TextTokenizer tokenizer, long seed) => method switch
     {
