@@ -195,7 +195,13 @@ public class ArchitectureTests
             (AttentionMask.Padding(padding, ScalarType.Float32, CPU), (b, _, j) => b == 1 || j > 0),
         })
         {
-            using var actual = Attention.ScaledDotProduct(q, k, v, mask);
+            using var fused = Attention.ScaledDotProduct(q, k, v, mask);
+            // Inside a training step's dropout scope the same attention is computed step by step (dropout so small that
+            // nothing is dropped): both spellings must agree.
+            using (StepDropout.Begin(1, CPU))
+            using (var spelledOut = Attention.ScaledDotProduct(q, k, v, mask, dropout: 1e-12))
+                TensorAssert.Close(fused, spelledOut, 1e-5, "attention spelled out inside a dropout scope");
+            var actual = fused;
             for (int b = 0; b < 2; b++)
             {
                 var qm = Reference.ToMatrix(q[b].transpose(0, 1).reshape(6, 32));

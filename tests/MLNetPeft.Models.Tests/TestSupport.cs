@@ -121,3 +121,49 @@ public static class TinyTokenizer
         return MLNetPeft.Tokenization.TextTokenizer.FromPretrained(dir.Path);
     }
 }
+
+/// <summary>
+/// A thread that keeps drawing from libtorch's process-wide generator, standing in for a second model training at
+/// the same time. <see cref="Start"/> returns once it is drawing; <see cref="Stop"/> returns how many draws it made.
+/// </summary>
+public sealed class RandomDrawingThread : IDisposable
+{
+    private readonly Thread _thread;
+    private readonly ManualResetEventSlim _drawing = new();
+    private volatile bool _stop;
+    private long _draws;
+
+    private RandomDrawingThread()
+    {
+        _thread = new Thread(() =>
+        {
+            while (!_stop)
+            {
+                using (var _ = TorchSharp.torch.rand(256)) { }
+                Interlocked.Increment(ref _draws);
+                _drawing.Set();
+            }
+        }) { IsBackground = true };
+    }
+
+    public static RandomDrawingThread Start()
+    {
+        var t = new RandomDrawingThread();
+        t._thread.Start();
+        t._drawing.Wait();
+        return t;
+    }
+
+    public long Stop()
+    {
+        _stop = true;
+        _thread.Join();
+        return Interlocked.Read(ref _draws);
+    }
+
+    public void Dispose()
+    {
+        if (!_stop) Stop();
+        _drawing.Dispose();
+    }
+}

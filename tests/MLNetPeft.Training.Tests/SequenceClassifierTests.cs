@@ -44,4 +44,23 @@ public class SequenceClassifierTests(Xunit.Abstractions.ITestOutputHelper output
         Assert.All(probabilities, p => Assert.Equal(1.0, p.Sum(), 4));
         adapter?.Dispose();
     }
+
+    [Fact]
+    public void TheSameSeedTrainsTheSameClassifierEvenWithAnotherThreadDrawingRandomNumbers()
+    {
+        BertForSequenceClassification Train(bool crowded)
+        {
+            var config = TinyModels.Bert();
+            config.HiddenDropoutProb = config.AttentionProbsDropoutProb = 0.1;
+            var model = new BertForSequenceClassification(new BertModel(config, addPoolingLayer: true), 3, SequencePooling.Cls, seed: 1);
+            var options = new TrainingOptions { MaxSteps = 8, BatchSize = 8, LearningRate = 1e-3, WarmupSteps = 2, Seed = 4 };
+            using var neighbour = crowded ? RandomDrawingThread.Start() : null;
+            new SequenceClassifierTrainer(model, options).Train(Task(64, 5));
+            return model;
+        }
+        using var alone = Train(crowded: false);
+        using var crowded = Train(crowded: true);
+        foreach (var (name, expected) in alone.state_dict())
+            TensorAssert.BitIdentical(expected, crowded.state_dict()[name], name);
+    }
 }

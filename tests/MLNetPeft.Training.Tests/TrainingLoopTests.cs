@@ -172,6 +172,22 @@ public class TrainingLoopTests
     }
 
     [Fact]
+    public void AnotherThreadDrawingRandomNumbersDoesNotChangeTheTrainedWeights()
+    {
+        var data = Corpus(100, 2);
+        using var alone = Gpt2WithDropout(6);
+        new LanguageModelTrainer(alone, Options()).Train(data);
+
+        using var crowded = Gpt2WithDropout(6);
+        // Stands in for a second model training on another thread: it keeps taking from libtorch's global generator.
+        using var neighbour = RandomDrawingThread.Start();
+        new LanguageModelTrainer(crowded, Options()).Train(data);
+        Assert.True(neighbour.Stop() > 0);
+        foreach (var (name, expected) in alone.state_dict())
+            TensorAssert.BitIdentical(expected, crowded.state_dict()[name], name);
+    }
+
+    [Fact]
     public void ResumingWithOtherBatchOptionsIsRefused()
     {
         using var dir = new TempFolder();

@@ -96,7 +96,7 @@ public sealed class BertModel : PretrainedModule
         positionIds ??= arange(length, dtype: ScalarType.Int64, device: device).unsqueeze(0);
         tokenTypeIds ??= zeros_like(inputIds, dtype: ScalarType.Int64);
         var x = _wordEmbeddings.call(inputIds) + _tokenTypeEmbeddings.call(tokenTypeIds) + _positionEmbeddings.call(positionIds);
-        x = nn.functional.dropout(_embeddingNorm.call(x), _config.HiddenDropoutProb, training);
+        x = StepDropout.Apply(_embeddingNorm.call(x), _config.HiddenDropoutProb, training);
         using var mask = AttentionMask.Padding(attentionMask, x.dtype, device);
         foreach (var layer in _layers) x = layer.Forward(x, mask);
         Tensor? pooled = _pooler is null ? null : _pooler.call(x.select(1, 0)).tanh().MoveToOuterDisposeScope();
@@ -160,9 +160,9 @@ public sealed class BertLayer : nn.Module
         var k = Attention.SplitHeads(_key.call(x), _heads);
         var v = Attention.SplitHeads(_value.call(x), _heads);
         var attended = Attention.MergeHeads(Attention.ScaledDotProduct(q, k, v, mask, dropout: training ? _attentionDropout : 0.0));
-        x = _attentionNorm.call(nn.functional.dropout(_attentionOutput.call(attended), _hiddenDropout, training) + x);
+        x = _attentionNorm.call(StepDropout.Apply(_attentionOutput.call(attended), _hiddenDropout, training) + x);
         var ff = _output.call(_act(_intermediate.call(x)));
-        return _outputNorm.call(nn.functional.dropout(ff, _hiddenDropout, training) + x).MoveToOuterDisposeScope();
+        return _outputNorm.call(StepDropout.Apply(ff, _hiddenDropout, training) + x).MoveToOuterDisposeScope();
     }
 }
 
@@ -224,7 +224,7 @@ public sealed class BertForSequenceClassification : PretrainedModule
         {
             pooled = encoded.PoolerOutput ?? encoded.LastHiddenState.select(1, 0);
         }
-        pooled = nn.functional.dropout(pooled, _bert.BertConfig.HiddenDropoutProb, training);
+        pooled = StepDropout.Apply(pooled, _bert.BertConfig.HiddenDropoutProb, training);
         return _classifier.call(pooled).MoveToOuterDisposeScope();
     }
 }

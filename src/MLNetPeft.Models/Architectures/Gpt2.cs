@@ -97,7 +97,7 @@ public sealed class Gpt2ForCausalLM : CausalLanguageModel
         if (past + length > _config.NPositions)
             throw new ArgumentException($"GPT-2 has {_config.NPositions} positions (n_positions); this pass needs {past + length}.");
         positionIds ??= DefaultPositions(inputsEmbeds, attentionMask, cache);
-        var x = nn.functional.dropout(inputsEmbeds + _wpe.call(positionIds), _config.EmbdPdrop, training);
+        var x = StepDropout.Apply(inputsEmbeds + _wpe.call(positionIds), _config.EmbdPdrop, training);
         using var mask = AttentionMask.Causal(length, past, attentionMask, null, x.dtype, x.device);
         for (int i = 0; i < _blocks.Count; i++) x = _blocks[i].Forward(x, mask, cache);
         return _lnF.call(x).MoveToOuterDisposeScope();
@@ -193,7 +193,7 @@ public sealed class Gpt2Attention : nn.Module
         if (cache is not null) (k, v) = cache.Append(_layerIndex, k, v);
         var attended = Layers.Attention.ScaledDotProduct(q, k, v, mask, _scale, training ? _attnDropout : 0.0);
         var output = _cProj.call(Layers.Attention.MergeHeads(attended));
-        return nn.functional.dropout(output, _residDropout, training).MoveToOuterDisposeScope();
+        return StepDropout.Apply(output, _residDropout, training).MoveToOuterDisposeScope();
     }
 }
 
@@ -220,6 +220,6 @@ public sealed class Gpt2Mlp : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
-        return nn.functional.dropout(_cProj.call(_act(_cFc.call(x))), _dropout, training).MoveToOuterDisposeScope();
+        return StepDropout.Apply(_cProj.call(_act(_cFc.call(x))), _dropout, training).MoveToOuterDisposeScope();
     }
 }

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using MLNetPeft.Architectures;
+using MLNetPeft.Architectures.Layers;
 using MLNetPeft.Tuners;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -55,11 +56,12 @@ public sealed class SequenceClassifierTrainer
             int epoch = step / batchesPerEpoch, batchIndex = step % batchesPerEpoch;
             if (batchIndex == 0) order = Shuffled(train.Count, o.Seed * 1_000_003 + epoch);
             var batch = order.Skip(batchIndex * o.BatchSize).Take(o.BatchSize).Select(i => train[i]).ToList();
-            torch.manual_seed(o.Seed * 7_919 + step);   // dropout depends only on (seed, step)
+            torch.manual_seed(o.Seed * 7_919 + step);
             optimizer.ZeroGrad();
             double lr = schedule.At(step);
             double loss;
             using (var scope = NewDisposeScope())
+            using (StepDropout.Begin(o.Seed * 7_919 + step, Device))   // dropout depends only on (seed, step)
             {
                 var (ids, mask, types, labels) = Collate(batch, Device);
                 var logits = _model.Forward(ids, mask, types);

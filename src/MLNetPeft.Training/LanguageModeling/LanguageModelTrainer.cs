@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json;
 using MLNetPeft.Architectures;
+using MLNetPeft.Architectures.Layers;
 using MLNetPeft.Checkpoints;
 using MLNetPeft.Tuners;
 using TorchSharp;
@@ -107,6 +108,9 @@ public sealed class LanguageModelTrainer
     {
         var o = _options;
         // Dropout and batch order depend only on (seed, step): that is what makes resuming exact.
+        // Our layers draw dropout from the step's own generator (other threads training at the same time cannot take
+        // from it); the global seed still covers libtorch's own stochastic layers (the LSTM of P-Tuning).
+        using var dropout = StepDropout.Begin(o.Seed * 1_000_003 + step, Device);
         torch.manual_seed(o.Seed * 1_000_003 + step);
         var random = new Random(unchecked((int)(o.Seed * 7_919 + step)));
         optimizer.ZeroGrad();

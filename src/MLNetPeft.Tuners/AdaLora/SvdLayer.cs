@@ -1,4 +1,5 @@
 using MLNetPeft.Architectures;
+using MLNetPeft.Architectures.Layers;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -55,7 +56,7 @@ public sealed class SvdLayer
 
     private Tensor Delta(Tensor input)
     {
-        var x = _dropout > 0 ? nn.functional.dropout(input, _dropout, _layer.training) : input;
+        var x = _dropout > 0 ? StepDropout.Apply(input, _dropout, _layer.training) : input;
         return x.matmul((A * E).t()).matmul(B.t()) * Scaling / Scale;
     }
 

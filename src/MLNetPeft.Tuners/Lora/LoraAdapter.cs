@@ -1,4 +1,5 @@
 using MLNetPeft.Architectures;
+using MLNetPeft.Architectures.Layers;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -80,7 +81,7 @@ public sealed class LoraAdapter : IDisposable
 
     private Tensor Delta(Tensor input)
     {
-        var x = _dropout > 0 ? nn.functional.dropout(input, _dropout, _layer.training) : input;
+        var x = _dropout > 0 ? StepDropout.Apply(input, _dropout, _layer.training) : input;
         var lora = _b.call(_a.call(x)) * Scaling;
         if (_magnitude is null) return lora;
         // DoRA: the layer becomes m/‖W + ΔW‖ · (W + ΔW)x + bias; the hook adds the difference to the base output:

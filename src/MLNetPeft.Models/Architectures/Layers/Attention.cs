@@ -96,8 +96,25 @@ public static class Attention
         // The fused kernel always scales by 1/sqrt(d); another scale is folded into the queries.
         double defaultScale = 1.0 / Math.Sqrt(query.shape[^1]);
         if (scale is { } s && s != defaultScale) query = query * (s / defaultScale);
-        var output = nn.functional.scaled_dot_product_attention(query, key, value, mask.Additive, dropout, mask.IsCausal);
+        // The fused kernel's dropout draws from libtorch's process-wide generator; a training step that owns a
+        // generator (StepDropout.Begin) gets the same computation spelled out, with its dropout drawn from that one.
+        var output = dropout > 0 && StepDropout.IsActive
+            ? ExplicitAttention(query * defaultScale, key, value, mask, dropout)
+            : nn.functional.scaled_dot_product_attention(query, key, value, mask.Additive, dropout, mask.IsCausal);
         return output.MoveToOuterDisposeScope();
+    }
+
+    private static Tensor ExplicitAttention(Tensor scaledQuery, Tensor key, Tensor value, AttentionMask mask, double dropout)
+    {
+        var scores = scaledQuery.matmul(key.transpose(-2, -1));
+        if (mask.Additive is { } additive) scores = scores + additive;
+        if (mask.IsCausal)
+        {
+            long q = scores.shape[^2], k = scores.shape[^1];
+            var hidden = ones(q, k, ScalarType.Bool, scores.device).triu(k - q + 1);
+            scores = scores.masked_fill(hidden, double.NegativeInfinity);
+        }
+        return StepDropout.Apply(scores.softmax(-1), dropout, true).matmul(value);
     }
 
     /// <summary>[batch, seq, heads·d] → [batch, heads, seq, d].</summary>
