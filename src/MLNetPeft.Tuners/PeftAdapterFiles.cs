@@ -78,16 +78,16 @@ public static class PeftAdapterFiles
             "IA3" => Ia3Model.Load(model, folder, json, path, out unusedKeys, adapterName),
             SelectiveConfig.BitFitType or SelectiveConfig.LayerNormType => SelectiveModel.Load(model, folder, json, path, out unusedKeys),
             HoulsbyConfig.PeftTypeName => HoulsbyModel.Load(model, folder, json, path, out unusedKeys, adapterName),
-            "PROMPT_TUNING" => PromptLearned(PromptTuningModel.Load(CausalLM(model, path), folder, json, path, adapterName), out unusedKeys),
-            "P_TUNING" => PromptLearned(PTuningModel.Load(CausalLM(model, path), folder, json, path, adapterName), out unusedKeys),
-            "PREFIX_TUNING" => PromptLearned(PrefixTuningModel.Load(CausalLM(model, path), folder, json, path, adapterName), out unusedKeys),
+            "PROMPT_TUNING" => PromptLearned(PromptTuningModel.Load(Promptable(model, path), folder, json, path, adapterName), out unusedKeys),
+            "P_TUNING" => PromptLearned(PTuningModel.Load(Promptable(model, path), folder, json, path, adapterName), out unusedKeys),
+            "PREFIX_TUNING" => PromptLearned(PrefixTuningModel.Load(Promptable(model, path), folder, json, path, adapterName), out unusedKeys),
             var other => throw new NotSupportedException($"'{path}' holds a '{other}' adapter; this library reads LORA, ADALORA, IA3, PROMPT_TUNING, P_TUNING, " +
                 $"PREFIX_TUNING, {HoulsbyConfig.PeftTypeName}, {SelectiveConfig.BitFitType} and {SelectiveConfig.LayerNormType}."),
         };
     }
 
-    private static Architectures.CausalLanguageModel CausalLM(nn.Module model, string path) =>
-        model as Architectures.CausalLanguageModel ?? throw new NotSupportedException($"'{path}' is a prompt-learning adapter, which applies to causal language models only.");
+    private static Architectures.IPromptableModel Promptable(nn.Module model, string path) =>
+        model as Architectures.IPromptableModel ?? throw new NotSupportedException($"'{path}' is a prompt-learning adapter, which applies to causal language models and BERT encoders, not to a {model.GetType().Name}.");
 
     // Prompt-learning files hold one tensor, prompt_embeddings, which the loader has read.
     private static PeftModel PromptLearned(PromptLearningModel model, out IReadOnlyList<string> unusedKeys)

@@ -26,42 +26,45 @@ public abstract class PromptLearningConfig : PeftConfig
 /// </summary>
 public sealed record ModelGeometry(int HiddenSize, int Layers, int AttentionHeads, int KeyValueHeads, int HeadDim)
 {
-    public static ModelGeometry Of(CausalLanguageModel model) => model.Config switch
+    public static ModelGeometry Of(IPromptableModel model) => model.Config switch
     {
         Gpt2Config g => new(g.NEmbd, g.NLayer, g.NHead, g.NHead, g.NEmbd / g.NHead),
         LlamaConfig l => new(l.HiddenSize, l.NumHiddenLayers, l.NumAttentionHeads, l.KeyValueHeads, l.HeadDim),
+        BertConfig b => new(b.HiddenSize, b.NumHiddenLayers, b.NumAttentionHeads, b.NumAttentionHeads, b.HiddenSize / b.NumAttentionHeads),
         var c => throw new NotSupportedException($"Prompt learning does not know the layout of model_type '{c.ModelType}'."),
     };
 }
 
 /// <summary>
-/// A prompt-learning method applied to a causal LM: its encoder is registered on the model as
+/// A prompt-learning method applied to a causal LM, a BERT encoder or a classifier over one: its encoder is registered on the model as
 /// <c>prompt_encoder.{adapter}</c> (so the trainer finds its parameters), the model's other parameters are frozen,
-/// and the model's <see cref="CausalLanguageModel.VirtualPrompt"/> is set. PEFT saves the encoder's output as
+/// and the model's <see cref="IPromptableModel.VirtualPrompt"/> is set. PEFT saves the encoder's output as
 /// <c>prompt_embeddings</c>; loading such a file gives a frozen-encoder prompt with exactly those embeddings.
 /// Prompt learning cannot be merged into the weights.
 /// </summary>
 public abstract class PromptLearningModel : PeftModel
 {
-    private readonly CausalLanguageModel _model;
+    private readonly IPromptableModel _model;
     private readonly nn.Module _encoder;
 
-    protected PromptLearningModel(CausalLanguageModel model, PromptLearningConfig config, nn.Module encoder, string adapterName)
-        : base(model, config, adapterName)
+    protected PromptLearningModel(IPromptableModel model, PromptLearningConfig config, nn.Module encoder, string adapterName)
+        : base(AsModule(model), config, adapterName)
     {
         if (model.VirtualPrompt is not null)
             throw new InvalidOperationException("The model already carries a prompt-learning adapter; unload it first (one at a time, as in PEFT).");
         _model = model;
         _encoder = encoder;
         Geometry = ModelGeometry.Of(model);
-        TargetModules.RegisterAdapterChild(model, "prompt_encoder", adapterName, encoder);
-        foreach (var (_, p) in model.named_parameters()) p.requires_grad = false;
+        TargetModules.RegisterAdapterChild(AsModule(model), "prompt_encoder", adapterName, encoder);
+        foreach (var (_, p) in AsModule(model).named_parameters()) p.requires_grad = false;
         foreach (var (_, p) in encoder.named_parameters()) p.requires_grad = true;
     }
 
     public new PromptLearningConfig Config => (PromptLearningConfig)base.Config;
     public ModelGeometry Geometry { get; }
-    protected CausalLanguageModel CausalModel => _model;
+
+    internal static nn.Module AsModule(IPromptableModel model) =>
+        model as nn.Module ?? throw new ArgumentException($"{model.GetType().Name} is not a module.", nameof(model));
 
     /// <summary>The virtual tokens' values as PEFT saves them: [num_virtual_tokens, width].</summary>
     public abstract Tensor PromptEmbeddings();
@@ -90,7 +93,7 @@ public abstract class PromptLearningModel : PeftModel
     public override void Unload()
     {
         _model.VirtualPrompt = null;
-        TargetModules.RemoveAdapterChild(_model, "prompt_encoder", AdapterName);
+        TargetModules.RemoveAdapterChild(AsModule(_model), "prompt_encoder", AdapterName);
     }
 
     internal override void DescribeTargets(JsonObject config)

@@ -67,6 +67,7 @@ public class TextClassificationTests(Xunit.Abstractions.ITestOutputHelper output
     [InlineData(FineTuningMethod.Lora)]
     [InlineData(FineTuningMethod.Full)]
     [InlineData(FineTuningMethod.AdapterTuning)]
+    [InlineData(FineTuningMethod.QLora)]   // merged: the quantised encoder is dequantised and LoRA folded in
     public void MulticlassTrainerLearnsEvaluatesMapsKeysBackAndRoundTrips(FineTuningMethod method)
     {
         using var dir = new TempFolder();
@@ -99,6 +100,46 @@ public class TextClassificationTests(Xunit.Abstractions.ITestOutputHelper output
         var one = engine.Predict(new Review { Sentence1 = "the movie was awful", Sentiment = "negative" });
         Assert.Equal(3, one.Score.Length);
         Assert.Equal(1.0, one.Score.Sum(), 4);
+    }
+
+    [Theory]
+    [InlineData(FineTuningMethod.AdaLora)]
+    [InlineData(FineTuningMethod.Ia3)]
+    [InlineData(FineTuningMethod.BitFit)]
+    [InlineData(FineTuningMethod.LayerNorm)]
+    [InlineData(FineTuningMethod.QLora)]
+    [InlineData(FineTuningMethod.PromptTuning)]
+    [InlineData(FineTuningMethod.PTuning)]
+    [InlineData(FineTuningMethod.PrefixTuning)]
+    [InlineData(FineTuningMethod.PTuningV2)]
+    public void EveryOtherPeftMethodTrainsAClassifierThatReloadsToTheSameScores(FineTuningMethod method)
+    {
+        using var dir = new TempFolder();
+        var (bert, tokenizer) = TinyBert(dir);
+        using var encoder = bert;
+        var ml = new MLContext(seed: 1);
+        var train = ml.Data.LoadFromEnumerable(Reviews(160, 5));
+        var test = ml.Data.LoadFromEnumerable(Reviews(90, 6));
+        var options = Options(bert, tokenizer, method);
+        options.MaxEpochs = 10;
+        options.MergeAdapter = false;   // the adapter and (QLoRA) the quantised encoder are what the zip must carry
+        options.PromptTuning.NumVirtualTokens = options.PTuning.NumVirtualTokens = options.PrefixTuning.NumVirtualTokens = 4;
+        options.Quantization.BlockSize = 16;
+        var pipeline = ml.Transforms.Conversion.MapValueToKey("Label", "Sentiment").Append(ml.MulticlassClassification.Trainers.PeftTextClassification(options));
+        var model = pipeline.Fit(train);
+        var scored = model.Transform(test);
+        var metrics = ml.MulticlassClassification.Evaluate(scored);
+        output.WriteLine($"{method}: {model.LastTransformer.TrainedParameters:N0} parameters trained, accuracy {metrics.MicroAccuracy:P1}, log-loss {metrics.LogLoss:F3} (chance: 33 %, {Math.Log(3):F3})");
+        Assert.True(metrics.MicroAccuracy > 0.5 && metrics.LogLoss < Math.Log(3), $"accuracy {metrics.MicroAccuracy:P1}, log-loss {metrics.LogLoss:F3}");
+
+        var path = dir.File("model.zip");
+        ml.Model.Save(model, train.Schema, path);
+        var loaded = new MLContext(seed: 2).Model.Load(path, out _);
+        Assert.Equal(scored.GetColumn<float[]>("Score").Select(s => string.Join(",", s)), loaded.Transform(test).GetColumn<float[]>("Score").Select(s => string.Join(",", s)));
+        using var zip = System.IO.Compression.ZipFile.OpenRead(path);
+        var encoderConfig = zip.Entries.Single(e => e.FullName.EndsWith("File.config.json", StringComparison.Ordinal));
+        using var reader = new StreamReader(encoderConfig.Open());
+        Assert.Equal(method == FineTuningMethod.QLora, reader.ReadToEnd().Contains("\"load_in_4bit\": true", StringComparison.Ordinal));
     }
 
     public sealed class Prediction
@@ -157,8 +198,12 @@ public class TextClassificationTests(Xunit.Abstractions.ITestOutputHelper output
         var missing = Options(bert, tokenizer, FineTuningMethod.Lora);
         missing.Sentence1ColumnName = "Text";
         Assert.Contains("Text", Assert.ThrowsAny<ArgumentException>(() => ml.BinaryClassification.Trainers.PeftTextClassification(missing).Fit(data)).Message);
-        var prompt = Options(bert, tokenizer, FineTuningMethod.PromptTuning);
-        Assert.Throws<NotSupportedException>(() => ml.BinaryClassification.Trainers.PeftTextClassification(prompt));
+        var quantizedDora = Options(bert, tokenizer, FineTuningMethod.QLora);
+        quantizedDora.Lora.UseDora = true;
+        Assert.Contains("DoRA", Assert.Throws<ArgumentException>(() => ml.BinaryClassification.Trainers.PeftTextClassification(quantizedDora)).Message);
+        var oddBlocks = Options(bert, tokenizer, FineTuningMethod.QLora);
+        oddBlocks.Quantization.BlockSize = 7;
+        Assert.Equal("BlockSize", Assert.Throws<ArgumentOutOfRangeException>(() => ml.BinaryClassification.Trainers.PeftTextClassification(oddBlocks)).ParamName);
         var noTokenizer = Options(bert, tokenizer, FineTuningMethod.Lora);
         noTokenizer.Tokenizer = null;
         Assert.Contains("Tokenizer", Assert.Throws<ArgumentException>(() => ml.BinaryClassification.Trainers.PeftTextClassification(noTokenizer)).Message);

@@ -10,6 +10,7 @@ using MLNetPeft.ML.FineTuning;
 //
 //   dotnet run -c Release --project tests/MLNetPeft.Sst2Benchmark -- ../shared/data/sst2 [--rows 8000] [--epochs 2]
 //       [--methods lora,full,ia3,adapter,layernorm] [--no-baseline]
+//       [--lr X (overrides every method's default)] [--rank R --alpha A --targets query,value|all-linear (LoRA family)]
 
 if (args.Length == 0 || args[0].StartsWith("--", StringComparison.Ordinal))
 {
@@ -19,6 +20,7 @@ if (args.Length == 0 || args[0].StartsWith("--", StringComparison.Ordinal))
 string folder = args[0];
 string Arg(string name, string fallback) => args.SkipWhile(a => a != name).Skip(1).DefaultIfEmpty(fallback).First();
 int rows = int.Parse(Arg("--rows", "8000")), epochs = int.Parse(Arg("--epochs", "2"));
+double? learningRate = args.Contains("--lr") ? double.Parse(Arg("--lr", ""), System.Globalization.CultureInfo.InvariantCulture) : null;
 var methods = Arg("--methods", "lora,full,ia3,adapter,layernorm").Split(',', StringSplitOptions.RemoveEmptyEntries);
 foreach (var file in new[] { "train.tsv", "dev.tsv" })
     if (!File.Exists(Path.Combine(folder, file))) { Console.Error.WriteLine($"'{Path.Combine(folder, file)}' is missing."); return 2; }
@@ -28,7 +30,7 @@ var all = Read(Path.Combine(folder, "train.tsv"));
 var dev = Read(Path.Combine(folder, "dev.tsv"));
 var random = new Random(2026);
 var subset = all.Select(r => (r, key: random.Next())).OrderBy(x => x.key).Take(rows).Select(x => x.r).ToList();
-Console.WriteLine($"SST-2: {subset.Count} of {all.Count} training rows (seed 2026), {dev.Count} dev rows, {epochs} epoch(s); threads {TorchSharp.torch.get_num_threads()}");
+Console.WriteLine($"SST-2: {subset.Count} of {all.Count} training rows (seed 2026), {dev.Count} dev rows, {epochs} epoch(s); threads {TorchSharp.torch.get_num_threads()}; {string.Join(' ', args.Skip(1))}");
 var train = ml.Data.LoadFromEnumerable(subset);
 var devView = ml.Data.LoadFromEnumerable(dev);
 var table = new List<string>();
@@ -60,6 +62,10 @@ foreach (var name in methods)
         LabelColumnName = "Label", Sentence1ColumnName = "Sentence", Method = method, MaxEpochs = epochs, BatchSize = 32, MaxSequenceLength = 64, Seed = 1,
         LearningRate = method switch { FineTuningMethod.Full => 5e-5, FineTuningMethod.Ia3 or FineTuningMethod.LayerNorm or FineTuningMethod.BitFit => 5e-3, _ => 1e-3 },
     };
+    if (learningRate is { } lr) options.LearningRate = lr;
+    if (args.Contains("--rank")) options.Lora.R = options.AdaLora.TargetR = int.Parse(Arg("--rank", ""));
+    if (args.Contains("--alpha")) options.Lora.LoraAlpha = options.AdaLora.LoraAlpha = double.Parse(Arg("--alpha", ""), System.Globalization.CultureInfo.InvariantCulture);
+    if (args.Contains("--targets")) options.Lora.TargetModules = options.AdaLora.TargetModules = Arg("--targets", "").Split(',');
     if (name.Equals("dora", StringComparison.OrdinalIgnoreCase)) options.Lora.UseDora = true;
     int lastReported = 0;
     options.Progress = new Progress(p =>

@@ -10,6 +10,7 @@ using MLNetPeft.Tokenization;
 using MLNetPeft.Training;
 using MLNetPeft.Training.Classification;
 using MLNetPeft.Tuners;
+using MLNetPeft.Tuners.QLora;
 
 namespace MLNetPeft.ML.Classification;
 
@@ -63,6 +64,20 @@ public sealed class PeftTextClassificationEstimator : IEstimator<PeftTextClassif
                 var baseFolder = Path.Combine(work, "base");
                 encoder.SavePretrained(baseFolder);
                 using var model = new BertForSequenceClassification(PretrainedModels.LoadBert(baseFolder), classes, pooling, o.Seed);
+                bool keepAdapter = o.Method != FineTuningMethod.Full && (!o.MergeAdapter || PeftMethods.CannotMerge(o.Method));
+                Nf4Model? quantized = null;
+                if (o.Method == FineTuningMethod.QLora)
+                {
+                    // The encoder is quantised, never the new head; a kept adapter is stored over the quantised encoder.
+                    quantized = Nf4Model.Quantize(model.Bert, o.Quantization);
+                    var (qBytes, fBytes) = quantized.WeightBytes();
+                    ch.Info($"QLoRA: {quantized.Layers.Count} linear layers NF4-quantised, {qBytes:N0} bytes instead of {fBytes:N0} in float32.");
+                    if (keepAdapter)
+                    {
+                        baseFolder = Path.Combine(work, "quantized-base");
+                        Nf4Checkpoint.Save(baseFolder, model.Bert, quantized);
+                    }
+                }
                 var peft = PeftMethods.Apply(o.Method, model, o, tokenizer, o.Seed);
                 // The head is new: it always trains (PEFT's modules_to_save for sequence classification).
                 foreach (var (name, p) in model.named_parameters().Where(p => p.name.StartsWith("classifier.", StringComparison.Ordinal))) p.requires_grad = true;
@@ -82,15 +97,16 @@ public sealed class PeftTextClassificationEstimator : IEstimator<PeftTextClassif
                     model.named_parameters().Where(p => p.name.StartsWith("classifier.", StringComparison.Ordinal)).ToDictionary(p => p.name, p => (TorchSharp.torch.Tensor)p.parameter));
                 IReadOnlyDictionary<string, byte[]> baseFiles;
                 IReadOnlyDictionary<string, byte[]>? adapterFiles = null;
-                if (peft is not null && (!o.MergeAdapter || PeftMethods.CannotMerge(o.Method)))
+                if (keepAdapter)
                 {
                     var adapterFolder = Path.Combine(work, "adapter");
-                    PeftAdapterFiles.Save(adapterFolder, peft, taskType: "SEQ_CLS");
+                    PeftAdapterFiles.Save(adapterFolder, peft!, taskType: "SEQ_CLS");
                     baseFiles = ModelFiles.Capture(baseFolder);
                     adapterFiles = ModelFiles.Capture(adapterFolder);
                 }
                 else
                 {
+                    quantized?.Dequantize();
                     peft?.MergeAndUnload();
                     var tunedFolder = Path.Combine(work, "tuned");
                     model.Bert.SavePretrained(tunedFolder);

@@ -10,6 +10,7 @@ using MLNetPeft.Tuners.Lora;
 using MLNetPeft.Tuners.PrefixTuning;
 using MLNetPeft.Tuners.PromptTuning;
 using MLNetPeft.Tuners.PTuning;
+using MLNetPeft.Tuners.QLora;
 
 namespace MLNetPeft.ML.Classification;
 
@@ -50,6 +51,8 @@ public sealed class PeftTextClassificationOptions : IPeftMethodSettings
     public PromptTuningConfig PromptTuning { get; set; } = new();
     public PTuningConfig PTuning { get; set; } = new();
     public PrefixTuningConfig PrefixTuning { get; set; } = new();
+    /// <summary>QLoRA: how the encoder's linear layers are quantised to NF4 before LoRA is attached.</summary>
+    public Nf4QuantizationConfig Quantization { get; set; } = new();
     /// <summary>Whether a mergeable adapter is folded into the encoder at the end (the default).</summary>
     public bool MergeAdapter { get; set; } = true;
 
@@ -77,8 +80,12 @@ public sealed class PeftTextClassificationOptions : IPeftMethodSettings
         if ((BaseModel is null) != (Tokenizer is null))
             throw new ArgumentException("Give BaseModel and Tokenizer together (or neither, for the bundled all-MiniLM-L6-v2).", nameof(Tokenizer));
         if (!Enum.IsDefined(Method)) throw new ArgumentOutOfRangeException(nameof(Method), Method, "not a FineTuningMethod value");
-        if (Method is FineTuningMethod.QLora or FineTuningMethod.PromptTuning or FineTuningMethod.PTuning or FineTuningMethod.PrefixTuning or FineTuningMethod.PTuningV2)
-            throw new NotSupportedException($"{Method} is not available for text classification with a BERT encoder yet; use Lora, AdaLora, Ia3, AdapterTuning, BitFit, LayerNorm or Full.");
         PeftMethods.Validate(Method, this);
+        if (Method == FineTuningMethod.QLora)
+        {
+            ArgumentNullException.ThrowIfNull(Quantization, nameof(Quantization));
+            Quantization.Validate();
+            if (Lora.UseDora) throw new ArgumentException("DoRA needs unquantised base weights; QLoRA uses plain LoRA.", nameof(Lora));
+        }
     }
 }

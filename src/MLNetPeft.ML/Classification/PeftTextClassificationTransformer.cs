@@ -8,6 +8,7 @@ using MLNetPeft.ML.Persistence;
 using MLNetPeft.Tokenization;
 using MLNetPeft.Training.Classification;
 using MLNetPeft.Tuners;
+using MLNetPeft.Tuners.QLora;
 using static TorchSharp.torch;
 
 [assembly: LoadableClass(typeof(PeftTextClassificationTransformer), null, typeof(SignatureLoadModel), "MLNetPeft Text Classification", PeftTextClassificationTransformer.LoaderSignature)]
@@ -120,7 +121,9 @@ public sealed class PeftTextClassificationTransformer : RowToRowTransformerBase,
     internal static (BertForSequenceClassification, TextTokenizer) Assemble(IReadOnlyDictionary<string, byte[]> baseFiles, IReadOnlyDictionary<string, byte[]> headFiles,
         IReadOnlyDictionary<string, byte[]>? adapterFiles, int classes, SequencePooling pooling)
     {
-        var (bert, tokenizer) = ModelFiles.WithFolder(baseFiles, folder => (PretrainedModels.LoadBert(folder), TextTokenizer.FromPretrained(folder)));
+        // A QLoRA classifier keeps its encoder NF4-quantised (its adapter was trained over exactly those weights).
+        var (bert, tokenizer) = ModelFiles.WithFolder(baseFiles, folder =>
+            (Nf4Checkpoint.IsQuantized(folder) ? Nf4Checkpoint.LoadBert(folder).Model : PretrainedModels.LoadBert(folder), TextTokenizer.FromPretrained(folder)));
         var model = new BertForSequenceClassification(bert, classes, pooling);
         try
         {

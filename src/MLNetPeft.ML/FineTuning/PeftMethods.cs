@@ -56,14 +56,14 @@ internal static class PeftMethods
         FineTuningMethod.BitFit => SelectiveModel.Apply(model, new SelectiveConfig { Tuning = SelectiveTuning.BitFit }),
         FineTuningMethod.LayerNorm => SelectiveModel.Apply(model, new SelectiveConfig { Tuning = SelectiveTuning.LayerNorm }),
         FineTuningMethod.AdapterTuning => HoulsbyModel.Apply(model, s.AdapterTuning, seed: seed),
-        FineTuningMethod.PromptTuning => PromptTuningModel.Apply(CausalLM(model, method), s.PromptTuning, tokenizer, seed: seed),
-        FineTuningMethod.PTuning => PTuningModel.Apply(CausalLM(model, method), s.PTuning, seed: seed),
-        FineTuningMethod.PrefixTuning => PrefixTuningModel.Apply(CausalLM(model, method), s.PrefixTuning, seed: seed),
-        FineTuningMethod.PTuningV2 => PrefixTuningModel.Apply(CausalLM(model, method),
+        FineTuningMethod.PromptTuning => PromptTuningModel.Apply(Promptable(model, method), s.PromptTuning, tokenizer, seed: seed),
+        FineTuningMethod.PTuning => PTuningModel.Apply(Promptable(model, method), s.PTuning, seed: seed),
+        FineTuningMethod.PrefixTuning => PrefixTuningModel.Apply(Promptable(model, method), s.PrefixTuning, seed: seed),
+        FineTuningMethod.PTuningV2 => PrefixTuningModel.Apply(Promptable(model, method),
             new PrefixTuningConfig { NumVirtualTokens = s.PrefixTuning.NumVirtualTokens, PrefixProjection = false }, seed: seed),
         var m => throw new ArgumentOutOfRangeException(nameof(method), m, "not a FineTuningMethod value"),
     };
 
-    private static CausalLanguageModel CausalLM(nn.Module model, FineTuningMethod method) => model as CausalLanguageModel
-        ?? throw new NotSupportedException($"{method} adds virtual tokens to a causal language model; it is not available for a {model.GetType().Name}.");
+    private static IPromptableModel Promptable(nn.Module model, FineTuningMethod method) => model as IPromptableModel
+        ?? throw new NotSupportedException($"{method} adds virtual tokens to a causal language model or a BERT encoder; it is not available for a {model.GetType().Name}.");
 }

@@ -47,7 +47,7 @@ public sealed record BertOutput(Tensor LastHiddenState, Tensor? PoolerOutput) : 
 /// The BERT encoder (Devlin et al. 2019) as HF's <c>BertModel</c>: word + absolute position + token type
 /// embeddings, post-LayerNorm blocks with GELU, and an optional pooler over the first token.
 /// </summary>
-public sealed class BertModel : PretrainedModule
+public sealed class BertModel : PretrainedModule, IPromptableModel
 {
     private readonly BertConfig _config;
     private readonly Embedding _wordEmbeddings, _positionEmbeddings, _tokenTypeEmbeddings;
@@ -81,24 +81,49 @@ public sealed class BertModel : PretrainedModule
     public bool HasPooler => _pooler is not null;
     public IReadOnlyList<BertLayer> Layers => _layers.ToArray();
 
+    /// <summary>Virtual tokens of a prompt-learning method (see <see cref="Architectures.VirtualPrompt"/>).</summary>
+    public VirtualPrompt? VirtualPrompt { get; set; }
+
+    public Tensor Embed(Tensor inputIds) => _wordEmbeddings.call(inputIds);
+
     /// <summary>
     /// Encodes <paramref name="inputIds"/> [batch, seq]. <paramref name="attentionMask"/> marks real tokens with 1
-    /// (padding keys are hidden from every query); token types default to 0, positions to 0..seq-1.
+    /// (padding keys are hidden from every query); token types default to 0, positions to 0..seq-1. With a
+    /// <see cref="VirtualPrompt"/> its tokens come first and only the real tokens' states are returned.
     /// </summary>
     public BertOutput Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? tokenTypeIds = null, Tensor? positionIds = null)
     {
         CausalLanguageModel.CheckTokenIds(inputIds, _config.VocabSize);
-        long length = inputIds.shape[1];
-        if (length > _config.MaxPositionEmbeddings)
-            throw new ArgumentException($"The input has {length} tokens; this BERT has {_config.MaxPositionEmbeddings} positions (max_position_embeddings).");
+        long batch = inputIds.shape[0], length = inputIds.shape[1];
+        var prompt = VirtualPrompt is { Enabled: true } p ? p : null;
+        int virtualTokens = prompt?.Length ?? 0;
+        if (length + virtualTokens > _config.MaxPositionEmbeddings)
+            throw new ArgumentException($"The input has {length} tokens" + (virtualTokens > 0 ? $" after {virtualTokens} virtual tokens" : "") +
+                $"; this BERT has {_config.MaxPositionEmbeddings} positions (max_position_embeddings).");
         using var scope = NewDisposeScope();
         var device = inputIds.device;
-        positionIds ??= arange(length, dtype: ScalarType.Int64, device: device).unsqueeze(0);
         tokenTypeIds ??= zeros_like(inputIds, dtype: ScalarType.Int64);
-        var x = _wordEmbeddings.call(inputIds) + _tokenTypeEmbeddings.call(tokenTypeIds) + _positionEmbeddings.call(positionIds);
+        var words = Embed(inputIds);
+        var dtype = words.dtype;
+        var prefix = prompt?.PastKeyValues(batch, dtype, device);
+        var prepended = prompt?.InputEmbeddings(batch, dtype, device);
+        // HF BERT counts a key/value prefix as past positions; prepended embeddings are ordinary first positions.
+        positionIds = positionIds is null
+            ? arange(virtualTokens, virtualTokens + length, dtype: ScalarType.Int64, device: device).unsqueeze(0)
+            : positionIds + virtualTokens;
+        if (prepended is not null)
+        {
+            words = cat([prepended, words], 1);
+            tokenTypeIds = cat([zeros(batch, virtualTokens, ScalarType.Int64, device), tokenTypeIds], 1);
+            positionIds = cat([arange(virtualTokens, dtype: ScalarType.Int64, device: device).expand(positionIds.shape[0], -1), positionIds], 1);
+        }
+        if (prompt is not null)
+            attentionMask = cat([ones(batch, virtualTokens, ScalarType.Int64, device), attentionMask ?? ones(batch, length, ScalarType.Int64, device)], 1);
+        var x = words + _tokenTypeEmbeddings.call(tokenTypeIds) + _positionEmbeddings.call(positionIds);
         x = StepDropout.Apply(_embeddingNorm.call(x), _config.HiddenDropoutProb, training);
         using var mask = AttentionMask.Padding(attentionMask, x.dtype, device);
-        foreach (var layer in _layers) x = layer.Forward(x, mask);
+        for (int i = 0; i < _layers.Count; i++) x = _layers[i].Forward(x, mask, prefix?[i]);
+        if (prepended is not null) x = x.narrow(1, virtualTokens, length);
         Tensor? pooled = _pooler is null ? null : _pooler.call(x.select(1, 0)).tanh().MoveToOuterDisposeScope();
         return new BertOutput(x.MoveToOuterDisposeScope(), pooled);
     }
@@ -153,12 +178,21 @@ public sealed class BertLayer : nn.Module
     public Linear Key => _key;
     public Linear Value => _value;
 
-    public Tensor Forward(Tensor x, AttentionMask mask)
+    /// <summary>
+    /// One layer over hidden states [batch, seq, hidden]; <paramref name="prefix"/> keys and values
+    /// [batch, heads, P, headDim] (prefix tuning) are attended to before the sequence's own.
+    /// </summary>
+    public Tensor Forward(Tensor x, AttentionMask mask, (Tensor Key, Tensor Value)? prefix = null)
     {
         using var scope = NewDisposeScope();
         var q = Attention.SplitHeads(_query.call(x), _heads);
         var k = Attention.SplitHeads(_key.call(x), _heads);
         var v = Attention.SplitHeads(_value.call(x), _heads);
+        if (prefix is { } past)
+        {
+            k = cat([past.Key, k], 2);
+            v = cat([past.Value, v], 2);
+        }
         var attended = Attention.MergeHeads(Attention.ScaledDotProduct(q, k, v, mask, dropout: training ? _attentionDropout : 0.0));
         x = _attentionNorm.call(StepDropout.Apply(_attentionOutput.call(attended), _hiddenDropout, training) + x);
         var ff = _output.call(_act(_intermediate.call(x)));
@@ -179,7 +213,7 @@ public enum SequencePooling
 /// A BERT encoder with a classification head: dropout, then a linear layer from the pooled vector to one logit per
 /// class. Parameters are named as in HF's BertForSequenceClassification (<c>bert.…</c>, <c>classifier.weight</c>).
 /// </summary>
-public sealed class BertForSequenceClassification : PretrainedModule
+public sealed class BertForSequenceClassification : PretrainedModule, IPromptableModel
 {
     private readonly BertModel _bert;
     private readonly Linear _classifier;
@@ -208,6 +242,11 @@ public sealed class BertForSequenceClassification : PretrainedModule
     public int NumLabels { get; }
     public SequencePooling Pooling { get; }
     public override ModelConfig Config => _bert.Config;
+
+    /// <summary>The encoder's virtual prompt (prompt learning on a classifier prompts its encoder, as in PEFT).</summary>
+    public VirtualPrompt? VirtualPrompt { get => _bert.VirtualPrompt; set => _bert.VirtualPrompt = value; }
+
+    public Tensor Embed(Tensor inputIds) => _bert.Embed(inputIds);
 
     /// <summary>Logits [batch, classes] for token ids [batch, seq] with their attention mask (1 = real token).</summary>
     public Tensor Forward(Tensor inputIds, Tensor attentionMask, Tensor? tokenTypeIds = null)

@@ -7,7 +7,7 @@ namespace MLNetPeft.Architectures;
 /// A decoder-only language model. The forward pass is split where fine-tuning methods need to reach in:
 /// token embedding, the transformer stack (with an optional KV cache), and the output projection.
 /// </summary>
-public abstract class CausalLanguageModel : PretrainedModule
+public abstract class CausalLanguageModel : PretrainedModule, IPromptableModel
 {
     protected CausalLanguageModel(string name) : base(name) { }
 

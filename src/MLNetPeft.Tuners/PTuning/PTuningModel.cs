@@ -8,14 +8,14 @@ using static TorchSharp.torch;
 namespace MLNetPeft.Tuners.PTuning;
 
 /// <summary>
-/// P-Tuning applied to a causal LM: a prompt encoder (<c>prompt_encoder.{adapter}</c>: an embedding of the virtual
+/// P-Tuning applied to a causal LM or a BERT encoder: a prompt encoder (<c>prompt_encoder.{adapter}</c>: an embedding of the virtual
 /// tokens fed through an MLP, or a bidirectional LSTM and an MLP) produces the virtual token embeddings on every call.
 /// </summary>
 public sealed class PTuningModel : PromptLearningModel
 {
     private readonly Func<Tensor> _encode;
 
-    private PTuningModel(CausalLanguageModel model, PTuningConfig config, nn.Module encoder, Func<Tensor> encode, string adapterName)
+    private PTuningModel(IPromptableModel model, PTuningConfig config, nn.Module encoder, Func<Tensor> encode, string adapterName)
         : base(model, config, encoder, adapterName)
     {
         _encode = encode;
@@ -24,13 +24,13 @@ public sealed class PTuningModel : PromptLearningModel
 
     public new PTuningConfig Config => (PTuningConfig)base.Config;
 
-    public static PTuningModel Apply(CausalLanguageModel model, PTuningConfig config, string adapterName = "default", long seed = 0)
+    public static PTuningModel Apply(IPromptableModel model, PTuningConfig config, string adapterName = "default", long seed = 0)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(config);
         config.Validate();
         int dim = ModelGeometry.Of(model).HiddenSize, hidden = config.EncoderHiddenSize ?? dim;
-        var dtype = model.parameters().First().dtype;
+        var dtype = AsModule(model).parameters().First().dtype;
         torch.random.manual_seed(seed);   // TorchSharp's layer constructors draw from the global generator
         var embedding = nn.Embedding(config.NumVirtualTokens, dim, dtype: dtype);
         nn.Module encoder;
@@ -53,7 +53,7 @@ public sealed class PTuningModel : PromptLearningModel
     }
 
     /// <summary>Loads PEFT's saved <c>prompt_embeddings</c> (the encoder's output) as a frozen-encoder prompt.</summary>
-    internal static PromptLearningModel Load(CausalLanguageModel model, string folder, JsonObject json, string path, string adapterName)
+    internal static PromptLearningModel Load(IPromptableModel model, string folder, JsonObject json, string path, string adapterName)
     {
         var config = new PTuningConfig { NumVirtualTokens = PeftAdapterFiles.Number(json, "num_virtual_tokens", path, 0) };
         config.Validate();

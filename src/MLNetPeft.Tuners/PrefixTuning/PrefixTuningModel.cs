@@ -8,7 +8,7 @@ using static TorchSharp.torch;
 namespace MLNetPeft.Tuners.PrefixTuning;
 
 /// <summary>
-/// Prefix tuning applied to a causal LM. The encoder (<c>prompt_encoder.{adapter}</c>: <c>embedding</c>
+/// Prefix tuning applied to a causal LM or a BERT encoder. The encoder (<c>prompt_encoder.{adapter}</c>: <c>embedding</c>
 /// [virtual tokens, layers·2·token_dim], or with the projection <c>embedding</c> [virtual tokens, token_dim] and
 /// <c>transform</c>) yields, per layer, keys and values [kvHeads, virtual tokens, headDim] that the model's attention
 /// sees as cached positions before the input (PEFT's past_key_values layout; token_dim = kvHeads·headDim).
@@ -17,7 +17,7 @@ public sealed class PrefixTuningModel : PromptLearningModel
 {
     private readonly Func<Tensor> _encode;
 
-    private PrefixTuningModel(CausalLanguageModel model, PrefixTuningConfig config, nn.Module encoder, Func<Tensor> encode, string adapterName)
+    private PrefixTuningModel(IPromptableModel model, PrefixTuningConfig config, nn.Module encoder, Func<Tensor> encode, string adapterName)
         : base(model, config, encoder, adapterName)
     {
         _encode = encode;
@@ -29,14 +29,14 @@ public sealed class PrefixTuningModel : PromptLearningModel
     protected override int AttentionHeadsInConfig => Geometry.KeyValueHeads;
     private int Width => Geometry.Layers * 2 * TokenDim;
 
-    public static PrefixTuningModel Apply(CausalLanguageModel model, PrefixTuningConfig config, string adapterName = "default", long seed = 0)
+    public static PrefixTuningModel Apply(IPromptableModel model, PrefixTuningConfig config, string adapterName = "default", long seed = 0)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(config);
         config.Validate();
         var g = ModelGeometry.Of(model);
         int tokenDim = g.KeyValueHeads * g.HeadDim, width = g.Layers * 2 * tokenDim;
-        var dtype = model.parameters().First().dtype;
+        var dtype = AsModule(model).parameters().First().dtype;
         torch.random.manual_seed(seed);   // TorchSharp's layer constructors draw from the global generator
         if (!config.PrefixProjection)
         {
@@ -51,7 +51,7 @@ public sealed class PrefixTuningModel : PromptLearningModel
     }
 
     /// <summary>Loads PEFT's saved <c>prompt_embeddings</c> (the prefix, projected) as a prefix without projection.</summary>
-    internal static PrefixTuningModel Load(CausalLanguageModel model, string folder, JsonObject json, string path, string adapterName)
+    internal static PrefixTuningModel Load(IPromptableModel model, string folder, JsonObject json, string path, string adapterName)
     {
         var config = new PrefixTuningConfig { NumVirtualTokens = PeftAdapterFiles.Number(json, "num_virtual_tokens", path, 0) };
         config.Validate();

@@ -8,12 +8,12 @@ using static TorchSharp.torch;
 
 namespace MLNetPeft.Tuners.PromptTuning;
 
-/// <summary>Prompt tuning applied to a causal LM: <c>prompt_encoder.{adapter}.embedding.weight</c> [virtual tokens, hidden] trains.</summary>
+/// <summary>Prompt tuning applied to a causal LM or a BERT encoder (or a classifier over one): <c>prompt_encoder.{adapter}.embedding.weight</c> [virtual tokens, hidden] trains.</summary>
 public sealed class PromptTuningModel : PromptLearningModel
 {
     private readonly Embedding _embedding;
 
-    private PromptTuningModel(CausalLanguageModel model, PromptTuningConfig config, Embedding embedding, string adapterName)
+    private PromptTuningModel(IPromptableModel model, PromptTuningConfig config, Embedding embedding, string adapterName)
         : base(model, config, new Container("PromptEmbedding", ("embedding", embedding)), adapterName)
     {
         _embedding = embedding;
@@ -27,7 +27,7 @@ public sealed class PromptTuningModel : PromptLearningModel
     /// Adds <see cref="PromptLearningConfig.NumVirtualTokens"/> trainable virtual tokens before every input of
     /// <paramref name="model"/>. <paramref name="tokenizer"/> is needed for <see cref="PromptTuningInit.Text"/>.
     /// </summary>
-    public static PromptTuningModel Apply(CausalLanguageModel model, PromptTuningConfig config, TextTokenizer? tokenizer = null,
+    public static PromptTuningModel Apply(IPromptableModel model, PromptTuningConfig config, TextTokenizer? tokenizer = null,
         string adapterName = "default", long seed = 0)
     {
         ArgumentNullException.ThrowIfNull(model);
@@ -61,7 +61,7 @@ public sealed class PromptTuningModel : PromptLearningModel
         return new PromptTuningModel(model, config, embedding, adapterName);
     }
 
-    internal static PromptTuningModel Load(CausalLanguageModel model, string folder, JsonObject json, string path, string adapterName)
+    internal static PromptTuningModel Load(IPromptableModel model, string folder, JsonObject json, string path, string adapterName)
     {
         var config = new PromptTuningConfig { NumVirtualTokens = PeftAdapterFiles.Number(json, "num_virtual_tokens", path, 0) };
         config.Validate();

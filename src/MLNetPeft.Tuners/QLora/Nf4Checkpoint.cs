@@ -70,14 +70,23 @@ public static class Nf4Checkpoint
         model.SaveTensors(folder, tensors);
     }
 
-    /// <summary>Loads a quantised checkpoint folder: the model with its quantised layers attached (frozen).</summary>
-    public static (CausalLanguageModel Model, Nf4Model Quantized) LoadCausalLM(string folder)
+    /// <summary>Loads a quantised causal LM checkpoint folder: the model with its quantised layers attached (frozen).</summary>
+    public static (CausalLanguageModel Model, Nf4Model Quantized) LoadCausalLM(string folder) =>
+        Load(folder, (config, _) => PretrainedModels.CreateCausalLM(config));
+
+    /// <summary>Loads a quantised BERT encoder checkpoint folder (e.g. the base of a QLoRA text classifier).</summary>
+    public static (BertModel Model, Nf4Model Quantized) LoadBert(string folder) =>
+        Load(folder, (config, checkpoint) => config is BertConfig bert
+            ? new BertModel(bert, addPoolingLayer: checkpoint.TensorNames.Any(n => n.StartsWith("pooler.dense.", StringComparison.Ordinal)))
+            : throw new NotSupportedException($"Checkpoint '{folder}' is a '{config.ModelType}' model, not a BERT encoder."));
+
+    private static (T Model, Nf4Model Quantized) Load<T>(string folder, Func<ModelConfig, SafetensorsCheckpoint, T> create) where T : PretrainedModule
     {
         var config = PretrainedModels.LoadConfig(folder);
-        var model = PretrainedModels.CreateCausalLM(config);
+        using var checkpoint = SafetensorsCheckpoint.Open(folder);
+        var model = create(config, checkpoint);
         try
         {
-            using var checkpoint = SafetensorsCheckpoint.Open(folder);
             var layerNames = checkpoint.TensorNames.Where(n => n.EndsWith(StateSuffix, StringComparison.Ordinal)).Select(n => n[..^StateSuffix.Length]).Order(StringComparer.Ordinal).ToList();
             if (layerNames.Count == 0) throw new InvalidDataException($"'{folder}' has no quantised layers ({StateSuffix}).");
             model.LoadWeights(checkpoint, folder, layerNames.Select(n => n + ".weight").ToHashSet(StringComparer.Ordinal));
