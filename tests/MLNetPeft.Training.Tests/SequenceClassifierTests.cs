@@ -63,4 +63,23 @@ public class SequenceClassifierTests(Xunit.Abstractions.ITestOutputHelper output
         foreach (var (name, expected) in alone.state_dict())
             TensorAssert.BitIdentical(expected, crowded.state_dict()[name], name);
     }
+
+    [Fact]
+    public void GroupingByLengthVisitsEveryExampleOnceWithLessPadding()
+    {
+        var random = new Random(8);
+        var examples = Enumerable.Range(0, 1000).Select(i => new ClassificationExample(Enumerable.Repeat(5, random.Next(3, 60)).ToList(), [], 0)).ToList();
+        long Padded(List<int[]> batches) => batches.Sum(b => (long)b.Length * b.Max(i => examples[i].Ids.Count));
+        foreach (bool grouped in new[] { false, true })
+        {
+            var batches = SequenceClassifierTrainer.EpochBatches(examples, 8, grouped, seed: 3);
+            Assert.Equal(Enumerable.Range(0, 1000), batches.SelectMany(b => b).Order());
+            Assert.Equal(batches.Select(b => string.Join(",", b)), SequenceClassifierTrainer.EpochBatches(examples, 8, grouped, seed: 3).Select(b => string.Join(",", b)));
+            Assert.NotEqual(batches.Select(b => string.Join(",", b)), SequenceClassifierTrainer.EpochBatches(examples, 8, grouped, seed: 4).Select(b => string.Join(",", b)));
+        }
+        long random8 = Padded(SequenceClassifierTrainer.EpochBatches(examples, 8, false, 3)), grouped8 = Padded(SequenceClassifierTrainer.EpochBatches(examples, 8, true, 3));
+        long real = examples.Sum(e => (long)e.Ids.Count);
+        output.WriteLine($"tokens incl. padding per real token: random {random8 / (double)real:F2}, grouped {grouped8 / (double)real:F2}");
+        Assert.True(grouped8 < real * 1.1 && random8 > real * 1.4, $"random {random8}, grouped {grouped8}, real {real}");
+    }
 }

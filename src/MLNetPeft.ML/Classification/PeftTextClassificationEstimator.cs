@@ -88,7 +88,7 @@ public sealed class PeftTextClassificationEstimator : IEstimator<PeftTextClassif
                     MaxSteps = steps, BatchSize = o.BatchSize, LearningRate = o.EffectiveLearningRate, WarmupSteps = Math.Max(1, steps / 16),
                     WeightDecay = 0.01, Seed = o.Seed, EvalInterval = o.EvalInterval,
                 };
-                var result = new SequenceClassifierTrainer(model, training, peft as ITrainingStepHook).Train(train, validation, o.Progress, o.CancellationToken);
+                var result = new SequenceClassifierTrainer(model, training, peft as ITrainingStepHook) { GroupByLength = o.GroupByLength }.Train(train, validation, o.Progress, o.CancellationToken);
                 ch.Info($"Final training loss {result.FinalLoss:F4}" + (result.ValidationLoss is { } v ? $"; validation loss {v:F4}." : "."));
 
                 var headFolder = Path.Combine(work, "head");

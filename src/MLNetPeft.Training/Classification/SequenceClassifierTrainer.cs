@@ -13,7 +13,8 @@ public sealed record ClassificationExample(IReadOnlyList<int> Ids, IReadOnlyList
 /// <summary>
 /// Trains a <see cref="BertForSequenceClassification"/> with cross-entropy: AdamW over the parameters that require
 /// grad (all for full fine-tuning, an adapter's otherwise), warm-up then cosine decay, gradient clipping. Each epoch
-/// visits the examples in an order drawn from (seed, epoch); batches are padded to their longest example.
+/// visits the examples in an order drawn from (seed, epoch), optionally grouped by length; batches are padded to their
+/// longest example.
 /// </summary>
 public sealed class SequenceClassifierTrainer
 {
@@ -29,6 +30,12 @@ public sealed class SequenceClassifierTrainer
         _hook = hook;
         options.Validate();
     }
+
+    /// <summary>
+    /// Batch examples of similar length together (HF's group_by_length; see <see cref="EpochBatches"/>): far less
+    /// padding when lengths vary (about 3× fewer tokens on SST-2), at the price of batches that are not uniform samples.
+    /// </summary>
+    public bool GroupByLength { get; init; }
 
     /// <summary>Optimizer steps for <paramref name="epochs"/> passes over <paramref name="examples"/> examples.</summary>
     public static int StepsFor(int examples, int batchSize, int epochs) => epochs * ((examples + batchSize - 1) / batchSize);
@@ -49,13 +56,13 @@ public sealed class SequenceClassifierTrainer
         double? validationLoss = null;
         var clock = Stopwatch.StartNew();
         long tokens = 0;
-        int[] order = [];
+        List<int[]> batches = [];
         for (int step = 0; step < o.MaxSteps; step++)
         {
             cancellationToken.ThrowIfCancellationRequested();
             int epoch = step / batchesPerEpoch, batchIndex = step % batchesPerEpoch;
-            if (batchIndex == 0) order = Shuffled(train.Count, o.Seed * 1_000_003 + epoch);
-            var batch = order.Skip(batchIndex * o.BatchSize).Take(o.BatchSize).Select(i => train[i]).ToList();
+            if (batchIndex == 0) batches = EpochBatches(train, o.BatchSize, GroupByLength, o.Seed * 1_000_003 + epoch);
+            var batch = batches[batchIndex].Select(i => train[i]).ToList();
             torch.manual_seed(o.Seed * 7_919 + step);
             optimizer.ZeroGrad();
             double lr = schedule.At(step);
@@ -126,11 +133,26 @@ public sealed class SequenceClassifierTrainer
 
     private Device Device => _model.parameters().First().device;
 
-    private static int[] Shuffled(int count, long seed)
+    /// <summary>
+    /// One epoch's batches of example indices, drawn from <paramref name="seed"/>. Grouped by length (HF's
+    /// group_by_length): the shuffled examples are cut into megabatches of 50 batches, each sorted by length, so a
+    /// batch holds examples of similar length and pads little; the batches are then visited in a shuffled order.
+    /// </summary>
+    internal static List<int[]> EpochBatches(IReadOnlyList<ClassificationExample> examples, int batchSize, bool groupByLength, long seed)
     {
-        var order = Enumerable.Range(0, count).ToArray();
-        new Random(unchecked((int)seed)).Shuffle(order);
-        return order;
+        var random = new Random(unchecked((int)seed));
+        var order = Enumerable.Range(0, examples.Count).ToArray();
+        random.Shuffle(order);
+        if (groupByLength)
+        {
+            int megabatch = 50 * batchSize;
+            for (int start = 0; start < order.Length; start += megabatch)
+                Array.Sort(order, start, Math.Min(megabatch, order.Length - start), Comparer<int>.Create((a, b) =>
+                    examples[b].Ids.Count != examples[a].Ids.Count ? examples[b].Ids.Count.CompareTo(examples[a].Ids.Count) : a.CompareTo(b)));
+        }
+        var batches = order.Chunk(batchSize).ToList();
+        if (groupByLength) random.Shuffle(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(batches));
+        return batches;
     }
 
     /// <summary>Right-padded ids, attention mask and token types [batch, longest] and labels [batch].</summary>
