@@ -9,7 +9,7 @@ using MLNetPeft.ML.FineTuning;
 // ML.NET's own FeaturizeText + SdcaMaximumEntropy is trained on the same rows in the same run.
 //
 //   dotnet run -c Release --project tests/MLNetPeft.Sst2Benchmark -- ../shared/data/sst2 [--rows 8000] [--epochs 2]
-//       [--methods lora,full,ia3,adapter,layernorm] [--no-baseline]
+//       [--methods lora,full,ia3,adapter,layernorm (also bitfit, adalora, dora, qlora, prompt, ptuning, prefix, ptuningv2)] [--no-baseline]
 //       [--lr X (overrides every method's default)] [--rank R --alpha A --targets query,value|all-linear (LoRA family)]
 
 if (args.Length == 0 || args[0].StartsWith("--", StringComparison.Ordinal))
@@ -55,12 +55,20 @@ foreach (var name in methods)
     {
         "lora" => FineTuningMethod.Lora, "full" => FineTuningMethod.Full, "ia3" => FineTuningMethod.Ia3, "adapter" => FineTuningMethod.AdapterTuning,
         "layernorm" => FineTuningMethod.LayerNorm, "bitfit" => FineTuningMethod.BitFit, "adalora" => FineTuningMethod.AdaLora, "dora" => FineTuningMethod.Lora,
+        "qlora" => FineTuningMethod.QLora, "prompt" => FineTuningMethod.PromptTuning, "ptuning" => FineTuningMethod.PTuning,
+        "prefix" => FineTuningMethod.PrefixTuning, "ptuningv2" => FineTuningMethod.PTuningV2,
         _ => throw new ArgumentException($"Unknown method '{name}'."),
     };
     var options = new PeftTextClassificationOptions
     {
         LabelColumnName = "Label", Sentence1ColumnName = "Sentence", Method = method, MaxEpochs = epochs, BatchSize = 32, MaxSequenceLength = 64, Seed = 1,
-        LearningRate = method switch { FineTuningMethod.Full => 5e-5, FineTuningMethod.Ia3 or FineTuningMethod.LayerNorm or FineTuningMethod.BitFit => 5e-3, _ => 1e-3 },
+        LearningRate = method switch
+        {
+            FineTuningMethod.Full => 5e-5,
+            FineTuningMethod.Ia3 or FineTuningMethod.LayerNorm or FineTuningMethod.BitFit => 5e-3,
+            FineTuningMethod.PromptTuning or FineTuningMethod.PTuning or FineTuningMethod.PrefixTuning or FineTuningMethod.PTuningV2 => 1e-2,
+            _ => 1e-3,
+        },
     };
     if (learningRate is { } lr) options.LearningRate = lr;
     if (args.Contains("--rank")) options.Lora.R = options.AdaLora.TargetR = int.Parse(Arg("--rank", ""));
