@@ -69,9 +69,7 @@ public sealed class PeftTextClassificationEstimator : IEstimator<PeftTextClassif
                 if (o.Method == FineTuningMethod.QLora)
                 {
                     // The encoder is quantised, never the new head; a kept adapter is stored over the quantised encoder.
-                    quantized = Nf4Model.Quantize(model.Bert, o.Quantization);
-                    var (qBytes, fBytes) = quantized.WeightBytes();
-                    ch.Info($"QLoRA: {quantized.Layers.Count} linear layers NF4-quantised, {qBytes:N0} bytes instead of {fBytes:N0} in float32.");
+                    quantized = PeftMethods.Quantize(model.Bert, o.Quantization, ch);
                     if (keepAdapter)
                     {
                         baseFolder = Path.Combine(work, "quantized-base");

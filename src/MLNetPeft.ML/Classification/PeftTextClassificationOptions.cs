@@ -86,11 +86,5 @@ public sealed class PeftTextClassificationOptions : IPeftMethodSettings
             throw new ArgumentException("Give BaseModel and Tokenizer together (or neither, for the bundled all-MiniLM-L6-v2).", nameof(Tokenizer));
         if (!Enum.IsDefined(Method)) throw new ArgumentOutOfRangeException(nameof(Method), Method, "not a FineTuningMethod value");
         PeftMethods.Validate(Method, this);
-        if (Method == FineTuningMethod.QLora)
-        {
-            ArgumentNullException.ThrowIfNull(Quantization, nameof(Quantization));
-            Quantization.Validate();
-            if (Lora.UseDora) throw new ArgumentException("DoRA needs unquantised base weights; QLoRA uses plain LoRA.", nameof(Lora));
-        }
     }
 }

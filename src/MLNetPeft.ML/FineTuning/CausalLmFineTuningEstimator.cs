@@ -75,9 +75,7 @@ public sealed class CausalLmFineTuningEstimator : IEstimator<TextGenerationTrans
                 Nf4Model? quantized = null;
                 if (o.Method == FineTuningMethod.QLora)
                 {
-                    quantized = Nf4Model.Quantize(tuned, o.Quantization);
-                    var (qBytes, fBytes) = quantized.WeightBytes();
-                    ch.Info($"QLoRA: {quantized.Layers.Count} linear layers NF4-quantised, {qBytes:N0} bytes instead of {fBytes:N0} in float32.");
+                    quantized = PeftMethods.Quantize(tuned, o.Quantization, ch);
                     if (keepAdapter)
                     {
                         // The frozen quantised base is what the zip stores, so save it before adapters are attached.

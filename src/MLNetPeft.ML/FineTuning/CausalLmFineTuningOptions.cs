@@ -148,11 +148,6 @@ public sealed class CausalLmFineTuningOptions : IPeftMethodSettings
         Training.Validate();
         Generation.Validate();
         PeftMethods.Validate(Method, this);
-        if (Method == FineTuningMethod.QLora)
-        {
-            Quantization.Validate();
-            if (Lora.UseDora) throw new ArgumentException("DoRA needs unquantised base weights; QLoRA uses plain LoRA.", nameof(Lora));
-        }
         if (Method == FineTuningMethod.AdaLora)
         {
             AdaLora.TotalStep ??= Training.MaxSteps;

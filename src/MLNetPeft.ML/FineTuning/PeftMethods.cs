@@ -1,3 +1,4 @@
+using Microsoft.ML.Runtime;
 using MLNetPeft.Architectures;
 using MLNetPeft.Tokenization;
 using MLNetPeft.Tuners;
@@ -8,6 +9,7 @@ using MLNetPeft.Tuners.Lora;
 using MLNetPeft.Tuners.PrefixTuning;
 using MLNetPeft.Tuners.PromptTuning;
 using MLNetPeft.Tuners.PTuning;
+using MLNetPeft.Tuners.QLora;
 using MLNetPeft.Tuners.Selective;
 using static TorchSharp.torch;
 
@@ -23,6 +25,7 @@ public interface IPeftMethodSettings
     PromptTuningConfig PromptTuning { get; }
     PTuningConfig PTuning { get; }
     PrefixTuningConfig PrefixTuning { get; }
+    Nf4QuantizationConfig Quantization { get; }
 }
 
 /// <summary>Applies the chosen method to a model; the one place that maps <see cref="FineTuningMethod"/> to a tuner.</summary>
@@ -37,13 +40,28 @@ internal static class PeftMethods
     {
         switch (method)
         {
-            case FineTuningMethod.Lora or FineTuningMethod.QLora: s.Lora.Validate(); break;
+            case FineTuningMethod.Lora: s.Lora.Validate(); break;
+            case FineTuningMethod.QLora:
+                s.Lora.Validate();
+                ArgumentNullException.ThrowIfNull(s.Quantization, nameof(s.Quantization));
+                s.Quantization.Validate();
+                if (s.Lora.UseDora) throw new ArgumentException("DoRA needs unquantised base weights; QLoRA uses plain LoRA.", nameof(s.Lora));
+                break;
             case FineTuningMethod.Ia3: s.Ia3.Validate(); break;
             case FineTuningMethod.AdapterTuning: s.AdapterTuning.Validate(); break;
             case FineTuningMethod.PromptTuning: s.PromptTuning.Validate(); break;
             case FineTuningMethod.PTuning: s.PTuning.Validate(); break;
             case FineTuningMethod.PrefixTuning or FineTuningMethod.PTuningV2: s.PrefixTuning.Validate(); break;
         }
+    }
+
+    /// <summary>NF4-quantises the linear layers of <paramref name="model"/> for QLoRA (frozen) and reports the saving.</summary>
+    public static Nf4Model Quantize(nn.Module model, Nf4QuantizationConfig config, IChannel ch)
+    {
+        var quantized = Nf4Model.Quantize(model, config);
+        var (qBytes, fBytes) = quantized.WeightBytes();
+        ch.Info($"QLoRA: {quantized.Layers.Count} linear layers NF4-quantised, {qBytes:N0} bytes instead of {fBytes:N0} in float32.");
+        return quantized;
     }
 
     /// <summary>The method applied to <paramref name="model"/> (null for full fine-tuning, where every parameter trains).</summary>

@@ -63,12 +63,13 @@ public sealed class SequenceClassifierTrainer
             int epoch = step / batchesPerEpoch, batchIndex = step % batchesPerEpoch;
             if (batchIndex == 0) batches = EpochBatches(train, o.BatchSize, GroupByLength, o.Seed * 1_000_003 + epoch);
             var batch = batches[batchIndex].Select(i => train[i]).ToList();
-            torch.manual_seed(o.Seed * 7_919 + step);
+            long stepSeed = o.Seed * 7_919 + step;   // dropout depends only on (seed, step)
+            torch.manual_seed(stepSeed);
             optimizer.ZeroGrad();
             double lr = schedule.At(step);
             double loss;
             using (var scope = NewDisposeScope())
-            using (StepDropout.Begin(o.Seed * 7_919 + step, Device))   // dropout depends only on (seed, step)
+            using (StepDropout.Begin(stepSeed, Device))
             {
                 var (ids, mask, types, labels) = Collate(batch, Device);
                 var logits = _model.Forward(ids, mask, types);

@@ -110,8 +110,9 @@ public sealed class LanguageModelTrainer
         // Dropout and batch order depend only on (seed, step): that is what makes resuming exact.
         // Our layers draw dropout from the step's own generator (other threads training at the same time cannot take
         // from it); the global seed still covers libtorch's own stochastic layers (the LSTM of P-Tuning).
-        using var dropout = StepDropout.Begin(o.Seed * 1_000_003 + step, Device);
-        torch.manual_seed(o.Seed * 1_000_003 + step);
+        long stepSeed = o.Seed * 1_000_003 + step;
+        using var dropout = StepDropout.Begin(stepSeed, Device);
+        torch.manual_seed(stepSeed);
         var random = new Random(unchecked((int)(o.Seed * 7_919 + step)));
         optimizer.ZeroGrad();
         double total = 0;

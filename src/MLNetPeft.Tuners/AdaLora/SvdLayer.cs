@@ -56,7 +56,7 @@ public sealed class SvdLayer
 
     private Tensor Delta(Tensor input)
     {
-        var x = _dropout > 0 ? StepDropout.Apply(input, _dropout, _layer.training) : input;
+        var x = StepDropout.Apply(input, _dropout, _layer.training);
         return x.matmul((A * E).t()).matmul(B.t()) * Scaling / Scale;
     }
 

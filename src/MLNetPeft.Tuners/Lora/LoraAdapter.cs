@@ -81,7 +81,7 @@ public sealed class LoraAdapter : IDisposable
 
     private Tensor Delta(Tensor input)
     {
-        var x = _dropout > 0 ? StepDropout.Apply(input, _dropout, _layer.training) : input;
+        var x = StepDropout.Apply(input, _dropout, _layer.training);
         var lora = _b.call(_a.call(x)) * Scaling;
         if (_magnitude is null) return lora;
         // DoRA: the layer becomes m/‖W + ΔW‖ · (W + ΔW)x + bias; the hook adds the difference to the base output:
