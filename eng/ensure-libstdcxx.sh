@@ -8,11 +8,47 @@
 # libc6 to 2.41, which libstdc++6 depends on.
 #
 # Idempotent: it exits at once when the check passes, on non-Debian systems, and on repeated runs.
-# Usage: eng/ensure-libstdcxx.sh [--check]   (--check only reports, exit 1 when the runtime is too old)
+# Usage: eng/ensure-libstdcxx.sh [--check | --print-mirror]
+#   --check         only reports, exit 1 when the runtime is too old
+#   --print-mirror  prints the Debian archive URI the trixie source would use (MLNETPEFT_APT_ETC overrides /etc/apt)
 set -euo pipefail
 
 required=GLIBCXX_3.4.32
 msg() { echo "ensure-libstdcxx: $*" >&2; }
+
+# The URI of the Debian archive this system's own apt sources use for its release (a local mirror stays in use);
+# deb.debian.org only when none is configured. Reads deb822 .sources files and one-line sources.list entries,
+# skipping our own trixie entry and the security archive (which has no trixie main suite under the same path).
+debian_mirror() {
+  local etc=${MLNETPEFT_APT_ETC:-/etc/apt} codename uri="" f
+  codename=${MLNETPEFT_DEBIAN_CODENAME:-$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")}
+  codename=${codename:-bookworm}
+  for f in "$etc"/sources.list.d/*.sources; do
+    [ -f "$f" ] || continue
+    case "$f" in */mlnetpeft-trixie.sources) continue ;; esac
+    uri=$(awk -v want="$codename" '
+      function flush() { if (deb && suite_ok && uris != "" && !found) { print uris; found = 1 } deb = 0; suite_ok = 0; uris = "" }
+      /^[[:space:]]*$/ { flush(); next }
+      /^[[:space:]]*#/ { next }
+      tolower($1) == "types:"  { for (i = 2; i <= NF; i++) if ($i == "deb") deb = 1 }
+      tolower($1) == "uris:"   { for (i = 2; i <= NF; i++) if ($i !~ /security/) { uris = $i; break } }
+      tolower($1) == "suites:" { for (i = 2; i <= NF; i++) if ($i == want) suite_ok = 1 }
+      END { flush() }' "$f")
+    [ -n "$uri" ] && { echo "$uri"; return; }
+  done
+  for f in "$etc"/sources.list "$etc"/sources.list.d/*.list; do
+    [ -f "$f" ] || continue
+    uri=$(awk -v want="$codename" '
+      $1 == "deb" {
+        i = 2; if ($i ~ /^\[/) { while (i <= NF && $i !~ /\]$/) i++; i++ }
+        if ($(i + 1) == want && $i !~ /security/) { print $i; exit }
+      }' "$f")
+    [ -n "$uri" ] && { echo "$uri"; return; }
+  done
+  echo "http://deb.debian.org/debian"
+}
+
+if [ "${1:-}" = --print-mirror ]; then debian_mirror; exit 0; fi
 
 find_libstdcxx() {
   local path
@@ -52,9 +88,11 @@ if runtime_ok; then exit 0; fi
 
 msg "libstdc++ lacks $required (needed by TorchSharp 0.107). Installing libstdc++6 from Debian 13"
 msg "(trixie) with apt pin priority 100; this upgrades libc6 too and takes about 30 s."
-cat > /etc/apt/sources.list.d/mlnetpeft-trixie.sources <<'SRC'
+mirror=$(debian_mirror)
+msg "using the Debian mirror this system already uses: $mirror"
+cat > /etc/apt/sources.list.d/mlnetpeft-trixie.sources <<SRC
 Types: deb
-URIs: http://deb.debian.org/debian
+URIs: $mirror
 Suites: trixie
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
