@@ -31,6 +31,21 @@ public class TextGenerationTransformerTests
 
     private static readonly GenerationOptions Greedy = new() { MaxNewTokens = 12, StopStrings = ["."] };
 
+    /// <summary>A transformer owns only what it created or loaded: disposing it leaves the caller's model usable.</summary>
+    [Fact]
+    public void DisposingTheTransformerLeavesTheCallersModelUsable()
+    {
+        var ml = new MLContext(seed: 1);
+        var data = ml.Data.LoadFromEnumerable(Rows);
+        using var model = BundledBaseModel.Load();
+        var tokenizer = BundledBaseModel.LoadTokenizer();
+        var fitted = ml.Transforms.CopyColumns("Prompt", "Text").Append(ml.Transforms.Text.GenerateText(model, tokenizer, options: Greedy)).Fit(data);
+        var generated = fitted.Transform(data).GetColumn<string>("GeneratedText").First();
+        fitted.LastTransformer.Dispose();
+        Assert.All(model.parameters(), p => Assert.False(p.IsInvalid));
+        Assert.Equal(generated, new TextGenerator(model, tokenizer).Generate(Rows[0].Text, Greedy).Text);
+    }
+
     [Fact]
     public void GeneratesInAChainWithBuiltInTransformsAndRoundTripsThroughModelSave()
     {

@@ -91,6 +91,7 @@ public sealed class PromptClassificationEstimator : IEstimator<PromptClassificat
 
         // Few-shot: demonstrations drawn with the seed, cycling through the classes so each is shown.
         var demonstrations = new List<string>();
+        var demonstrationInputs = new List<string>();
         if (o.Shots > 0)
         {
             var first = input.GetColumn<string>(o.Sentence1ColumnName).ToList();
@@ -103,7 +104,9 @@ public sealed class PromptClassificationEstimator : IEstimator<PromptClassificat
                 var pool = byClass[shot % classes.Count];
                 if (pool.Count <= shot / classes.Count) continue;
                 int row = pool[shot / classes.Count];
-                demonstrations.Add(PromptClassificationTransformer.Fill(o.Template, first[row], second?[row]) + words[(int)labels[row] - 1][0]);
+                var filled = PromptClassificationTransformer.Fill(o.Template, first[row], second?[row]);
+                demonstrations.Add(filled + words[(int)labels[row] - 1][0]);
+                demonstrationInputs.Add(filled);
             }
         }
         var package = ModelFiles.WithTempFolder(folder =>
@@ -111,7 +114,8 @@ public sealed class PromptClassificationEstimator : IEstimator<PromptClassificat
             _model.SavePretrained(folder);
             return CausalLmPackage.Embed(folder);
         });
-        return new PromptClassificationTransformer(_env, _model, _tokenizer, package, o, classes, words, demonstrations);
+        // The caller's model: it stays the caller's to dispose.
+        return new PromptClassificationTransformer(_env, _model, _tokenizer, package, o, classes, words, demonstrations, demonstrationInputs, ownsModel: false);
     }
 }
 
@@ -125,20 +129,24 @@ public sealed class PromptClassificationTransformer : RowToRowTransformerBase, I
     private readonly TextTokenizer _tokenizer;
     private readonly CausalLmPackage _package;
     private readonly Settings _settings;
+    private readonly bool _ownsModel;
     private readonly object _lock = new();
 
-    /// <summary>What the transformer saves besides its model (JSON in the zip).</summary>
+    /// <summary>What the transformer saves besides its model (JSON in the zip); <see cref="DemonstrationInputs"/> are the demonstrations' prompts without their answers.</summary>
     internal sealed record Settings(string Sentence1, string? Sentence2, string Score, string PredictedLabel, string Template,
-        AnswerAggregation Aggregation, List<string> Classes, List<List<string>> Words, List<string> Demonstrations, string Separator);
+        AnswerAggregation Aggregation, List<string> Classes, List<List<string>> Words, List<string> Demonstrations, string Separator,
+        List<string>? DemonstrationInputs = null);
 
     internal PromptClassificationTransformer(IHostEnvironment env, CausalLanguageModel model, TextTokenizer tokenizer, CausalLmPackage package,
-        PromptClassificationOptions o, IReadOnlyList<string> classes, IReadOnlyList<IReadOnlyList<string>> words, IReadOnlyList<string> demonstrations)
+        PromptClassificationOptions o, IReadOnlyList<string> classes, IReadOnlyList<IReadOnlyList<string>> words, IReadOnlyList<string> demonstrations,
+        IReadOnlyList<string> demonstrationInputs, bool ownsModel)
         : this(env, model, tokenizer, package, new Settings(o.Sentence1ColumnName, o.Sentence2ColumnName, o.ScoreColumnName, o.PredictedLabelColumnName,
-            o.Template, o.Aggregation, [.. classes], words.Select(w => w.ToList()).ToList(), [.. demonstrations], o.DemonstrationSeparator)) { }
+            o.Template, o.Aggregation, [.. classes], words.Select(w => w.ToList()).ToList(), [.. demonstrations], o.DemonstrationSeparator, [.. demonstrationInputs]), ownsModel) { }
 
-    private PromptClassificationTransformer(IHostEnvironment env, CausalLanguageModel model, TextTokenizer tokenizer, CausalLmPackage package, Settings settings)
+    private PromptClassificationTransformer(IHostEnvironment env, CausalLanguageModel model, TextTokenizer tokenizer, CausalLmPackage package, Settings settings, bool ownsModel)
         : base(Contracts.CheckRef(env, nameof(env)).Register(nameof(PromptClassificationTransformer)))
     {
+        _ownsModel = ownsModel;
         _model = model;
         _tokenizer = tokenizer;
         _package = package;
@@ -151,11 +159,23 @@ public sealed class PromptClassificationTransformer : RowToRowTransformerBase, I
     internal static string Fill(string template, string first, string? second) =>
         template.Replace("{sentence1}", first, StringComparison.Ordinal).Replace("{sentence2}", second ?? "", StringComparison.Ordinal);
 
+    /// <summary>
+    /// The prompt for one row: the demonstrations, then the row's template. A row that is itself one of the
+    /// demonstrations (classifying the fitted data) is never shown its own answer: that demonstration is left out.
+    /// </summary>
+    internal string BuildPrompt(string first, string? second)
+    {
+        var s = _settings;
+        var own = Fill(s.Template, first, second);
+        var shown = s.Demonstrations.Where((_, i) => s.DemonstrationInputs is not { } inputs || i >= inputs.Count || inputs[i] != own);
+        return string.Concat(shown.Select(d => d + s.Separator)) + own;
+    }
+
     /// <summary>Class probabilities for one row: softmax over the classes' aggregated label-word log-likelihoods.</summary>
     internal float[] Probabilities(string first, string? second)
     {
         var s = _settings;
-        var prompt = string.Concat(s.Demonstrations.Select(d => d + s.Separator)) + Fill(s.Template, first, second);
+        var prompt = BuildPrompt(first, second);
         double[] scores;
         lock (_lock)
         {
@@ -198,12 +218,16 @@ public sealed class PromptClassificationTransformer : RowToRowTransformerBase, I
             throw new InvalidDataException("The model zip's prompt classification settings are inconsistent; it is corrupt.");
         var package = CausalLmPackage.Load(ctx);
         var (model, tokenizer) = package.LoadModel();
-        return new PromptClassificationTransformer(env, model, tokenizer, package, settings);
+        return new PromptClassificationTransformer(env, model, tokenizer, package, settings, ownsModel: true);
     }
 
     protected override IRowMapper MakeRowMapper(DataViewSchema schema) => new Mapper(this, schema);
 
-    public void Dispose() => _model.Dispose();
+    /// <summary>Disposes the model if this transformer loaded it; a model the caller passed in stays the caller's.</summary>
+    public void Dispose()
+    {
+        if (_ownsModel) _model.Dispose();
+    }
 
     private sealed class Mapper : MapperBase
     {

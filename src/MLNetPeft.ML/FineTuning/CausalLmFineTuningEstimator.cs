@@ -110,7 +110,7 @@ public sealed class CausalLmFineTuningEstimator : IEstimator<TextGenerationTrans
             // The transformer runs exactly what the zip holds, so a saved and reloaded model behaves the same.
             var (model, tokenizer) = package.LoadModel();
             return new TextGenerationTransformer(_env, model, tokenizer, package, o.OutputColumnName, GenerationInput, o.Generation,
-                o.ScoreResponses ? o.ResponseColumnName : null);
+                o.ScoreResponses ? o.ResponseColumnName : null, ownsModel: true);
         });
     }
 

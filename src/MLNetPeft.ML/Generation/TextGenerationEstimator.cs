@@ -48,7 +48,8 @@ public sealed class TextGenerationEstimator : IEstimator<TextGenerationTransform
                 _model.SavePretrained(folder);
                 return CausalLmPackage.Embed(folder);
             });
-        return new TextGenerationTransformer(_env, _model, _tokenizer, package, _outputColumnName, _inputColumnName, _options, _scoredResponseColumnName);
+        // The caller's model: it stays the caller's to dispose.
+        return new TextGenerationTransformer(_env, _model, _tokenizer, package, _outputColumnName, _inputColumnName, _options, _scoredResponseColumnName, ownsModel: false);
     }
 
     public SchemaShape GetOutputSchema(SchemaShape inputSchema) =>

@@ -25,6 +25,7 @@ public sealed class TextGenerationTransformer : RowToRowTransformerBase, IDispos
     private readonly TextGenerator _generator;
     private readonly TextTokenizer _tokenizer;
     private readonly CausalLmPackage _package;
+    private readonly bool _ownsModel;
     private readonly object _lock = new();
 
     public string InputColumnName { get; }
@@ -43,9 +44,10 @@ public sealed class TextGenerationTransformer : RowToRowTransformerBase, IDispos
 
     internal TextGenerationTransformer(IHostEnvironment env, CausalLanguageModel model, TextTokenizer tokenizer,
         CausalLmPackage package, string outputColumnName, string inputColumnName, GenerationOptions options,
-        string? scoredResponseColumnName = null)
+        string? scoredResponseColumnName, bool ownsModel)
         : base(Contracts.CheckRef(env, nameof(env)).Register(nameof(TextGenerationTransformer)))
     {
+        _ownsModel = ownsModel;
         ScoredResponseColumnName = scoredResponseColumnName;
         _model = model;
         _generator = new TextGenerator(model, tokenizer);
@@ -73,7 +75,7 @@ public sealed class TextGenerationTransformer : RowToRowTransformerBase, IDispos
         string? scored = ctx.Reader.ReadBoolean() ? ctx.Reader.ReadString() : null;
         var package = CausalLmPackage.Load(ctx);
         var (model, tokenizer) = package.LoadModel();
-        return new TextGenerationTransformer(env, model, tokenizer, package, output, input, options, scored);
+        return new TextGenerationTransformer(env, model, tokenizer, package, output, input, options, scored, ownsModel: true);
     }
 
     protected override void SaveModel(ModelSaveContext ctx)
@@ -145,7 +147,11 @@ public sealed class TextGenerationTransformer : RowToRowTransformerBase, IDispos
         if (col.Type is not TextDataViewType) throw ectx.ExceptSchemaMismatch(nameof(schema), "prompt", column, "String", col.Type.ToString());
     }
 
-    public void Dispose() => _model.Dispose();
+    /// <summary>Disposes the model if this transformer created or loaded it; a model the caller passed in stays the caller's.</summary>
+    public void Dispose()
+    {
+        if (_ownsModel) _model.Dispose();
+    }
 
     private sealed class Mapper : MapperBase
     {
