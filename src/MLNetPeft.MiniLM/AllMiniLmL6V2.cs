@@ -34,7 +34,7 @@ public static class AllMiniLmL6V2
     /// <summary>Writes the HF checkpoint folder into <paramref name="folder"/> unless a complete one is there.</summary>
     public static string EnsureCheckpoint(string folder)
     {
-        if (File.Exists(Path.Combine(folder, "config.json")) && SafetensorsCheckpoint.Exists(folder)) return folder;
+        if (File.Exists(Path.Combine(folder, "config.json")) && CheckpointWeights.Exists(folder)) return folder;
         var parent = Path.GetDirectoryName(Path.GetFullPath(folder))!;
         Directory.CreateDirectory(parent);
         // Written beside the target and renamed into place, so a folder with config.json is always complete.
@@ -63,7 +63,7 @@ public static class AllMiniLmL6V2
         using (var scope = NewDisposeScope())
         {
             var tensors = weights.ToDictionary(kv => kv.Key, kv => tensor(kv.Value.Values, kv.Value.Shape));
-            SafetensorsCheckpoint.Save(folder, tensors);
+            CheckpointWeights.Save(folder, tensors);
         }
         AtomicFile.WriteAllText(Path.Combine(folder, "config.json"), config.ToJson());
         AtomicFile.Write(Path.Combine(folder, "vocab.txt"), s => s.Write(ReadResource(assembly, VocabResource)));

@@ -1,3 +1,4 @@
+using MLNetPeft.Runtime;
 using MLNetPeft.Checkpoints;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -25,6 +26,7 @@ public sealed class AdamW : IDisposable
         if (weightDecay < 0) throw new ArgumentOutOfRangeException(nameof(weightDecay), weightDecay, "must not be negative");
         Beta1 = beta1; Beta2 = beta2; Epsilon = epsilon; WeightDecay = weightDecay;
         decay ??= (_, p) => p.dim() >= 2;
+        using var scope = NewDisposeScope();   // the state tensors leave it; temporaries do not
         foreach (var (name, p) in parameters)
         {
             var master = p.dtype == ScalarType.Float32 ? p : p.detach().to(ScalarType.Float32).DetachFromDisposeScope();
@@ -49,22 +51,27 @@ public sealed class AdamW : IDisposable
         StepCount++;
         double correction1 = 1 - Math.Pow(Beta1, StepCount), correction2 = 1 - Math.Pow(Beta2, StepCount);
         using var _ = no_grad();
+        // The step's own values change every step, so their Scalars are disposed with it; the betas are constants.
+        using var decayFactor = Scalars.Owned(1 - learningRate * WeightDecay);
+        using var inverseCorrection2 = Scalars.Owned(1 / correction2);
+        using var stepSize = Scalars.Owned(-learningRate / correction1);
         foreach (var (_, p, master, m, v, decay) in _groups)
         {
+            using var scope = NewDisposeScope();   // p.grad is a new tensor handle on every call
             if (p.grad is not { } grad) continue;
-            using var scope = NewDisposeScope();
             var g = grad.dtype == ScalarType.Float32 ? grad : grad.to(ScalarType.Float32);
-            if (decay && WeightDecay != 0) master.mul_(1 - learningRate * WeightDecay);
-            m.mul_(Beta1).add_(g, alpha: 1 - Beta1);
-            v.mul_(Beta2).addcmul_(g, g, value: 1 - Beta2);
-            var denominator = (v / correction2).sqrt_().add_(Epsilon);
-            master.addcdiv_(m, denominator, value: -learningRate / correction1);
+            if (decay && WeightDecay != 0) master.mul_(decayFactor);
+            m.mul_(Scalars.Of(Beta1)).add_(g, alpha: Scalars.Of(1 - Beta1));
+            v.mul_(Scalars.Of(Beta2)).addcmul_(g, g, value: Scalars.Of(1 - Beta2));
+            var denominator = v.mul(inverseCorrection2).sqrt_().add_(Scalars.Of(Epsilon), Scalars.One);
+            master.addcdiv_(m, denominator, value: stepSize);
             if (!ReferenceEquals(master, p)) p.copy_(master);
         }
     }
 
     public void ZeroGrad()
     {
+        using var scope = NewDisposeScope();
         foreach (var g in _groups) g.Parameter.grad?.zero_();
     }
 
@@ -87,6 +94,7 @@ public sealed class AdamW : IDisposable
     /// <summary>Restores what <see cref="Save"/> wrote; the parameter names and shapes must match.</summary>
     public void Load(string path)
     {
+        using var scope = NewDisposeScope();
         using var file = SafetensorsFile.Open(path);
         if (!file.Metadata.TryGetValue("step", out var step) || !long.TryParse(step, System.Globalization.CultureInfo.InvariantCulture, out var count))
             throw new InvalidDataException($"Optimizer state '{path}' has no step count.");

@@ -30,6 +30,7 @@ public static class PeftAdapterFiles
     {
         ArgumentNullException.ThrowIfNull(peft);
         Directory.CreateDirectory(folder);
+        using var scope = NewDisposeScope();   // what a method saves may be computed (AdaLoRA's kept triplets, prompt embeddings)
         var config = new JsonObject
         {
             ["peft_type"] = peft.Config.PeftType,
@@ -62,7 +63,14 @@ public static class PeftAdapterFiles
         Action<string>? onWarning = null)
     {
         var (json, path) = ReadConfigJson(folder);
-        var peft = Dispatch(model, folder, json, path, out unusedKeys, adapterName);
+        IReadOnlyList<string> unused = [];
+        var peft = PeftModel.Scoped(model, () =>
+        {
+            var loaded = Dispatch(model, folder, json, path, out var notTaken, adapterName);
+            unused = notTaken;
+            return loaded;
+        });
+        unusedKeys = unused;
         var known = new HashSet<string>(CommonFields.Concat(peft.Config.ToJson().Select(kv => kv.Key)), StringComparer.Ordinal);
         var unknown = json.Select(kv => kv.Key).Where(k => !known.Contains(k)).Order(StringComparer.Ordinal).ToList();
         if (unknown.Count > 0) onWarning?.Invoke($"'{path}': config fields this library does not use were ignored: {string.Join(", ", unknown)}.");
@@ -123,6 +131,7 @@ public static class PeftAdapterFiles
         using var file = SafetensorsFile.Open(weightsPath);
         var used = new HashSet<string>(StringComparer.Ordinal);
         using var _ = no_grad();
+        using var scope = NewDisposeScope();
         foreach (var (key, target) in peft.AdapterStateDict())
         {
             if (!file.Contains(key)) throw new InvalidDataException($"'{weightsPath}' lacks '{key}'.");

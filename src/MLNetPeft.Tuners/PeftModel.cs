@@ -59,6 +59,19 @@ public abstract class PeftModel : IDisposable
 
     public virtual void Dispose() { }
 
+    /// <summary>
+    /// Runs a method's construction or loading inside a dispose scope (the library's tensor-lifetime rule, see
+    /// <see cref="Runtime.TensorLifetime"/>): temporaries are freed at once, and every weight registered on
+    /// <paramref name="model"/> belongs to the model, not to a dispose scope of the caller's.
+    /// </summary>
+    internal static T Scoped<T>(nn.Module model, Func<T> build)
+    {
+        using var scope = NewDisposeScope();
+        var result = build();
+        Runtime.TensorLifetime.OwnTensors(model);
+        return result;
+    }
+
     private sealed class Scope(Action onDispose) : IDisposable
     {
         private Action? _onDispose = onDispose;

@@ -64,7 +64,7 @@ public abstract class PromptLearningModel : PeftModel
     public ModelGeometry Geometry { get; }
 
     internal static nn.Module AsModule(IPromptableModel model) =>
-        model as nn.Module ?? throw new ArgumentException($"{model.GetType().Name} is not a module.", nameof(model));
+        (model ?? throw new ArgumentNullException(nameof(model))) as nn.Module ?? throw new ArgumentException($"{model.GetType().Name} is not a module.", nameof(model));
 
     /// <summary>The virtual tokens' values as PEFT saves them: [num_virtual_tokens, width].</summary>
     public abstract Tensor PromptEmbeddings();
@@ -77,7 +77,8 @@ public abstract class PromptLearningModel : PeftModel
         bool training = _encoder.training;
         _encoder.eval();
         using var _ = no_grad();
-        var embeddings = PromptEmbeddings().detach().clone();
+        using var scope = NewDisposeScope();
+        var embeddings = PromptEmbeddings().detach().clone().DetachFromDisposeScope();
         if (training) _encoder.train();
         return new Dictionary<string, Tensor>(StringComparer.Ordinal) { ["prompt_embeddings"] = embeddings };
     }

@@ -111,6 +111,7 @@ public class FineTuningTests(Xunit.Abstractions.ITestOutputHelper output)
         using var original = BundledBaseModel.Load();
         foreach (var (name, w) in original.state_dict())
         {
+            using var comparison = TorchSharp.torch.NewDisposeScope();
             Assert.False(w.equal(tuned.state_dict()[name]).all().item<bool>(), $"{name} did not change");
             TensorAssert.BitIdentical(w, model.state_dict()[name], name);
         }

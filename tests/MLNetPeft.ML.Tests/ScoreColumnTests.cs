@@ -31,6 +31,7 @@ public class ScoreColumnTests
     [Fact]
     public void ScoreColumnsHoldTheResponseLogLikelihoodAndPerplexityAndSurviveSaveLoad()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var dir = new TempFolder();
         var ml = new MLContext(seed: 1);
         var data = ml.Data.LoadFromEnumerable(Rows);

@@ -34,6 +34,7 @@ public class AllMiniLmL6V2Tests(Xunit.Abstractions.ITestOutputHelper output)
     [Fact]
     public void TheOnnxWeightsMapOntoBertNamesWithTheDenseMatricesTransposed()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         var graph = OnnxGraph.Read(AllMiniLmL6V2.OnnxModel(), "model.onnx");
         var weights = AllMiniLmL6V2.HfWeights(graph);
         string[] dense = ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense", "intermediate.dense", "output.dense"];
@@ -51,6 +52,7 @@ public class AllMiniLmL6V2Tests(Xunit.Abstractions.ITestOutputHelper output)
     [Fact]
     public void SentenceEmbeddingsEqualOnnxRuntimeOnFiftySentences()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var model = AllMiniLmL6V2.Load();
         model.eval();
         var tokenizer = AllMiniLmL6V2.LoadTokenizer();

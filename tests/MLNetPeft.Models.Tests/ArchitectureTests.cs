@@ -23,6 +23,7 @@ public class ArchitectureTests
     [Fact]
     public void Gpt2MatchesExplicitComputation()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         var config = TinyModels.Gpt2();
         using var model = TinyModels.Randomize(new Gpt2ForCausalLM(config), 1);
         var ids = Ids(config.VocabSize, 9, 1);
@@ -32,6 +33,7 @@ public class ArchitectureTests
     [Fact]
     public void LlamaWithGroupedQueryAttentionMatchesExplicitComputation()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         var config = TinyModels.Llama();
         using var model = TinyModels.Randomize(new LlamaForCausalLM(config), 2);
         var ids = Ids(config.VocabSize, 11, 2);
@@ -42,6 +44,7 @@ public class ArchitectureTests
     [Fact]
     public void Qwen2WithBiasesAndTiedHeadMatchesExplicitComputation()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         var config = TinyModels.Qwen2();
         using var model = TinyModels.Randomize(new Qwen2ForCausalLM(config), 3);
         var names = model.state_dict().Keys.ToList();
@@ -56,6 +59,7 @@ public class ArchitectureTests
     [Fact]
     public void MistralSlidingWindowMatchesExplicitComputation()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         var config = TinyModels.Llama(modelType: "mistral", slidingWindow: 3);
         using var model = TinyModels.Randomize(new LlamaForCausalLM(config), 4);
         var ids = Ids(config.VocabSize, 8, 4);
@@ -70,6 +74,7 @@ public class ArchitectureTests
     [InlineData("yarn")]
     public void ScaledRopeMatchesExplicitComputation(string kind)
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         var scaling = kind switch
         {
             "linear" => new RopeScaling { RopeType = "linear", Factor = 2 },
@@ -86,6 +91,7 @@ public class ArchitectureTests
     [Fact]
     public void BertMatchesExplicitComputationWithPadding()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         var config = TinyModels.Bert();
         using var model = TinyModels.Randomize(new BertModel(config), 6);
         var ids = Ids(config.VocabSize, 7, 6);
@@ -113,6 +119,7 @@ public class ArchitectureTests
     [MemberData(nameof(CausalFamilies))]
     public void ChangingAFutureTokenNeverChangesEarlierLogits(string family)
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var model = Create(family, 7);
         var ids = Ids(model.Config.VocabSize, 12, 7);
         var changed = (long[])ids.Clone();
@@ -128,6 +135,7 @@ public class ArchitectureTests
     [MemberData(nameof(CausalFamilies))]
     public void KvCacheLogitsEqualFullRecompute(string family)
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var model = Create(family, 8);
         var ids = Ids(model.Config.VocabSize, 10, 8);
         using var full = Logits(model, ids);
@@ -144,6 +152,7 @@ public class ArchitectureTests
     [MemberData(nameof(CausalFamilies))]
     public void LeftPaddedBatchWithCacheEqualsEachSequenceAlone(string family)
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var model = Create(family, 9);
         long vocab = model.Config.VocabSize;
         var shortIds = Ids(vocab, 4, 9);
@@ -170,6 +179,7 @@ public class ArchitectureTests
     [Fact]
     public void BertPaddingDoesNotChangeRealTokens()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var model = TinyModels.Randomize(new BertModel(TinyModels.Bert()), 11);
         using var _ = no_grad();
         var ids = Ids(89, 5, 11);
@@ -182,6 +192,7 @@ public class ArchitectureTests
     [Fact]
     public void ExplicitAttentionEqualsLibraryAttentionForEveryMaskKind()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         var g = new Generator(12);
         var q = randn([2, 4, 6, 8], generator: g);
         var k = randn([2, 2, 6, 8], generator: g);

@@ -30,6 +30,7 @@ public class BertPromptTests
     [Fact]
     public void PrependedEmbeddingsOfRealTokensGiveTheStatesOfThoseTokensWrittenOut()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var bert = Encoder(2);
         bert.eval();
         using var _ = no_grad();
@@ -55,6 +56,7 @@ public class BertPromptTests
     [Fact]
     public void AOneLayerPrefixOfTheTokensKeysAndValuesEqualsThoseTokensWrittenOut()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         // With one layer, the keys and values the written-out tokens would produce are exactly a prefix: the real
         // tokens then sit at positions 3.. (HF BERT counts past keys as positions) and attend to them.
         using var bert = Encoder(1);
@@ -76,6 +78,7 @@ public class BertPromptTests
     [Fact]
     public void VirtualTokensCountAgainstThePositions()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var bert = Encoder(1);
         bert.VirtualPrompt = new FixedPrompt(zeros(38, 32), null, 38);
         var e = Assert.Throws<ArgumentException>(() => bert.Forward(Ids()));

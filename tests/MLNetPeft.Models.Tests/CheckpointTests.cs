@@ -36,6 +36,7 @@ public class CheckpointTests
     [MemberData(nameof(Families))]
     public void SaveThenLoadGivesBitIdenticalOutputs(string family)
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var dir = new TempFolder();
         using var model = Create(family);
         var ids = TinyModels.RandomIds(2, 9, model.Config.VocabSize, 5);
@@ -54,10 +55,11 @@ public class CheckpointTests
     [Fact]
     public void ShardedSaveLoadsTheSame()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var dir = new TempFolder();
         using var model = Create("llama");
         model.SavePretrained(dir.Path, maxShardBytes: 20_000);
-        Assert.True(File.Exists(dir.File(SafetensorsCheckpoint.IndexFileName)));
+        Assert.True(File.Exists(dir.File(CheckpointWeights.IndexFileName)));
         using var loaded = PretrainedModels.LoadCausalLM(dir.Path);
         var ids = TinyModels.RandomIds(1, 6, 101, 1);
         TensorAssert.BitIdentical(Run(model, ids), Run(loaded, ids));
@@ -66,6 +68,7 @@ public class CheckpointTests
     [Fact]
     public void ConfigKeepsFieldsItDoesNotUse()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var dir = new TempFolder();
         using (var model = Create("llama")) model.SavePretrained(dir.Path);
         var json = JsonNode.Parse(File.ReadAllText(dir.File("config.json")))!;
@@ -88,6 +91,7 @@ public class CheckpointTests
     [MemberData(nameof(Families))]
     public void Bfloat16OptionLoadsBf16WeightsThatStayClose(string family)
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var dir = new TempFolder();
         using var model = Create(family);
         model.SavePretrained(dir.Path);
@@ -108,6 +112,7 @@ public class CheckpointTests
     [Fact]
     public void CudaWithoutAGpuIsAClearError()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         Skip.If(cuda.is_available(), "this machine has CUDA");
         using var dir = new TempFolder();
         using (var model = Create("gpt2")) model.SavePretrained(dir.Path);
@@ -118,6 +123,7 @@ public class CheckpointTests
     [Fact]
     public void MissingOrMisshapenWeightsAreNamed()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var dir = new TempFolder();
         using (var model = Create("gpt2")) model.SavePretrained(dir.Path);
         var weights = SafetensorsFile.Open(dir.File("model.safetensors"));
@@ -125,12 +131,12 @@ public class CheckpointTests
         weights.Dispose();
 
         var withoutOne = all.Where(kv => kv.Key != "transformer.h.1.mlp.c_fc.bias").ToDictionary();
-        SafetensorsCheckpoint.Save(dir.Path, withoutOne);
+        CheckpointWeights.Save(dir.Path, withoutOne);
         var missing = Assert.Throws<InvalidDataException>(() => PretrainedModels.LoadCausalLM(dir.Path));
         Assert.Contains("transformer.h.1.mlp.c_fc.bias", missing.Message);
 
         var misshapen = all.ToDictionary(kv => kv.Key, kv => kv.Key == "transformer.wpe.weight" ? zeros(5, 32) : kv.Value);
-        SafetensorsCheckpoint.Save(dir.Path, misshapen);
+        CheckpointWeights.Save(dir.Path, misshapen);
         var shape = Assert.Throws<InvalidDataException>(() => PretrainedModels.LoadCausalLM(dir.Path));
         Assert.Contains("transformer.wpe.weight", shape.Message);
         Assert.Contains("[5, 32]", shape.Message);
@@ -147,6 +153,7 @@ public class CheckpointTests
     [InlineData("{\"model_type\": \"gpt2\", \"n_embd\": \"big\"}", "not a valid Gpt2Config")]
     public void BadConfigsAreRejectedNamingTheField(string json, string expected)
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var dir = new TempFolder();
         File.WriteAllText(dir.File("config.json"), json);
         var e = Assert.ThrowsAny<Exception>(() => PretrainedModels.LoadConfig(dir.Path));
@@ -157,6 +164,7 @@ public class CheckpointTests
     [Fact]
     public void TokenIdsOutsideTheVocabularyAreRejected()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var model = Create("gpt2");
         var e = Assert.Throws<ArgumentOutOfRangeException>(() => model is CausalLanguageModel lm ? lm.Forward(tensor(new long[] { 1, 97 }).unsqueeze(0)) : null);
         Assert.Contains("vocab_size", e.Message);
@@ -169,6 +177,7 @@ public class ParameterCountTests
     [Fact]
     public void Gpt2SmallHasTheParameterCountOfTheReleasedModel()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         // GPT-2 small (124M): 124,439,808 parameters with the tied head counted once.
         using var model = new Gpt2ForCausalLM(new Gpt2Config());
         Assert.Equal(124_439_808, model.ParameterCount());
@@ -178,6 +187,7 @@ public class ParameterCountTests
     [Fact]
     public void StateDictHoldsExactlyTheHfNames()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var llama = new LlamaForCausalLM(TinyModels.Llama());
         var names = llama.state_dict().Keys.ToList();
         Assert.Equal(2 * 9 + 3, names.Count); // 9 tensors per layer, embeddings, final norm, lm_head
@@ -199,6 +209,7 @@ public class InitializationTests
     [Fact]
     public void TheSameSeedGivesTheSameWeightsAndAnotherSeedOthers()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var a = new LlamaForCausalLM(TinyModels.Llama());
         using var b = new LlamaForCausalLM(TinyModels.Llama());
         foreach (var (name, t) in a.state_dict()) TensorAssert.BitIdentical(t, b.state_dict()[name], name);

@@ -42,6 +42,7 @@ public class GenerationTests
     [MemberData(nameof(Families))]
     public void GreedyWithKvCacheEqualsRecomputingEverything(string family)
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var model = Model(family);
         var generator = new TextGenerator(model, Tokenizer);
         int longest = 0;
@@ -58,6 +59,7 @@ public class GenerationTests
     [MemberData(nameof(Families))]
     public void BatchedGenerationEqualsOnePromptAtATime(string family)
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var model = Model(family);
         var generator = new TextGenerator(model, Tokenizer);
         var options = new GenerationOptions { MaxNewTokens = 16 };
@@ -73,6 +75,7 @@ public class GenerationTests
     [Fact]
     public void GreedyIsDeterministicAndSeededSamplingRepeats()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var model = Model("gpt2");
         var generator = new TextGenerator(model, Tokenizer);
         var greedy = new GenerationOptions { MaxNewTokens = 12 };
@@ -92,6 +95,7 @@ public class GenerationTests
     [Fact]
     public void StopStringsAndStopTokensEndGeneration()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var model = Model("llama");
         var generator = new TextGenerator(model, Tokenizer);
         var free = generator.Generate("Hello", new GenerationOptions { MaxNewTokens = 12, StopTokenIds = [] });
@@ -116,6 +120,7 @@ public class GenerationTests
     [Fact]
     public void StreamingSeesEveryTokenAndTheWholeText()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var model = Model("gpt2");
         var generator = new TextGenerator(model, Tokenizer);
         var seen = new List<GeneratedToken>();
@@ -131,6 +136,7 @@ public class GenerationTests
     [Fact]
     public void CancellationStopsGeneration()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var model = Model("gpt2");
         using var cts = new CancellationTokenSource();
         var generator = new TextGenerator(model, Tokenizer);
@@ -143,6 +149,7 @@ public class GenerationTests
     [Fact]
     public void RepetitionPenaltyFollowsCtrl()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         var row = new TextGenerator.Row([0, 2], Tokenizer);
         var logits = tensor(new float[] { 2, 5, -1, 0.5f }).unsqueeze(0);
         var chosen = TextGenerator.ChooseTokens(logits, [row], new GenerationOptions { RepetitionPenalty = 2 }, new Generator(1));
@@ -157,6 +164,7 @@ public class GenerationTests
     [Fact]
     public void TopKAndTopPSampleOnlyFromTheirSets()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         // Probabilities 0.5, 0.3, 0.15, 0.05 as logits.
         var logits = tensor(new[] { 0.5, 0.3, 0.15, 0.05 }.Select(p => (float)Math.Log(p)).ToArray()).unsqueeze(0);
         var generator = new Generator(5);
@@ -173,6 +181,7 @@ public class GenerationTests
     [Fact]
     public void BadOptionsAreNamed()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var model = Model("gpt2");
         var generator = new TextGenerator(model, Tokenizer);
         Assert.Contains("Temperature", Assert.ThrowsAny<ArgumentException>(() => generator.Generate("a", new GenerationOptions { Temperature = 0 })).Message);

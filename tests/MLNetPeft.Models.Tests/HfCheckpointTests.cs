@@ -18,6 +18,7 @@ public class HfCheckpointTests
     [InlineData("lmbuddy_tiny_gpt2", 21, 20)]
     public void Gpt2CheckpointsLoadRunAndRoundTrip(string name, int vocab, int eos)
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         var folder = SharedData.Require($"hf_tiny/{name}");
         using var model = PretrainedModels.LoadCausalLM(folder);
         Assert.IsType<Gpt2ForCausalLM>(model);
@@ -40,6 +41,7 @@ public class HfCheckpointTests
     [SkippableFact]
     public void BertCheckpointLoadsAndReportsTheHeadItDoesNotUse()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         var folder = SharedData.Require("hf_tiny/lmbuddy_bert_tiniest");
         using var model = PretrainedModels.LoadBert(folder);
         Assert.False(model.HasPooler); // BertLMHeadModel has no pooler
@@ -64,6 +66,7 @@ public class HfCheckpointTests
     [SkippableFact]
     public void BertTokenizerGivesTheIdsOfItsVocabTxt()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         var folder = SharedData.Require("hf_tiny/lmbuddy_bert_tiniest");
         var lines = File.ReadAllLines(Path.Combine(folder, "vocab.txt"));
         int Id(string token) => Array.IndexOf(lines, token);
@@ -78,6 +81,7 @@ public class HfCheckpointTests
     [SkippableFact]
     public void Gpt2TokenizerFilesGiveTheIdsOfTheirVocabulary()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         var folder = SharedData.Require("hf_tiny/lmbuddy_fake_gpt2");
         var vocab = System.Text.Json.JsonSerializer.Deserialize<Dictionary<string, int>>(File.ReadAllText(Path.Combine(folder, "vocab.json")))!;
         var fromFiles = TextTokenizer.FromPretrained(folder);
@@ -104,6 +108,7 @@ public class HfCheckpointTests
     [SkippableFact]
     public void TinyGpt2VocabularyMergesAsItsMergesSay()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         var folder = SharedData.Require("hf_tiny/lmbuddy_tiny_gpt2");
         var tokenizer = TextTokenizer.FromPretrained(folder);
         // merges: "Ġ l", "Ġl o", "Ġlo w", "e r"; vocab: Ġlow=14, er=15, Ġ=10, n=9, e=3, w=2.

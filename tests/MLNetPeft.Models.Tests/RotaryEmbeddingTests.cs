@@ -27,6 +27,7 @@ public class RotaryEmbeddingTests
     [MemberData(nameof(Kinds))]
     public void QueryKeyProductDependsOnlyOnRelativePosition(string kind)
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var rope = new RotaryEmbedding(16, 10000, Scaling(kind), 64);
         var g = new Generator(3);
         var q = randn([1, 1, 1, 16], ScalarType.Float64, generator: g);
@@ -50,6 +51,7 @@ public class RotaryEmbeddingTests
     [Fact]
     public void LinearScalingInterpolatesPositions()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var plain = new RotaryEmbedding(16, 10000, null, 64);
         using var linear = new RotaryEmbedding(16, 10000, new RopeScaling { RopeType = "linear", Factor = 4 }, 64);
         var (c1, s1) = plain.Compute(tensor(new long[] { 1, 2, 3 }).unsqueeze(0), ScalarType.Float32);
@@ -61,6 +63,7 @@ public class RotaryEmbeddingTests
     [Fact]
     public void DynamicScalingChangesTheBaseOnlyBeyondTheTrainedLength()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         const int dim = 16, max = 32;
         const double theta = 10000, factor = 2;
         using var plain = new RotaryEmbedding(dim, theta, null, max);
@@ -77,6 +80,7 @@ public class RotaryEmbeddingTests
     [Fact]
     public void Llama3ScalingKeepsHighFrequenciesAndDividesLowOnes()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         var scaling = new RopeScaling { RopeType = "llama3", Factor = 8, LowFreqFactor = 1, HighFreqFactor = 4, OriginalMaxPositionEmbeddings = 8192 };
         var (scaled, attention) = RotaryEmbedding.ComputeInverseFrequencies(128, 500000, scaling, 131072);
         var plain = Reference.DefaultInvFreq(128, 500000);
@@ -93,6 +97,7 @@ public class RotaryEmbeddingTests
     [Fact]
     public void YarnBlendsFrequenciesAndScalesAttention()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         var scaling = new RopeScaling { RopeType = "yarn", Factor = 4, OriginalMaxPositionEmbeddings = 4096 };
         var (scaled, attention) = RotaryEmbedding.ComputeInverseFrequencies(64, 10000, scaling, 16384);
         Assert.Equal(0.1 * Math.Log(4) + 1, attention, 12);
@@ -105,6 +110,7 @@ public class RotaryEmbeddingTests
     [Fact]
     public void UnknownScalingIsRejectedWithTheSupportedList()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         var e = Assert.Throws<NotSupportedException>(() => new RotaryEmbedding(16, 10000, new RopeScaling { RopeType = "longrope", Factor = 2 }, 64));
         Assert.Contains("longrope", e.Message);
         Assert.Contains("llama3", e.Message);

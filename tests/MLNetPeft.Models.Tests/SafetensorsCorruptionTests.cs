@@ -155,6 +155,7 @@ public class SafetensorsCorruptionTests(Xunit.Abstractions.ITestOutputHelper out
     [Fact]
     public void EveryCorruptedFileIsRejectedCleanlyOrLoadsCompletely()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var dir = new TempFolder();
         int rejected = 0, stillValid = 0, index = 0;
         var failures = new List<string>();
@@ -191,6 +192,7 @@ public class SafetensorsCorruptionTests(Xunit.Abstractions.ITestOutputHelper out
     [Fact]
     public void TheUncorruptedFileLoads()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var dir = new TempFolder();
         File.WriteAllBytes(dir.File("ok.safetensors"), ValidFile());
         using var file = SafetensorsFile.Open(dir.File("ok.safetensors"));

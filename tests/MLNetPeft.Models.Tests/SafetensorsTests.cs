@@ -29,6 +29,7 @@ public class SafetensorsTests
     [Fact]
     public void EveryDtypeRoundTripsBitForBit()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var dir = new TempFolder();
         var tensors = AllDtypes();
         var path = dir.File("all.safetensors");
@@ -49,6 +50,7 @@ public class SafetensorsTests
     [Fact]
     public void ReadIntoCopiesDirectlyOrConvertsToTheDestinationDtype()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var dir = new TempFolder();
         var half = randn([3, 4], generator: new Generator(3)).to(ScalarType.Float16);
         var single = randn([3, 4], generator: new Generator(4));
@@ -70,6 +72,7 @@ public class SafetensorsTests
     [Fact]
     public void HeaderIsPaddedToEightBytesAndDataIsContiguous()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var dir = new TempFolder();
         var path = dir.File("p.safetensors");
         SafetensorsWriter.Save(path, new Dictionary<string, Tensor> { ["a"] = ones(3), ["bb"] = zeros(2, ScalarType.Int8) });
@@ -85,6 +88,7 @@ public class SafetensorsTests
     [Fact]
     public void WriterRefusesDuplicateAndReservedNames()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var dir = new TempFolder();
         var reserved = new[] { new KeyValuePair<string, Tensor>("__metadata__", ones(1)) };
         Assert.Throws<ArgumentException>(() => SafetensorsWriter.Save(dir.File("x.safetensors"), reserved));
@@ -96,6 +100,7 @@ public class SafetensorsTests
     [Fact]
     public void NonContiguousTensorsAreWrittenInLogicalOrder()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var dir = new TempFolder();
         var t = arange(12, dtype: ScalarType.Float32).view(3, 4).t();
         SafetensorsWriter.Save(dir.File("t.safetensors"), new Dictionary<string, Tensor> { ["t"] = t });
@@ -107,14 +112,15 @@ public class SafetensorsTests
     [Fact]
     public void ShardedCheckpointRoundTripsThroughIndex()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var dir = new TempFolder();
         var tensors = Enumerable.Range(0, 6).ToDictionary(i => $"layer.{i}.weight", i => full([10, 10], (float)i));
-        SafetensorsCheckpoint.Save(dir.Path, tensors, maxShardBytes: 1000);
-        Assert.True(File.Exists(dir.File(SafetensorsCheckpoint.IndexFileName)));
-        Assert.False(File.Exists(dir.File(SafetensorsCheckpoint.SingleFileName)));
+        CheckpointWeights.Save(dir.Path, tensors, maxShardBytes: 1000);
+        Assert.True(File.Exists(dir.File(CheckpointWeights.IndexFileName)));
+        Assert.False(File.Exists(dir.File(CheckpointWeights.SingleFileName)));
         Assert.Equal(3, Directory.GetFiles(dir.Path, "model-*-of-00003.safetensors").Length);
 
-        using (var ckpt = SafetensorsCheckpoint.Open(dir.Path))
+        using (var ckpt = CheckpointWeights.Open(dir.Path))
         {
             Assert.Equal(6, ckpt.TensorNames.Count);
             foreach (var (name, expected) in tensors)
@@ -125,10 +131,10 @@ public class SafetensorsTests
         }
 
         // Saving again unsharded replaces the shards and the index with one file.
-        SafetensorsCheckpoint.Save(dir.Path, tensors);
-        Assert.False(File.Exists(dir.File(SafetensorsCheckpoint.IndexFileName)));
+        CheckpointWeights.Save(dir.Path, tensors);
+        Assert.False(File.Exists(dir.File(CheckpointWeights.IndexFileName)));
         Assert.Empty(Directory.GetFiles(dir.Path, "model-*-of-*.safetensors"));
-        using var single = SafetensorsCheckpoint.Open(dir.Path);
+        using var single = CheckpointWeights.Open(dir.Path);
         Assert.Equal(6, single.TensorNames.Count);
     }
 
@@ -141,19 +147,21 @@ public class SafetensorsTests
     [InlineData("{not json", "not well-formed JSON")]
     public void BadShardIndexIsRejectedClearly(string index, string reason)
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var dir = new TempFolder();
         SafetensorsWriter.Save(dir.File("model.safetensors"), new Dictionary<string, Tensor> { ["a"] = ones(2) });
-        File.WriteAllText(dir.File(SafetensorsCheckpoint.IndexFileName), index);
-        var e = Assert.Throws<InvalidDataException>(() => SafetensorsCheckpoint.Open(dir.Path).Dispose());
+        File.WriteAllText(dir.File(CheckpointWeights.IndexFileName), index);
+        var e = Assert.Throws<InvalidDataException>(() => CheckpointWeights.Open(dir.Path).Dispose());
         Assert.Contains(reason, e.Message);
-        Assert.Contains(SafetensorsCheckpoint.IndexFileName, e.Message);
+        Assert.Contains(CheckpointWeights.IndexFileName, e.Message);
     }
 
     [Fact]
     public void MissingWeightsNameTheFolder()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var dir = new TempFolder();
-        var e = Assert.Throws<FileNotFoundException>(() => SafetensorsCheckpoint.Open(dir.Path));
+        var e = Assert.Throws<FileNotFoundException>(() => CheckpointWeights.Open(dir.Path));
         Assert.Contains(dir.Path, e.Message);
     }
 }

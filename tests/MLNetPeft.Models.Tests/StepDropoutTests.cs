@@ -13,6 +13,7 @@ public class StepDropoutTests
     [Fact]
     public void TheSameSeedDropsTheSameElementsAndKeptOnesAreRescaled()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var input = ones(200, 50);
         using var first = Drop(7, input, 0.3);
         using var again = Drop(7, input, 0.3);
@@ -28,6 +29,7 @@ public class StepDropoutTests
     [Fact]
     public void OtherThreadsDrawingFromTheGlobalGeneratorDoNotChangeTheMasks()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var input = ones(64, 64);
         using var alone = Drop(3, input, 0.5);
         using var neighbour = RandomDrawingThread.Start();

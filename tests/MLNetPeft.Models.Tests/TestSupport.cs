@@ -15,6 +15,9 @@ public sealed class TempFolder : IDisposable
 
 public static class SharedData
 {
+    /// <summary>The repository's root folder (the one holding MLNetPeft.sln).</summary>
+    public static string RepositoryRoot { get; } = FindRoot();
+
     /// <summary>The project's read-only real data (../shared/data beside the repository), or null when absent.</summary>
     public static string? Folder { get; } = Find();
 
@@ -24,6 +27,13 @@ public static class SharedData
         var path = Path.Combine(Folder!, relative);
         Skip.IfNot(Directory.Exists(path) || File.Exists(path), $"{path} is not present.");
         return path;
+    }
+
+    private static string FindRoot()
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+            if (File.Exists(Path.Combine(dir.FullName, "MLNetPeft.sln"))) return dir.FullName;
+        throw new DirectoryNotFoundException($"No folder above '{AppContext.BaseDirectory}' holds MLNetPeft.sln.");
     }
 
     private static string? Find()
@@ -69,8 +79,14 @@ public static class TinyModels
     {
         var generator = new Generator((ulong)seed);
         using var _ = no_grad();
+        using var scope = NewDisposeScope();
+        using var scale = TorchSharp.ScalarExtensionMethods.ToScalar(0.3);
+        using var shift = TorchSharp.ScalarExtensionMethods.ToScalar(0.1);
         foreach (var (_, p) in model.named_parameters())
-            p.copy_(randn(p.shape, generator: generator) * 0.3 + (p.dim() == 1 ? 0.1 : 0.0));
+        {
+            var values = randn(p.shape, generator: generator).mul_(scale);
+            p.copy_(p.dim() == 1 ? values.add_(shift) : values);
+        }
         model.eval();
         return model;
     }
@@ -84,6 +100,7 @@ public static class TensorAssert
     /// <summary>Same dtype, shape and bytes.</summary>
     public static void BitIdentical(Tensor expected, Tensor actual, string? what = null)
     {
+        using var scope = NewDisposeScope();
         Assert.Equal(expected.dtype, actual.dtype);
         Assert.Equal(expected.shape, actual.shape);
         using var e = expected.cpu().contiguous();
@@ -95,6 +112,7 @@ public static class TensorAssert
     public static void Close(Tensor expected, Tensor actual, double tolerance, string? what = null)
     {
         Assert.Equal(expected.shape, actual.shape);
+        using var scope = NewDisposeScope();
         using var diff = (expected.to(ScalarType.Float64) - actual.to(ScalarType.Float64)).abs().max();
         double d = diff.item<double>();
         Assert.True(d <= tolerance, $"{what ?? "tensors"} differ by {d:E3} (tolerance {tolerance:E1})");

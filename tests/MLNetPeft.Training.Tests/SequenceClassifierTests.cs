@@ -26,6 +26,7 @@ public class SequenceClassifierTests(Xunit.Abstractions.ITestOutputHelper output
     [InlineData(true, SequencePooling.Cls)]
     public void AClassifierLearnsAToyTaskWithFullFineTuningOrLora(bool lora, SequencePooling pooling)
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var bert = new BertModel(TinyModels.Bert(), addPoolingLayer: pooling == SequencePooling.Cls);
         using var model = new BertForSequenceClassification(bert, 3, pooling, seed: 1);
         LoraModel? adapter = lora ? LoraModel.Apply(model, new LoraConfig { R = 4, LoraAlpha = 8, TargetModules = ["query", "value"] }, seed: 1) : null;
@@ -48,6 +49,7 @@ public class SequenceClassifierTests(Xunit.Abstractions.ITestOutputHelper output
     [Fact]
     public void TheSameSeedTrainsTheSameClassifierEvenWithAnotherThreadDrawingRandomNumbers()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         BertForSequenceClassification Train(bool crowded)
         {
             var config = TinyModels.Bert();
@@ -67,6 +69,7 @@ public class SequenceClassifierTests(Xunit.Abstractions.ITestOutputHelper output
     [Fact]
     public void GroupingByLengthVisitsEveryExampleOnceWithLessPadding()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         var random = new Random(8);
         var examples = Enumerable.Range(0, 1000).Select(i => new ClassificationExample(Enumerable.Repeat(5, random.Next(3, 60)).ToList(), [], 0)).ToList();
         long Padded(List<int[]> batches) => batches.Sum(b => (long)b.Length * b.Max(i => examples[i].Ids.Count));

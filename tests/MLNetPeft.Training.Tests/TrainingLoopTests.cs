@@ -36,6 +36,7 @@ public class TrainingLoopTests
     [Fact]
     public void PackingConcatenatesDocumentsWithSeparatorsAndShiftsTargets()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         var blocks = TokenBlocks.Pack([[1, 2, 3], [4, 5]], blockSize: 2, separatorId: 0);
         Assert.Equal(3, blocks.Count);
         var (inputs, targets) = blocks.Batch([0, 1, 2]);
@@ -47,6 +48,7 @@ public class TrainingLoopTests
     [Fact]
     public void SupervisedExamplesLearnOnlyTheResponseByDefault()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         var blocks = TokenBlocks.FromExamples([([5, 6], [7]), ([8], [9, 10, 11, 12, 13, 14])], blockSize: 6, padId: 1, eosId: 0);
         Assert.Equal(2, blocks.Count);
         Assert.Equal(1, blocks.Truncated);
@@ -62,6 +64,7 @@ public class TrainingLoopTests
     [Fact]
     public void PackedExamplesSpanBlocksWithoutPaddingAndLearnOnlyResponses()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         // Stream: 5 6 | 7 0 | 8 | 9 10 0 (prompt | response eos), cut every 3 tokens; the last token has no successor.
         var blocks = TokenBlocks.PackExamples([([5, 6], [7]), ([8], [9, 10])], blockSize: 3, eosId: 0);
         Assert.Equal(2, blocks.Count);
@@ -79,6 +82,7 @@ public class TrainingLoopTests
     [Fact]
     public void CompletionOnlyTrainingLearnsTheResponses()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         // Prompt "a b" → response "b a": the model must learn to swap two tokens it is shown.
         var random = new Random(11);
         (IReadOnlyList<int>, IReadOnlyList<int>) Example() { int a = random.Next(2, 50), b = random.Next(50, 96); return ([a, b, 1], [b, a]); }
@@ -94,6 +98,7 @@ public class TrainingLoopTests
     [Fact]
     public void ScheduleWarmsUpLinearlyThenDecaysByCosine()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         var s = new LearningRateSchedule(1.0, 10, 110, 0.1);
         Assert.Equal(0.1, s.At(0), 12);
         Assert.Equal(1.0, s.At(9), 12);
@@ -106,6 +111,7 @@ public class TrainingLoopTests
     [Fact]
     public void AdamWMatchesTorchsImplementation()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         var generator = new Generator(9);
         var x = randn([16, 5], generator: generator);
         var target = randn([16, 3], generator: generator);
@@ -130,6 +136,7 @@ public class TrainingLoopTests
     [Fact]
     public void TrainingLowersTrainingAndValidationLoss()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var model = new LlamaForCausalLM(TinyModels.Llama());
         model.InitializeWeights(1);
         var options = Options();
@@ -151,6 +158,7 @@ public class TrainingLoopTests
     [Fact]
     public void ResumedRunEndsWithExactlyTheWeightsOfAnUninterruptedOne()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var dir = new TempFolder();
         var data = Corpus(100, 2);
         using var uninterrupted = Gpt2WithDropout(3);
@@ -174,6 +182,7 @@ public class TrainingLoopTests
     [Fact]
     public void AnotherThreadDrawingRandomNumbersDoesNotChangeTheTrainedWeights()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         var data = Corpus(100, 2);
         using var alone = Gpt2WithDropout(6);
         new LanguageModelTrainer(alone, Options()).Train(data);
@@ -190,6 +199,7 @@ public class TrainingLoopTests
     [Fact]
     public void ResumingWithOtherBatchOptionsIsRefused()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var dir = new TempFolder();
         var data = Corpus(50, 7);
         var options = Options(dir.Path);
@@ -208,6 +218,7 @@ public class TrainingLoopTests
     [Fact]
     public void CancellationLeavesALoadableCheckpointOfTheLastStep()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var dir = new TempFolder();
         using var model = Gpt2WithDropout(4);
         using var cts = new CancellationTokenSource();
@@ -225,6 +236,7 @@ public class TrainingLoopTests
     [Fact]
     public void NaNLossStopsTheRunNamingTheStepAndKeepsTheLastGoodCheckpoint()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var dir = new TempFolder();
         using var model = new LlamaForCausalLM(TinyModels.Llama());
         var options = Options(dir.Path);
@@ -244,6 +256,7 @@ public class TrainingLoopTests
     [Fact]
     public void AccumulatedMicroBatchesEqualOneLargeBatch()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         var data = Corpus(60, 5);
         using var large = new LlamaForCausalLM(TinyModels.Llama());
         using var accumulated = new LlamaForCausalLM(TinyModels.Llama());
@@ -261,6 +274,7 @@ public class TrainingLoopTests
     [Fact]
     public void Bf16TrainingKeepsFloat32MastersAndLearns()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var dir = new TempFolder();
         using var model = new LlamaForCausalLM(TinyModels.Llama());
         var options = Options(dir.Path);
@@ -283,6 +297,7 @@ public class TrainingLoopTests
     [InlineData(nameof(TrainingOptions.GradientAccumulationSteps))]
     public void InvalidOptionsAreNamed(string option)
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         var options = Options();
         typeof(TrainingOptions).GetProperty(option)!.SetValue(options, option == nameof(TrainingOptions.LearningRate) ? -1.0 : (object)0);
         using var model = new LlamaForCausalLM(TinyModels.Llama());

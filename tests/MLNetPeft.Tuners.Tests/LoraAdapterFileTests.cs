@@ -11,6 +11,7 @@ public class LoraAdapterFileTests
     [Fact]
     public void SavedAdapterLoadsOntoAFreshBaseAndGivesTheSameOutputs()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var dir = new TempFolder();
         using var model = TinyModels.Randomize(new LlamaForCausalLM(TinyModels.Llama()), 1);
         var baseWeights = model.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.clone());
@@ -41,6 +42,7 @@ public class LoraAdapterFileTests
     [Fact]
     public void AdapterWithWrongShapesIsRejectedNamingTheTensor()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var dir = new TempFolder();
         using (var model = new LlamaForCausalLM(TinyModels.Llama()))
         using (var lora = LoraModel.Apply(model, new LoraConfig { R = 4 }))
@@ -56,6 +58,7 @@ public class LoraAdapterFileTests
     [SkippableFact]
     public void RealGpt2PeftAdapterMapsOntoGpt2SmallAndMergesAsTransposedBA()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         var folder = SharedData.Require("peft_adapters/gpt2_lora_seqcls_emotion");
         var config = LoraAdapterFiles.ReadConfig(folder, out var unusedFields);
         Assert.Equal(8, config.R);
@@ -84,6 +87,7 @@ public class LoraAdapterFileTests
     [SkippableFact]
     public void RealDistilBertPeftConfigParsesAndReportsNewerFields()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         var folder = SharedData.Require("peft_adapters/distilbert_lora_seqcls_imdb");
         var config = LoraAdapterFiles.ReadConfig(folder, out var unusedFields);
         Assert.Equal(8, config.R);

@@ -25,6 +25,7 @@ public class LoraTests
     [Fact]
     public void FreshAdaptersChangeNothingAndDisabledAdaptersReproduceTheBaseExactly()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var model = TinyModels.Randomize(new LlamaForCausalLM(TinyModels.Llama()), 1);
         var ids = TinyModels.RandomIds(2, 7, 101, 1);
         using var before = Run(model, ids);
@@ -42,6 +43,7 @@ public class LoraTests
     [InlineData("llama", true)]
     public void AdaptedLayerComputesBaseOutputPlusScaledLowRankUpdate(string family, bool rsLora)
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         CausalLanguageModel model = family == "gpt2"
             ? TinyModels.Randomize(new Gpt2ForCausalLM(TinyModels.Gpt2()), 3)
             : TinyModels.Randomize(new LlamaForCausalLM(TinyModels.Llama()), 3);
@@ -64,6 +66,7 @@ public class LoraTests
     [InlineData("gpt2")]
     public void MergeGivesTheSameOutputsAndUnmergeRestoresTheBase(string family)
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         CausalLanguageModel model = family == "gpt2"
             ? TinyModels.Randomize(new Gpt2ForCausalLM(TinyModels.Gpt2()), 6)
             : TinyModels.Randomize(new LlamaForCausalLM(TinyModels.Llama()), 6);
@@ -86,6 +89,7 @@ public class LoraTests
     [Fact]
     public void MergeAndUnloadLeavesAPlainModelThatSavesAndLoads()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var dir = new TempFolder();
         using var model = TinyModels.Randomize(new LlamaForCausalLM(TinyModels.Llama()), 8);
         var ids = TinyModels.RandomIds(1, 6, 101, 3);
@@ -103,6 +107,7 @@ public class LoraTests
     [Fact]
     public void UnloadRestoresTheBaseModel()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var model = TinyModels.Randomize(new LlamaForCausalLM(TinyModels.Llama()), 10);
         var ids = TinyModels.RandomIds(1, 6, 101, 4);
         using var before = Run(model, ids);
@@ -116,6 +121,7 @@ public class LoraTests
     [Fact]
     public void MergeRefusesNonFiniteWeights()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var model = TinyModels.Randomize(new LlamaForCausalLM(TinyModels.Llama()), 12);
         using var lora = LoraModel.Apply(model, new LoraConfig { R = 2 });
         using (no_grad()) lora.Adapters[0].LoraB.fill_(float.NaN);
@@ -127,6 +133,7 @@ public class LoraTests
     [Fact]
     public void TrainingMovesOnlyTheAdaptersAndLowersTheLoss()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         // Random weights of std 0.3 (with std 0.02 the frozen output head could not express confident predictions).
         using var model = TinyModels.Randomize(new LlamaForCausalLM(TinyModels.Llama()), 13);
         var baseWeights = model.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.clone());
@@ -146,6 +153,7 @@ public class LoraTests
     [Fact]
     public void TargetsAreFoundByNameRegexOrAllLinearAndUnknownNamesListTheAvailableOnes()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var model = new LlamaForCausalLM(TinyModels.Llama());
         using (var byName = LoraModel.Apply(model, new LoraConfig { TargetModules = ["q_proj", "down_proj"] }))
             Assert.Equal(4, byName.Adapters.Count);
@@ -171,6 +179,7 @@ public class LoraTests
     [InlineData(-1, 8.0, "R")]
     public void InvalidHyperparametersAreNamed(int r, double alpha, string option)
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var model = new LlamaForCausalLM(TinyModels.Llama());
         var e = Assert.ThrowsAny<ArgumentException>(() => LoraModel.Apply(model, new LoraConfig { R = r, LoraAlpha = alpha }));
         Assert.Contains(option, e.Message);
@@ -179,6 +188,7 @@ public class LoraTests
     [Fact]
     public void BiasModesChooseWhichBiasesTrain()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var model = new Gpt2ForCausalLM(TinyModels.Gpt2());
         using var lora = LoraModel.Apply(model, new LoraConfig { R = 2, Bias = LoraBias.LoraOnly });
         var trainable = model.named_parameters().Where(p => p.parameter.requires_grad).Select(p => p.name).ToList();
@@ -190,6 +200,7 @@ public class LoraTests
     [Fact]
     public void AdapterStateDictUsesPeftNamesAndShapes()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var model = new LlamaForCausalLM(TinyModels.Llama());
         using var lora = LoraModel.Apply(model, new LoraConfig { R = 4 });
         var state = lora.AdapterStateDict();
@@ -202,6 +213,7 @@ public class LoraTests
     [Fact]
     public void GaussianInitialisationHasStdOneOverR()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var model = new LlamaForCausalLM(TinyModels.Llama() is var c ? Wide(c) : null!);
         using var lora = LoraModel.Apply(model, new LoraConfig { R = 8, InitLoraWeights = "gaussian" });
         var std = cat(lora.Adapters.Select(a => a.LoraA.flatten()).ToArray()).std().item<float>();
@@ -214,6 +226,7 @@ public class LoraTests
     [Fact]
     public void TrainableParameterCountsMatchTheLoraPaperForRobertaSizes()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         // LoRA paper, table 2: RoBERTa-base with r = 8 on W_q and W_v trains 0.3M; exactly 12 · 2 · 8 · (768 + 768).
         using (var robertaBase = new BertModel(new BertConfig { VocabSize = 50265, HiddenSize = 768, NumHiddenLayers = 12, NumAttentionHeads = 12, IntermediateSize = 3072, MaxPositionEmbeddings = 514, TypeVocabSize = 1 }))
         using (var lora = LoraModel.Apply(robertaBase, new LoraConfig { R = 8, TargetModules = ["query", "value"] }))

@@ -8,6 +8,7 @@ public class Nf4Tests(Xunit.Abstractions.ITestOutputHelper output)
     [Fact]
     public void TheCodeTableIsBitsandbytesNf4AndFollowsFromNormalQuantiles()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         var derived = Nf4.DeriveCode();
         Assert.Equal(16, Nf4.Code.Length);
         Assert.Equal(0f, Nf4.Code[7]);
@@ -21,6 +22,7 @@ public class Nf4Tests(Xunit.Abstractions.ITestOutputHelper output)
     [Fact]
     public void CodeValuesTimesTheirBlockScaleSurviveExactlyAndPackTwoPerByte()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         var values = Nf4.Code.Concat(Nf4.Code.Reverse()).Select(v => v * 2.5f).ToArray();   // 32 values, absmax 2.5
         var q = Nf4.Quantize(tensor(values).view(4, 8), blockSize: 32, doubleQuant: false);
         Assert.Equal(16, q.Packed.Length);
@@ -32,6 +34,7 @@ public class Nf4Tests(Xunit.Abstractions.ITestOutputHelper output)
     [Fact]
     public void NormalWeightsQuantiseWithinHalfTheCodeGapAndCostFourAndAHalfBits()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         var weight = randn([256, 384], generator: new Generator(1));
         var q = Nf4.Quantize(weight, doubleQuant: false);
         var restored = q.Dequantize();
@@ -51,6 +54,7 @@ public class Nf4Tests(Xunit.Abstractions.ITestOutputHelper output)
     [Fact]
     public void TheDynamicMapIsBitsandbytesSigned8BitMap()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         var map = Nf4.DynamicMap();
         Assert.Equal(256, map.Length);
         Assert.Equal(map.Order(), map);
@@ -64,6 +68,7 @@ public class Nf4Tests(Xunit.Abstractions.ITestOutputHelper output)
     [Fact]
     public void DoubleQuantisationCostsAbout4Point13BitsAndBarelyAddsError()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         var weight = randn([512, 1024], generator: new Generator(2));
         var single = Nf4.Quantize(weight, doubleQuant: false);
         var twice = Nf4.Quantize(weight);
@@ -83,6 +88,7 @@ public class Nf4Tests(Xunit.Abstractions.ITestOutputHelper output)
     [Fact]
     public void ZeroBlocksAndPaddingAreHandled()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         var weight = zeros(70);
         weight[69] = tensor(-3f);
         var q = Nf4.Quantize(weight, doubleQuant: false);

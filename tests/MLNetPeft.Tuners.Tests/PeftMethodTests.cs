@@ -18,7 +18,7 @@ namespace MLNetPeft.Tuners.Tests;
 /// <summary>What every PEFT method must do: start as the base model, learn, leave the base alone, switch off, save and load, merge.</summary>
 public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
 {
-    private static CausalLanguageModel Tiny(string family, long seed) => family == "gpt2"
+    internal static CausalLanguageModel Tiny(string family, long seed) => family == "gpt2"
         ? TinyModels.Randomize(new Gpt2ForCausalLM(TinyModels.Gpt2()), seed)
         : TinyModels.Randomize(new LlamaForCausalLM(TinyLlama()), seed);
 
@@ -32,7 +32,7 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
 
     private static long Vocab(string family) => TinyTokenizer.VocabSize;
 
-    private static PeftModel Apply(string method, CausalLanguageModel model) => method switch
+    internal static PeftModel Apply(string method, CausalLanguageModel model) => method switch
     {
         "lora" => LoraModel.Apply(model, new LoraConfig { R = 8, LoraAlpha = 16, TargetModules = [LoraConfig.AllLinear] }, seed: 1),
         "dora" => LoraModel.Apply(model, new LoraConfig { R = 8, LoraAlpha = 16, UseDora = true, TargetModules = [LoraConfig.AllLinear] }, seed: 1),
@@ -61,7 +61,7 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
         return model.Forward(ids);
     }
 
-    private static TokenBlocks ToyTask(long vocab)
+    internal static TokenBlocks ToyTask(long vocab)
     {
         // Five fixed random sequences, repeated: the method's parameters alone must learn to reproduce them.
         var random = new Random(3);
@@ -91,6 +91,7 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
     [InlineData("ptuning-v2", "llama")]
     public void EveryMethodStartsAsTheBaseLearnsSwitchesOffSavesLoadsAndMerges(string method, string family)
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var dir = new TempFolder();
         using var model = Tiny(family, 13);
         var ids = TinyModels.RandomIds(2, 7, Vocab(family), 1);
@@ -156,6 +157,7 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
     [Fact]
     public void TwoNamedAdaptersSwitchIndependentlyAndBaseOnlyReproducesTheBase()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var model = Tiny("llama", 5);
         var ids = TinyModels.RandomIds(1, 6, 101, 2);
         using var baseOutput = Run(model, ids);
@@ -186,6 +188,7 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
     [InlineData("gpt2")]
     public void DoraLayerComputesMagnitudeTimesNormalisedAdaptedWeight(string family)
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var model = Tiny(family, 7);
         using var lora = LoraModel.Apply(model, new LoraConfig { R = 4, LoraAlpha = 8, UseDora = true });
         var adapter = lora.Adapters[0];
@@ -208,6 +211,7 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
     [Fact]
     public void DoraNormIsDetachedSoOnlyTheLoraPathCarriesItsGradient()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var model = Tiny("llama", 8);
         using var lora = LoraModel.Apply(model, new LoraConfig { R = 2, UseDora = true, TargetModules = ["q_proj"] });
         var adapter = lora.Adapters[0];
@@ -230,6 +234,7 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
     [InlineData("gpt2")]
     public void Ia3ScalesKeyAndValueOutputsAndTheFeedForwardInput(string family)
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var model = Tiny(family, 9);
         using var ia3 = Ia3Model.Apply(model, new Ia3Config());
         var names = ia3.Layers.Select(l => l.ModuleName).ToList();
@@ -258,6 +263,7 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
     [Fact]
     public void AdapterFilesUsePeftKeysAndFieldsForDoraAndIa3()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var dir = new TempFolder();
         using var model = Tiny("llama", 10);
         var dora = LoraModel.Apply(model, new LoraConfig { R = 4, UseDora = true });
@@ -285,6 +291,7 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
     [InlineData("prefix")]
     public void VirtualTokensRespectLeftPaddingAndTheCache(string method)
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var model = Tiny("llama", 12);
         using var peft = Apply(method, model);
         using (no_grad()) foreach (var p in peft.Model.parameters().Where(p => p.requires_grad)) p.mul_(0.1);
@@ -311,6 +318,7 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
     [Fact]
     public void VirtualTokensCountAgainstLearnedPositions()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var model = Tiny("gpt2", 18);   // 64 learned positions
         using var prompt = PromptTuningModel.Apply(model, new PromptTuningConfig { NumVirtualTokens = 8 });
         using var _ = no_grad();
@@ -322,6 +330,7 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
     [Fact]
     public void PromptLearningAdaptersUsePeftsPromptEmbeddingsLayout()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var dir = new TempFolder();
         using var model = Tiny("llama", 13);
         var g = ModelGeometry.Of(model);
@@ -362,6 +371,7 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
     [InlineData("gpt2")]
     public void HoulsbyAdaptersSitAfterTheAttentionAndFeedForwardOutputProjections(string family)
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var model = Tiny(family, 14);
         using var houlsby = HoulsbyModel.Apply(model, new HoulsbyConfig { ReductionFactor = 8, NonLinearity = "gelu" });
         var names = houlsby.Adapters.Select(a => a.ModuleName).ToList();
@@ -383,6 +393,7 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
     [Fact]
     public void AdaLoraShrinksTheRanksToTheBudgetAndSavesOnlyTheKeptTriplets()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var dir = new TempFolder();
         using var model = Tiny("llama", 15);
         var config = new AdaLoraConfig { InitR = 6, TargetR = 2, TInit = 4, TFinal = 8, DeltaT = 2, TotalStep = 40, TargetModules = [LoraConfig.AllLinear] };
@@ -426,6 +437,7 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
     [Fact]
     public void AdaLoraOrthogonalPenaltyIsTheMeanFrobeniusDistanceFromIdentity()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var model = Tiny("llama", 16);
         using var adalora = AdaLoraModel.Apply(model, new AdaLoraConfig { InitR = 3, TargetR = 1, TotalStep = 10, OrthRegWeight = 0.5, TargetModules = ["q_proj"] });
         using var _ = no_grad();
@@ -443,6 +455,7 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
     [Fact]
     public void UnknownConfigFieldsAreToleratedWithAWarning()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var dir = new TempFolder();
         using var model = Tiny("llama", 17);
         var ia3 = Ia3Model.Apply(model, new Ia3Config());
@@ -464,6 +477,7 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
     [Fact]
     public void BitFitOnAModelWithoutBiasesSaysSo()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var model = Tiny("llama", 11);
         var e = Assert.Throws<ArgumentException>(() => SelectiveModel.Apply(model, new SelectiveConfig { Tuning = SelectiveTuning.BitFit }));
         Assert.Contains("bias", e.Message);
@@ -474,5 +488,52 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
         Assert.Contains("transformer.ln_f.weight", norms.TunedParameters);
         Assert.Contains("transformer.h.0.ln_1.bias", norms.TunedParameters);
         Assert.DoesNotContain(norms.TunedParameters, n => n.Contains("attn", StringComparison.Ordinal));
+    }
+}
+
+/// <summary>P-Tuning's and prefix tuning's encoders: seeded by the caller alone, and P-Tuning's LSTM equal to libtorch's.</summary>
+public class PromptEncoderTests
+{
+    /// <summary>A P-Tuning LSTM (2 layers, dropout between them) or prefix encoder trained twice with one seed, once while another thread draws from libtorch's generator.</summary>
+    [Theory]
+    [InlineData("ptuning-lstm")]
+    [InlineData("ptuning-mlp")]
+    [InlineData("prefix")]
+    public void ASeededPromptEncoderTrainsTheSameWeightsWhileAnotherThreadDrawsRandomNumbers(string method)
+    {
+        using var testScope = NewDisposeScope();   // no test tensor is left to the finalizer
+        Dictionary<string, Tensor> Train(bool crowded)
+        {
+            using var neighbour = crowded ? RandomDrawingThread.Start() : null;
+            var model = PeftMethodTests.Tiny("llama", 3);
+            PeftModel peft = method switch
+            {
+                "ptuning-lstm" => PTuning.PTuningModel.Apply(model, new PTuning.PTuningConfig
+                    { NumVirtualTokens = 4, EncoderHiddenSize = 8, EncoderReparameterizationType = PTuning.PromptEncoderType.Lstm, EncoderDropout = 0.3 }, seed: 5),
+                "ptuning-mlp" => PTuning.PTuningModel.Apply(model, new PTuning.PTuningConfig { NumVirtualTokens = 4, EncoderHiddenSize = 8 }, seed: 5),
+                _ => PrefixTuning.PrefixTuningModel.Apply(model, new PrefixTuning.PrefixTuningConfig { NumVirtualTokens = 4, PrefixProjection = true, EncoderHiddenSize = 8 }, seed: 5),
+            };
+            new LanguageModelTrainer(model, new TrainingOptions { MaxSteps = 4, BatchSize = 4, LearningRate = 1e-2, WarmupSteps = 1, Seed = 6 })
+                .Train(PeftMethodTests.ToyTask(TinyTokenizer.VocabSize));
+            if (crowded) Assert.True(neighbour!.Stop() > 0);
+            return model.named_parameters().Where(p => p.name.StartsWith("prompt_encoder", StringComparison.Ordinal)).ToDictionary(p => p.name, p => (Tensor)p.parameter);
+        }
+        var alone = Train(crowded: false);
+        var crowded = Train(crowded: true);
+        Assert.NotEmpty(alone);
+        foreach (var (name, expected) in alone) TensorAssert.BitIdentical(expected, crowded[name], name);
+    }
+
+    [Fact]
+    public void PTuningsLstmComputesWhatLibtorchsLstmComputes()
+    {
+        using var testScope = NewDisposeScope();   // no test tensor is left to the finalizer
+        using var reference = nn.LSTM(6, 5, numLayers: 2, bidirectional: true, batchFirst: true);
+        using var ours = new PTuning.PromptEncoderLstm(6, 5, 2, dropout: 0.0, ScalarType.Float32, new Generator(1));
+        var theirs = reference.named_parameters().ToDictionary(p => p.name, p => p.parameter);
+        Assert.Equal(theirs.Keys.Order(), ours.named_parameters().Select(p => p.name).Order());
+        using (no_grad()) foreach (var (name, p) in ours.named_parameters()) p.copy_(theirs[name]);
+        var x = randn([3, 7, 6], generator: new Generator(2));
+        TensorAssert.Close(reference.call(x).Item1, ours.call(x), 1e-6, "bidirectional two-layer LSTM");
     }
 }

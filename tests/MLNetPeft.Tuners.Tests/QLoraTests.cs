@@ -21,6 +21,7 @@ public class QLoraTests(Xunit.Abstractions.ITestOutputHelper output)
     [Fact]
     public void QuantisedBaseWithLoraLearnsStaysFrozenSavesQuantisedAndReloads()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var dir = new TempFolder();
         using var model = Tiny(3);
         var ids = TinyModels.RandomIds(2, 7, TinyTokenizer.VocabSize, 1);
@@ -76,6 +77,7 @@ public class QLoraTests(Xunit.Abstractions.ITestOutputHelper output)
     [Fact]
     public void Gpt2Conv1DLayersAreNotQuantisedSilently()
     {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var gpt2 = TinyModels.Randomize(new Gpt2ForCausalLM(TinyModels.Gpt2()), 1);
         Assert.Contains("Conv1D", Assert.Throws<NotSupportedException>(() => Nf4Model.Quantize(gpt2)).Message);
     }

@@ -1,3 +1,4 @@
+using MLNetPeft.Runtime;
 using System.Text.Json.Serialization;
 using MLNetPeft.Architectures.Layers;
 using TorchSharp;
@@ -109,17 +110,17 @@ public sealed class BertModel : PretrainedModule, IPromptableModel
         var prepended = prompt?.InputEmbeddings(batch, dtype, device);
         // HF BERT counts a key/value prefix as past positions; prepended embeddings are ordinary first positions.
         positionIds = positionIds is null
-            ? arange(virtualTokens, virtualTokens + length, dtype: ScalarType.Int64, device: device).unsqueeze(0)
-            : positionIds + virtualTokens;
+            ? Scalars.Range(virtualTokens, virtualTokens + length, device).unsqueeze(0)
+            : positionIds.Plus((long)virtualTokens);
         if (prepended is not null)
         {
             words = cat([prepended, words], 1);
             tokenTypeIds = cat([zeros(batch, virtualTokens, ScalarType.Int64, device), tokenTypeIds], 1);
-            positionIds = cat([arange(virtualTokens, dtype: ScalarType.Int64, device: device).expand(positionIds.shape[0], -1), positionIds], 1);
+            positionIds = cat([Scalars.Range(0, virtualTokens, device).expand(positionIds.shape[0], -1), positionIds], 1);
         }
         if (prompt is not null)
             attentionMask = cat([ones(batch, virtualTokens, ScalarType.Int64, device), attentionMask ?? ones(batch, length, ScalarType.Int64, device)], 1);
-        var x = words + _tokenTypeEmbeddings.call(tokenTypeIds) + _positionEmbeddings.call(positionIds);
+        var x = words.Plus(_tokenTypeEmbeddings.call(tokenTypeIds)).Plus(_positionEmbeddings.call(positionIds));
         x = StepDropout.Apply(_embeddingNorm.call(x), _config.HiddenDropoutProb, training);
         using var mask = AttentionMask.Padding(attentionMask, x.dtype, device);
         for (int i = 0; i < _layers.Count; i++) x = _layers[i].Forward(x, mask, prefix?[i]);
@@ -194,9 +195,9 @@ public sealed class BertLayer : nn.Module
             v = cat([past.Value, v], 2);
         }
         var attended = Attention.MergeHeads(Attention.ScaledDotProduct(q, k, v, mask, dropout: training ? _attentionDropout : 0.0));
-        x = _attentionNorm.call(StepDropout.Apply(_attentionOutput.call(attended), _hiddenDropout, training) + x);
+        x = _attentionNorm.call(StepDropout.Apply(_attentionOutput.call(attended), _hiddenDropout, training).Plus(x));
         var ff = _output.call(_act(_intermediate.call(x)));
-        return _outputNorm.call(StepDropout.Apply(ff, _hiddenDropout, training) + x).MoveToOuterDisposeScope();
+        return _outputNorm.call(StepDropout.Apply(ff, _hiddenDropout, training).Plus(x)).MoveToOuterDisposeScope();
     }
 }
 
@@ -257,7 +258,7 @@ public sealed class BertForSequenceClassification : PretrainedModule, IPromptabl
         if (Pooling == SequencePooling.Mean)
         {
             var mask = attentionMask.unsqueeze(-1).to(encoded.LastHiddenState.dtype);
-            pooled = (encoded.LastHiddenState * mask).sum(1) / mask.sum(1).clamp_min(1);
+            pooled = (encoded.LastHiddenState * mask).sum(1) / mask.sum(1).clamp_min(Scalars.Of(1.0));
         }
         else
         {

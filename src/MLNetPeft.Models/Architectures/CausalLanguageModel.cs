@@ -1,3 +1,4 @@
+using MLNetPeft.Runtime;
 using MLNetPeft.Architectures.Layers;
 using static TorchSharp.torch;
 
@@ -74,8 +75,8 @@ public abstract class CausalLanguageModel : PretrainedModule, IPromptableModel
         if (positionIds is not null)
         {
             // The caller counted positions over its own tokens; the virtual ones come first.
-            positionIds = positionIds + p;
-            if (prepended) positionIds = cat([arange(p, device: embeds.device).expand(batch, p), positionIds], 1);
+            positionIds = positionIds.Plus((long)p);
+            if (prepended) positionIds = cat([Scalars.Range(0, p, embeds.device).expand(batch, p), positionIds], 1);
         }
         // Prefix keys/values only need a cache during this call when the caller passed none (training).
         var hidden = ForwardHidden(embeds, mask, positionIds, useCache is { Length: > 0 } || cache is not null ? useCache : null);

@@ -1,3 +1,4 @@
+using MLNetPeft.Runtime;
 using System.Text.Json.Serialization;
 using MLNetPeft.Architectures.Layers;
 using TorchSharp;
@@ -50,8 +51,9 @@ public sealed class Conv1D : nn.Module<Tensor, Tensor>
 
     public Conv1D(long inFeatures, long outFeatures) : base(nameof(Conv1D))
     {
-        weight = nn.Parameter(empty(inFeatures, outFeatures));
-        bias = nn.Parameter(zeros(outFeatures));
+        // Like TorchSharp's own layers, the weights belong to the module, never to a dispose scope.
+        weight = (Parameter)nn.Parameter(empty(inFeatures, outFeatures)).DetachFromDisposeScope();
+        bias = (Parameter)nn.Parameter(zeros(outFeatures)).DetachFromDisposeScope();
         register_parameter(nameof(weight), weight);
         register_parameter(nameof(bias), bias);
     }
@@ -59,7 +61,7 @@ public sealed class Conv1D : nn.Module<Tensor, Tensor>
     public Parameter Weight => weight;
     public Parameter Bias => bias;
 
-    public override Tensor forward(Tensor x) => torch.matmul(x, Weight).add_(Bias);
+    public override Tensor forward(Tensor x) => torch.matmul(x, Weight).add_(Bias, Scalars.One);
 }
 
 /// <summary>GPT-2 (Radford et al. 2019) as HF's <c>GPT2LMHeadModel</c>: learned positions, pre-LayerNorm blocks, tied output head.</summary>
@@ -97,7 +99,7 @@ public sealed class Gpt2ForCausalLM : CausalLanguageModel
         if (past + length > _config.NPositions)
             throw new ArgumentException($"GPT-2 has {_config.NPositions} positions (n_positions); this pass needs {past + length}.");
         positionIds ??= DefaultPositions(inputsEmbeds, attentionMask, cache);
-        var x = StepDropout.Apply(inputsEmbeds + _wpe.call(positionIds), _config.EmbdPdrop, training);
+        var x = StepDropout.Apply(inputsEmbeds.Plus(_wpe.call(positionIds)), _config.EmbdPdrop, training);
         using var mask = AttentionMask.Causal(length, past, attentionMask, null, x.dtype, x.device);
         for (int i = 0; i < _blocks.Count; i++) x = _blocks[i].Forward(x, mask, cache);
         return _lnF.call(x).MoveToOuterDisposeScope();
@@ -150,8 +152,8 @@ public sealed class Gpt2Block : nn.Module
     public Tensor Forward(Tensor x, AttentionMask mask, KvCache? cache)
     {
         using var scope = NewDisposeScope();
-        x = x + _attn.Forward(_ln1.call(x), mask, cache);
-        x = x + _mlp.call(_ln2.call(x));
+        x = x.Plus(_attn.Forward(_ln1.call(x), mask, cache));
+        x = x.Plus(_mlp.call(_ln2.call(x)));
         return x.MoveToOuterDisposeScope();
     }
 }

@@ -1,3 +1,4 @@
+using MLNetPeft.Runtime;
 using System.Text.Json.Serialization;
 using MLNetPeft.Architectures.Layers;
 using TorchSharp;
@@ -141,8 +142,8 @@ public sealed class LlamaDecoderLayer : nn.Module
     public Tensor Forward(Tensor x, Tensor cos, Tensor sin, AttentionMask mask, KvCache? cache)
     {
         using var scope = NewDisposeScope();
-        x = x + _selfAttn.Forward(_inputNorm.call(x), cos, sin, mask, cache);
-        x = x + _mlp.call(_postAttentionNorm.call(x));
+        x = x.Plus(_selfAttn.Forward(_inputNorm.call(x), cos, sin, mask, cache));
+        x = x.Plus(_mlp.call(_postAttentionNorm.call(x)));
         return x.MoveToOuterDisposeScope();
     }
 }

@@ -73,14 +73,14 @@ public static class PretrainedModels
     private static T Load<T>(string folder, ModelLoadOptions? options, Func<ModelConfig, T> create) where T : PretrainedModule =>
         Load(folder, options, (config, _) => create(config));
 
-    private static T Load<T>(string folder, ModelLoadOptions? options, Func<ModelConfig, SafetensorsCheckpoint, T> create) where T : PretrainedModule
+    private static T Load<T>(string folder, ModelLoadOptions? options, Func<ModelConfig, CheckpointWeights, T> create) where T : PretrainedModule
     {
         TorchRuntime.EnsureAvailable();
         options ??= new ModelLoadOptions();
         options.Validate();
         var target = options.ResolveDevice();
         var config = LoadConfig(folder);
-        using var checkpoint = SafetensorsCheckpoint.Open(folder);
+        using var checkpoint = CheckpointWeights.Open(folder);
         var model = create(config, checkpoint);
         try
         {

@@ -68,11 +68,11 @@ public abstract class PretrainedModule : nn.Module
                     embedding.weight!.normal_(0, std, generator);
                     break;
                 case LayerNorm norm:
-                    norm.weight?.fill_(1);
+                    norm.weight?.fill_(Scalars.Of(1.0));
                     norm.bias?.zero_();
                     break;
                 case RmsNorm rms:
-                    rms.Weight.fill_(1);
+                    rms.Weight.fill_(Scalars.Of(1.0));
                     break;
                 default:
                     InitializeOther(name, module, std, generator);
@@ -91,20 +91,21 @@ public abstract class PretrainedModule : nn.Module
     /// <param name="checkpoint">The weights.</param>
     /// <param name="source">Named in errors.</param>
     /// <param name="loadedElsewhere">Parameter names the caller fills itself (e.g. quantised layers); not read here.</param>
-    public WeightLoadReport LoadWeights(SafetensorsCheckpoint checkpoint, string source, IReadOnlySet<string>? loadedElsewhere = null)
+    public WeightLoadReport LoadWeights(ITensorReader checkpoint, string source, IReadOnlySet<string>? loadedElsewhere = null)
     {
         var used = new HashSet<string>(StringComparer.Ordinal);
         var missing = new List<string>();
         int loaded = 0;
         using var _ = no_grad();
+        using var scope = NewDisposeScope();
         foreach (var (name, target) in state_dict())
         {
             if (loadedElsewhere?.Contains(name) == true) continue;
             var key = CheckpointNames(name).FirstOrDefault(checkpoint.Contains);
             if (key is null) { missing.Add(name); continue; }
-            var info = checkpoint.Info(key);
-            if (!info.Shape.SequenceEqual(target.shape))
-                throw new InvalidDataException($"Checkpoint '{source}': tensor '{key}' has shape [{string.Join(", ", info.Shape)}] but the config implies [{string.Join(", ", target.shape)}] for '{name}'.");
+            var shape = checkpoint.ShapeOf(key);
+            if (!shape.SequenceEqual(target.shape))
+                throw new InvalidDataException($"Checkpoint '{source}': tensor '{key}' has shape [{string.Join(", ", shape)}] but the config implies [{string.Join(", ", target.shape)}] for '{name}'.");
             checkpoint.ReadInto(key, target);
             used.Add(key);
             loaded++;
@@ -145,7 +146,7 @@ public abstract class PretrainedModule : nn.Module
         var weightsToSave = tensors;
         var dtype = weightsToSave.Values.Select(t => t.dtype).FirstOrDefault(t => t.IsFloatingPoint(), ScalarType.Float32);
         Config.TorchDtype = dtype switch { ScalarType.BFloat16 => "bfloat16", ScalarType.Float16 => "float16", _ => "float32" };
-        SafetensorsCheckpoint.Save(folder, weightsToSave, maxShardBytes);
+        CheckpointWeights.Save(folder, weightsToSave, maxShardBytes);
         AtomicFile.WriteAllText(Path.Combine(folder, "config.json"), Config.ToJson());
         if (SourceFolder is { } source && Path.GetFullPath(source) != Path.GetFullPath(folder))
         {

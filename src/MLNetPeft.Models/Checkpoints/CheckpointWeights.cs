@@ -5,57 +5,72 @@ using static TorchSharp.torch;
 namespace MLNetPeft.Checkpoints;
 
 /// <summary>
-/// The weights of a checkpoint folder: a single <c>model.safetensors</c>, or shards listed by
-/// <c>model.safetensors.index.json</c> (HF transformers' layout: <c>{"metadata": {...}, "weight_map": {name: file}}</c>).
+/// The weights of a checkpoint folder in HF transformers' layouts: a single <c>model.safetensors</c>, or shards listed
+/// by <c>model.safetensors.index.json</c> (<c>{"metadata": {...}, "weight_map": {name: file}}</c>); failing those,
+/// PyTorch's <c>pytorch_model.bin</c> or its shards (<c>pytorch_model.bin.index.json</c>), read weights-only.
 /// </summary>
-public sealed class SafetensorsCheckpoint : IDisposable
+public sealed class CheckpointWeights : ITensorReader
 {
     public const string SingleFileName = "model.safetensors";
     public const string IndexFileName = "model.safetensors.index.json";
+    public const string PyTorchFileName = "pytorch_model.bin";
+    public const string PyTorchIndexFileName = "pytorch_model.bin.index.json";
 
-    private readonly Dictionary<string, SafetensorsFile> _fileOfTensor;
-    private readonly List<SafetensorsFile> _files;
+    private readonly Dictionary<string, ITensorReader> _fileOfTensor;
+    private readonly List<ITensorReader> _files;
 
-    private SafetensorsCheckpoint(List<SafetensorsFile> files, Dictionary<string, SafetensorsFile> fileOfTensor)
+    private CheckpointWeights(string source, List<ITensorReader> files, Dictionary<string, ITensorReader> fileOfTensor)
     {
+        Source = source;
         _files = files;
         _fileOfTensor = fileOfTensor;
     }
 
+    public string Source { get; }
     public IReadOnlyCollection<string> TensorNames => _fileOfTensor.Keys;
-    public IReadOnlyList<SafetensorsFile> Files => _files;
     public bool Contains(string name) => _fileOfTensor.ContainsKey(name);
-    public SafetensorsTensorInfo Info(string name) => FileOf(name).Info(name);
+    public long[] ShapeOf(string name) => FileOf(name).ShapeOf(name);
+    public ScalarType DTypeOf(string name) => FileOf(name).DTypeOf(name);
     public Tensor ReadTensor(string name) => FileOf(name).ReadTensor(name);
     /// <inheritdoc cref="SafetensorsFile.ReadInto"/>
     public void ReadInto(string name, Tensor destination) => FileOf(name).ReadInto(name, destination);
 
-    private SafetensorsFile FileOf(string name) =>
+    private ITensorReader FileOf(string name) =>
         _fileOfTensor.TryGetValue(name, out var file) ? file
-            : throw new KeyNotFoundException($"Tensor '{name}' is not in the checkpoint ({string.Join(", ", _files.Select(f => Path.GetFileName(f.Path)))}).");
+            : throw new KeyNotFoundException($"Tensor '{name}' is not in the checkpoint ({string.Join(", ", _files.Select(f => Path.GetFileName(f.Source)))}).");
 
-    /// <summary>True when <paramref name="folder"/> holds safetensors weights in either layout.</summary>
+    /// <summary>True when <paramref name="folder"/> holds weights in one of the layouts.</summary>
     public static bool Exists(string folder) =>
-        File.Exists(Path.Combine(folder, IndexFileName)) || File.Exists(Path.Combine(folder, SingleFileName));
+        new[] { IndexFileName, SingleFileName, PyTorchIndexFileName, PyTorchFileName }.Any(f => File.Exists(Path.Combine(folder, f)));
 
-    /// <summary>Opens the weights of <paramref name="folder"/>, preferring the shard index when present.</summary>
-    public static SafetensorsCheckpoint Open(string folder)
+    /// <summary>Opens the weights of <paramref name="folder"/>: safetensors first (shard index, then single file), then PyTorch's.</summary>
+    public static CheckpointWeights Open(string folder)
     {
-        var index = Path.Combine(folder, IndexFileName);
-        if (File.Exists(index)) return OpenSharded(index);
-        var single = Path.Combine(folder, SingleFileName);
-        if (!File.Exists(single))
-            throw new FileNotFoundException($"Checkpoint folder '{Path.GetFullPath(folder)}' has neither {SingleFileName} nor {IndexFileName}.", single);
-        var file = SafetensorsFile.Open(single);
-        return new SafetensorsCheckpoint([file], file.Tensors.ToDictionary(t => t.Name, _ => file, StringComparer.Ordinal));
+        foreach (var (index, single) in new[] { (IndexFileName, SingleFileName), (PyTorchIndexFileName, PyTorchFileName) })
+        {
+            var indexPath = Path.Combine(folder, index);
+            if (File.Exists(indexPath)) return OpenSharded(indexPath);
+            var singlePath = Path.Combine(folder, single);
+            if (File.Exists(singlePath))
+            {
+                var file = OpenFile(singlePath);
+                return new CheckpointWeights(file.Source, [file], file.TensorNames.ToDictionary(t => t, _ => file, StringComparer.Ordinal));
+            }
+        }
+        throw new FileNotFoundException($"Checkpoint folder '{Path.GetFullPath(folder)}' has none of {SingleFileName}, {IndexFileName}, {PyTorchFileName} or {PyTorchIndexFileName}.",
+            Path.Combine(folder, SingleFileName));
     }
 
-    private static SafetensorsCheckpoint OpenSharded(string indexPath)
+    /// <summary>One weights file: safetensors by its extension, otherwise torch.save's zip format (read weights-only).</summary>
+    public static ITensorReader OpenFile(string path) =>
+        path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase) ? SafetensorsFile.Open(path) : TorchCheckpointFile.Open(path);
+
+    private static CheckpointWeights OpenSharded(string indexPath)
     {
         var folder = Path.GetDirectoryName(Path.GetFullPath(indexPath))!;
         var weightMap = ReadWeightMap(indexPath);
-        var files = new Dictionary<string, SafetensorsFile>(StringComparer.Ordinal);
-        var fileOfTensor = new Dictionary<string, SafetensorsFile>(StringComparer.Ordinal);
+        var files = new Dictionary<string, ITensorReader>(StringComparer.Ordinal);
+        var fileOfTensor = new Dictionary<string, ITensorReader>(StringComparer.Ordinal);
         try
         {
             foreach (var (tensor, shard) in weightMap)
@@ -65,13 +80,13 @@ public sealed class SafetensorsCheckpoint : IDisposable
                     var shardPath = Path.Combine(folder, shard);
                     if (!File.Exists(shardPath))
                         throw new InvalidDataException($"Shard index '{indexPath}' lists '{shard}', which does not exist.");
-                    files[shard] = file = SafetensorsFile.Open(shardPath);
+                    files[shard] = file = OpenFile(shardPath);
                 }
                 if (!file.Contains(tensor))
                     throw new InvalidDataException($"Shard index '{indexPath}' places tensor '{tensor}' in '{shard}', which does not contain it.");
                 fileOfTensor[tensor] = file;
             }
-            return new SafetensorsCheckpoint(files.Values.ToList(), fileOfTensor);
+            return new CheckpointWeights(folder, files.Values.ToList(), fileOfTensor);
         }
         catch
         {

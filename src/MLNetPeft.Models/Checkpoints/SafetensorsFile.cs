@@ -9,7 +9,7 @@ namespace MLNetPeft.Checkpoints;
 /// A safetensors file opened for reading. The header is validated on open; tensor data is memory-mapped
 /// and copied exactly once, straight into the storage of a new TorchSharp tensor.
 /// </summary>
-public sealed class SafetensorsFile : IDisposable
+public sealed class SafetensorsFile : ITensorReader
 {
     private readonly MemoryMappedFile? _map;
     private readonly MemoryMappedViewAccessor? _view;
@@ -27,6 +27,10 @@ public sealed class SafetensorsFile : IDisposable
     public IReadOnlyList<SafetensorsTensorInfo> Tensors => Header.Tensors;
     public IReadOnlyDictionary<string, string> Metadata => Header.Metadata;
     public bool Contains(string name) => Header.ByName.ContainsKey(name);
+    string ITensorReader.Source => Path;
+    public IReadOnlyCollection<string> TensorNames => Header.ByName.Keys.ToList();
+    public long[] ShapeOf(string name) => Info(name).Shape;
+    public ScalarType DTypeOf(string name) => Info(name).DType.ToScalarType();
 
     /// <summary>Opens and validates <paramref name="path"/>; throws <see cref="InvalidDataException"/> for a malformed file.</summary>
     public static SafetensorsFile Open(string path)

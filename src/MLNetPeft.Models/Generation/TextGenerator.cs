@@ -1,3 +1,4 @@
+using MLNetPeft.Runtime;
 using MLNetPeft.Architectures;
 using MLNetPeft.Tokenization;
 using TorchSharp;
@@ -56,6 +57,8 @@ public sealed class TextGenerator
         bool wasTraining = _model.training;
         _model.eval();
         using var noGrad = no_grad();
+        // Every tensor of the call lives in this scope (or a step's inner one): none is left to the finalizer.
+        using var callScope = NewDisposeScope();
         using var cache = _model.CreateCache();
         try
         {
@@ -71,7 +74,7 @@ public sealed class TextGenerator
                     mask[b * promptLength + t] = t < offset ? 0 : 1;
                 }
             }
-            var attentionMask = tensor(mask, [batch, promptLength]).to(device).DetachFromDisposeScope();
+            var attentionMask = tensor(mask, [batch, promptLength]).to(device);
             var input = tensor(ids, [batch, promptLength]).to(device);
             for (int step = 0; step < options.MaxNewTokens && rows.Any(r => !r.Finished); step++)
             {
@@ -85,12 +88,13 @@ public sealed class TextGenerator
                     rows[b].Accept(next[b], stopIds, options.StopStrings, onToken, b);
                     if (rows[b].Finished && !rows[b].AcceptedLast) next[b] = padId;
                 }
-                input = tensor(next.Select(t => (long)t).ToArray(), [batch, 1]).to(device).DetachFromDisposeScope();
-                var grown = cat([attentionMask, ones(batch, 1, ScalarType.Int64, device)], 1).DetachFromDisposeScope();
+                // The next step's inputs outlive this step's scope; they belong to the call's scope.
+                input.Dispose();
+                input = tensor(next.Select(t => (long)t).ToArray(), [batch, 1]).to(device).MoveToOuterDisposeScope();
+                var grown = cat([attentionMask, ones(batch, 1, ScalarType.Int64, device)], 1).MoveToOuterDisposeScope();
                 attentionMask.Dispose();
                 attentionMask = grown;
             }
-            attentionMask.Dispose();
             return rows.Select(r => r.Result()).ToList();
         }
         finally
@@ -101,6 +105,10 @@ public sealed class TextGenerator
 
     internal static int[] ChooseTokens(Tensor logits, Row[] rows, GenerationOptions options, Generator generator)
     {
+        // Options are per call, so their Scalars are disposed with the call (see Scalars).
+        using var penalty = Scalars.Owned(options.RepetitionPenalty);
+        using var temperature = Scalars.Owned(options.Temperature);
+        using var topP = Scalars.Owned(options.TopP);
         if (options.RepetitionPenalty != 1.0)
         {
             for (int b = 0; b < rows.Length; b++)
@@ -110,26 +118,26 @@ public sealed class TextGenerator
                 var row = logits[b];
                 var picked = row.index_select(0, seen);
                 // CTRL's penalty as HF applies it: shrink positive logits, push negative ones further down.
-                var penalised = where(picked > 0, picked / options.RepetitionPenalty, picked * options.RepetitionPenalty);
+                var penalised = where(picked.gt(Scalars.Of(0.0)), picked.div(penalty), picked.mul(penalty));
                 row.index_copy_(0, seen, penalised);
             }
         }
         if (!options.DoSample) return logits.argmax(-1).data<long>().Select(t => (int)t).ToArray();
 
-        var scores = logits / options.Temperature;
+        var scores = logits.div(temperature);
         if (options.TopK > 0 && options.TopK < scores.shape[^1])
         {
             var kth = scores.topk(options.TopK, -1).values.narrow(-1, options.TopK - 1, 1);
-            scores = scores.masked_fill(scores < kth, double.NegativeInfinity);
+            scores = scores.masked_fill(scores < kth, Scalars.Of(double.NegativeInfinity));
         }
         if (options.TopP < 1.0)
         {
             var (sorted, order) = scores.sort(-1, descending: true);
             var cumulative = sorted.softmax(-1).cumsum(-1);
             // Drop a token when the tokens ranked above it already reach top_p (the first always stays).
-            var drop = (cumulative - sorted.softmax(-1)) >= options.TopP;
+            var drop = (cumulative - sorted.softmax(-1)).ge(topP);
             var dropInOriginalOrder = zeros_like(drop).scatter(-1, order, drop);
-            scores = scores.masked_fill(dropInOriginalOrder, double.NegativeInfinity);
+            scores = scores.masked_fill(dropInOriginalOrder, Scalars.Of(double.NegativeInfinity));
         }
         var probabilities = scores.softmax(-1);
         return multinomial(probabilities, 1, generator: generator).squeeze(-1).data<long>().Select(t => (int)t).ToArray();

@@ -1,3 +1,4 @@
+using MLNetPeft.Runtime;
 using System.Diagnostics;
 using MLNetPeft.Architectures;
 using MLNetPeft.Architectures.Layers;
@@ -46,6 +47,7 @@ public sealed class SequenceClassifierTrainer
         ArgumentNullException.ThrowIfNull(train);
         if (train.Count == 0) throw new ArgumentException("There are no training examples.", nameof(train));
         var o = _options;
+        using var runScope = NewDisposeScope();   // see TensorLifetime: nothing of a run is left to the finalizer
         _model.train();
         var trainable = _model.named_parameters().Where(p => p.parameter.requires_grad).ToList();
         using var optimizer = new AdamW(trainable, o.Beta1, o.Beta2, o.Epsilon, o.WeightDecay);
@@ -64,11 +66,10 @@ public sealed class SequenceClassifierTrainer
             if (batchIndex == 0) batches = EpochBatches(train, o.BatchSize, GroupByLength, o.Seed * 1_000_003 + epoch);
             var batch = batches[batchIndex].Select(i => train[i]).ToList();
             long stepSeed = o.Seed * 7_919 + step;   // dropout depends only on (seed, step)
-            torch.manual_seed(stepSeed);
+            using var stepScope = NewDisposeScope();
             optimizer.ZeroGrad();
             double lr = schedule.At(step);
             double loss;
-            using (var scope = NewDisposeScope())
             using (StepDropout.Begin(stepSeed, Device))
             {
                 var (ids, mask, types, labels) = Collate(batch, Device);
@@ -76,7 +77,7 @@ public sealed class SequenceClassifierTrainer
                 var value = nn.functional.cross_entropy(logits.to(ScalarType.Float32), labels);
                 loss = value.item<float>();
                 if (!double.IsFinite(loss)) throw new TrainingDivergedException(step + 1, null, $"Training diverged at step {step + 1}: the loss became {loss}. Lower the learning rate.");
-                if (_hook?.AdditionalLoss() is { } extra) value = value + extra;
+                if (_hook?.AdditionalLoss() is { } extra) value = value.Plus(extra);
                 value.backward();
                 tokens += mask.sum().item<long>();
             }
@@ -105,6 +106,7 @@ public sealed class SequenceClassifierTrainer
         bool wasTraining = model.training;
         model.eval();
         using var _ = no_grad();
+        using var predictionScope = NewDisposeScope();
         var device = model.parameters().First().device;
         var result = new List<float[]>(examples.Count);
         for (int start = 0; start < examples.Count; start += batchSize)

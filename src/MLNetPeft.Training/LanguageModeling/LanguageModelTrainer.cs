@@ -1,3 +1,4 @@
+using MLNetPeft.Runtime;
 using System.Diagnostics;
 using System.Text.Json;
 using MLNetPeft.Architectures;
@@ -46,6 +47,7 @@ public sealed class LanguageModelTrainer
         var o = _options;
         if (train.Count < o.BatchSize)
             throw new ArgumentException($"The training data has {train.Count} blocks, fewer than BatchSize = {o.BatchSize}.", nameof(train));
+        using var scope = NewDisposeScope();   // see TensorLifetime: nothing of a run is left to the finalizer
         if (o.UseBf16) _model.to(ScalarType.BFloat16);
         _model.train();
         var trainable = _model.named_parameters().Where(p => p.parameter.requires_grad).ToList();
@@ -107,12 +109,11 @@ public sealed class LanguageModelTrainer
     private double TrainStep(TokenBlocks train, AdamW optimizer, IReadOnlyList<(string name, Parameter parameter)> trainable, int step, double lr, string? lastCheckpoint)
     {
         var o = _options;
-        // Dropout and batch order depend only on (seed, step): that is what makes resuming exact.
-        // Our layers draw dropout from the step's own generator (other threads training at the same time cannot take
-        // from it); the global seed still covers libtorch's own stochastic layers (the LSTM of P-Tuning).
+        using var stepScope = NewDisposeScope();
+        // Dropout and batch order depend only on (seed, step): that is what makes resuming exact. Every dropout of the
+        // library draws from the step's own generator, so other threads training at the same time cannot take from it.
         long stepSeed = o.Seed * 1_000_003 + step;
         using var dropout = StepDropout.Begin(stepSeed, Device);
-        torch.manual_seed(stepSeed);
         var random = new Random(unchecked((int)(o.Seed * 7_919 + step)));
         optimizer.ZeroGrad();
         double total = 0;
@@ -123,13 +124,13 @@ public sealed class LanguageModelTrainer
             var indices = Enumerable.Range(0, o.BatchSize).Select(_ => random.Next(train.Count)).ToArray();
             var (inputs, targets) = train.Batch(indices);
             // A micro-batch of prompts only (completion-only loss) has nothing to learn; its mean loss would be NaN.
-            if (!targets.ne(TokenBlocks.IgnoreIndex).any().item<bool>()) continue;
+            if (!targets.ne(Scalars.Of((long)TokenBlocks.IgnoreIndex)).any().item<bool>()) continue;
             var loss = CrossEntropy(_model.Forward(inputs.to(Device)), targets.to(Device));
             double value = loss.item<float>();
             if (!double.IsFinite(value)) throw Diverged(step, $"the loss became {value}", lastCheckpoint);
             // The reported loss stays the language-modelling loss; a method's extra term only shapes the gradient.
-            if (_hook?.AdditionalLoss() is { } extra) loss = loss + extra;
-            (loss / o.GradientAccumulationSteps).backward();
+            if (_hook?.AdditionalLoss() is { } extra) loss = loss.Plus(extra);
+            loss.Over(o.GradientAccumulationSteps).backward();
             total += value / o.GradientAccumulationSteps;
             learned = true;
         }
@@ -161,6 +162,7 @@ public sealed class LanguageModelTrainer
         bool wasTraining = model.training;
         model.eval();
         using var _ = no_grad();
+        using var evaluationScope = NewDisposeScope();
         double sum = 0;
         long count = 0;
         var device = model.parameters().First().device;
@@ -169,7 +171,7 @@ public sealed class LanguageModelTrainer
         {
             using var scope = NewDisposeScope();
             var (inputs, targets) = blocks.Batch(Enumerable.Range(start, Math.Min(batchSize, blocks.Count - start)).ToArray());
-            long counted = targets.ne(TokenBlocks.IgnoreIndex).sum().item<long>();
+            long counted = targets.ne(Scalars.Of((long)TokenBlocks.IgnoreIndex)).sum().item<long>();
             if (counted == 0) continue;
             var loss = CrossEntropy(model.Forward(inputs.to(device)), targets.to(device));
             sum += loss.item<float>() * counted;
@@ -185,6 +187,7 @@ public sealed class LanguageModelTrainer
     {
         var root = _options.CheckpointFolder!;
         Directory.CreateDirectory(root);
+        using var scope = NewDisposeScope();
         var final = Path.Combine(root, $"checkpoint-{state.Step:D6}");
         var temp = Path.Combine(root, $".checkpoint-{state.Step:D6}.{Guid.NewGuid():N}.tmp");
         try
@@ -206,7 +209,8 @@ public sealed class LanguageModelTrainer
 
     private TrainerState Restore(string checkpoint, AdamW optimizer)
     {
-        using (var weights = SafetensorsCheckpoint.Open(checkpoint)) _model.LoadWeights(weights, checkpoint);
+        using var scope = NewDisposeScope();
+        using (var weights = CheckpointWeights.Open(checkpoint)) _model.LoadWeights(weights, checkpoint);
         optimizer.Load(Path.Combine(checkpoint, OptimizerFile));
         var state = JsonSerializer.Deserialize<TrainerState>(File.ReadAllText(Path.Combine(checkpoint, StateFile)), StateJson)
             ?? throw new InvalidDataException($"Checkpoint '{checkpoint}' has an empty {StateFile}.");

@@ -1,3 +1,4 @@
+using MLNetPeft.Runtime;
 using System.Text.Json.Nodes;
 using MLNetPeft.Architectures;
 using TorchSharp;
@@ -29,7 +30,10 @@ public sealed class AdaLoraModel : PeftModel, ITrainingStepHook
     /// <summary>Kept triplets per layer after the latest allocation (null before the first).</summary>
     public IReadOnlyDictionary<SvdLayer, bool[]>? RankPattern { get; private set; }
 
-    public static AdaLoraModel Apply(nn.Module model, AdaLoraConfig config, string adapterName = "default", long seed = 0)
+    public static AdaLoraModel Apply(nn.Module model, AdaLoraConfig config, string adapterName = "default", long seed = 0) =>
+        Scoped(model, () => ApplyCore(model, config, adapterName, seed));
+
+    private static AdaLoraModel ApplyCore(nn.Module model, AdaLoraConfig config, string adapterName = "default", long seed = 0)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(config);
@@ -99,10 +103,10 @@ public sealed class AdaLoraModel : PeftModel, ITrainingStepHook
         {
             var qq = l.A.matmul(l.A.t());
             var pp = l.B.t().matmul(l.B);
-            total = total + (qq - eye(qq.shape[0], dtype: qq.dtype, device: qq.device)).pow(2).sum().sqrt()
-                          + (pp - eye(pp.shape[0], dtype: pp.dtype, device: pp.device)).pow(2).sum().sqrt();
+            total = total.Plus((qq - eye(qq.shape[0], dtype: qq.dtype, device: qq.device)).Power(2).sum().sqrt())
+                         .Plus((pp - eye(pp.shape[0], dtype: pp.dtype, device: pp.device)).Power(2).sum().sqrt());
         }
-        return (total / (2 * _layers.Count) * Config.OrthRegWeight).squeeze();
+        return total.Times(Config.OrthRegWeight / (2 * _layers.Count)).squeeze();
     }
 
     /// <summary>PEFT's update_and_allocate, called after each optimizer step with the 1-based global step.</summary>
@@ -146,7 +150,7 @@ public sealed class AdaLoraModel : PeftModel, ITrainingStepHook
         var result = new Dictionary<string, Tensor>(StringComparer.Ordinal);
         foreach (var l in _layers)
         {
-            var keep = RankPattern?.TryGetValue(l, out var k) == true ? tensor(k).nonzero().view(-1) : arange(l.A.shape[0]);
+            var keep = RankPattern?.TryGetValue(l, out var k) == true ? tensor(k).nonzero().view(-1) : Scalars.Range(0, l.A.shape[0]);
             result[$"{PeftAdapterFiles.KeyPrefix}{l.ModuleName}.lora_A"] = l.A.detach().index_select(0, keep);
             result[$"{PeftAdapterFiles.KeyPrefix}{l.ModuleName}.lora_E"] = l.E.detach().index_select(0, keep);
             result[$"{PeftAdapterFiles.KeyPrefix}{l.ModuleName}.lora_B"] = l.B.detach().index_select(1, keep);

@@ -1,3 +1,4 @@
+using MLNetPeft.Runtime;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 
@@ -46,8 +47,8 @@ public sealed class RankAllocator
             var sensitivity = (p * p.grad).abs();
             if (!_scores.TryGetValue(p, out var s))
                 s = (zeros_like(p).DetachFromDisposeScope(), zeros_like(p).DetachFromDisposeScope());
-            var average = (s.Average * _config.Beta1 + sensitivity * (1 - _config.Beta1)).DetachFromDisposeScope();
-            var uncertainty = (s.Uncertainty * _config.Beta2 + (sensitivity - average).abs() * (1 - _config.Beta2)).DetachFromDisposeScope();
+            var average = s.Average.Times(_config.Beta1).Plus(sensitivity.Times(1 - _config.Beta1)).DetachFromDisposeScope();
+            var uncertainty = s.Uncertainty.Times(_config.Beta2).Plus((sensitivity - average).abs().Times(1 - _config.Beta2)).DetachFromDisposeScope();
             s.Average.Dispose();
             s.Uncertainty.Dispose();
             _scores[p] = (average, uncertainty);
@@ -68,19 +69,19 @@ public sealed class RankAllocator
         using var scope = NewDisposeScope();
         using var _ = no_grad();
         var triplets = _layers.ToDictionary(l => l, l =>
-            Score(l.E).view(-1) + Score(l.A).mean([1]) + Score(l.B).mean([0]));
+            Score(l.E).view(-1).Plus(Score(l.A).mean([1])).Plus(Score(l.B).mean([0])));
         int drop = InitialBudget - budget;
         var kept = new Dictionary<SvdLayer, bool[]>();
         if (drop <= 0)
         {
-            foreach (var l in _layers) kept[l] = l.E.view(-1).ne(0).data<bool>().ToArray();
+            foreach (var l in _layers) kept[l] = l.E.view(-1).ne(Scalars.Of(0.0)).data<bool>().ToArray();
             return kept;
         }
-        double threshold = cat(triplets.Values.ToArray()).kthvalue(drop, 0).values.item<float>();
+        using var threshold = Scalars.Owned(cat(triplets.Values.ToArray()).kthvalue(drop, 0).values.item<float>());
         foreach (var (layer, score) in triplets)
         {
             var keep = score.gt(threshold);
-            layer.E.masked_fill_(keep.logical_not().unsqueeze(1), 0.0);
+            layer.E.masked_fill_(keep.logical_not().unsqueeze(1), Scalars.Of(0.0));
             kept[layer] = keep.data<bool>().ToArray();
         }
         return kept;
@@ -91,6 +92,6 @@ public sealed class RankAllocator
     {
         using var _ = no_grad();
         foreach (var (layer, keep) in pattern)
-            layer.E.masked_fill_(tensor(keep).logical_not().unsqueeze(1).to(layer.E.device), 0.0);
+            layer.E.masked_fill_(tensor(keep).logical_not().unsqueeze(1).to(layer.E.device), Scalars.Of(0.0));
     }
 }

@@ -1,3 +1,4 @@
+using MLNetPeft.Runtime;
 using MLNetPeft.Architectures;
 using MLNetPeft.Architectures.Layers;
 using TorchSharp;
@@ -27,16 +28,16 @@ public sealed class SvdLayer
         _dropout = config.LoraDropout;
         (long inFeatures, long outFeatures, FanInFanOut) = TargetModules.Shape(layer, moduleName, "AdaLoRA");
         var weight = BaseWeight;
-        A = new Parameter(randn([rank, inFeatures], dtype: weight.dtype, generator: generator).mul_(0.02).to(weight.device));
+        A = new Parameter(randn([rank, inFeatures], dtype: weight.dtype, generator: generator).mul_(Scalars.Of(0.02)).to(weight.device));
         E = new Parameter(zeros([rank, 1], dtype: weight.dtype, device: weight.device));
-        B = new Parameter(randn([outFeatures, rank], dtype: weight.dtype, generator: generator).mul_(0.02).to(weight.device));
-        RankNum = new Parameter(full(1, initialRank, dtype: weight.dtype, device: weight.device), requires_grad: false);
+        B = new Parameter(randn([outFeatures, rank], dtype: weight.dtype, generator: generator).mul_(Scalars.Of(0.02)).to(weight.device));
+        RankNum = new Parameter(full(1, Scalars.Of(initialRank), dtype: weight.dtype, device: weight.device), requires_grad: false);
         Scaling = config.Scaling;
         TargetModules.RegisterAdapterChild(layer, "lora_A", adapterName, A);
         TargetModules.RegisterAdapterChild(layer, "lora_E", adapterName, E);
         TargetModules.RegisterAdapterChild(layer, "lora_B", adapterName, B);
         TargetModules.RegisterAdapterChild(layer, "ranknum", adapterName, RankNum);
-        var hook = layer.register_forward_hook((_, input, output) => Enabled && !Merged ? output + Delta(input) : output);
+        var hook = layer.register_forward_hook((_, input, output) => Enabled && !Merged ? output.Plus(Delta(input)) : output);
         _removeHook = hook.remove;
     }
 
@@ -50,20 +51,27 @@ public sealed class SvdLayer
     public bool Enabled { get; set; } = true;
     public bool Merged { get; private set; }
     /// <summary>Triplets still in use (non-zero entries of E).</summary>
-    public int ActiveRank => (int)E.ne(0).sum().item<long>();
+    public int ActiveRank
+    {
+        get
+        {
+            using var scope = NewDisposeScope();
+            return (int)E.ne(Scalars.Of(0.0)).sum().item<long>();
+        }
+    }
     private Parameter BaseWeight => TargetModules.Weight(_layer);
-    private Tensor Scale => RankNum + 1e-5;
+    private Tensor Scale => RankNum.Plus(1e-5);
 
     private Tensor Delta(Tensor input)
     {
         var x = StepDropout.Apply(input, _dropout, _layer.training);
-        return x.matmul((A * E).t()).matmul(B.t()) * Scaling / Scale;
+        return x.matmul((A * E).t()).matmul(B.t()).Times(Scaling) / Scale;
     }
 
     /// <summary>ΔW in the base weight's layout.</summary>
     public Tensor DeltaWeight()
     {
-        var delta = B.matmul(A * E) * Scaling / Scale;
+        var delta = B.matmul(A * E).Times(Scaling) / Scale;
         return FanInFanOut ? delta.t() : delta;
     }
 
@@ -71,7 +79,8 @@ public sealed class SvdLayer
     {
         if (Merged) return;
         using var _ = no_grad();
-        var merged = BaseWeight + DeltaWeight();
+        using var scope = NewDisposeScope();
+        var merged = BaseWeight.Plus(DeltaWeight());
         if (!merged.isfinite().all().item<bool>())
             throw new InvalidOperationException($"Merging the AdaLoRA adapter of '{ModuleName}' would give non-finite weights; the model was left unmerged.");
         BaseWeight.copy_(merged);
@@ -82,6 +91,7 @@ public sealed class SvdLayer
     {
         if (!Merged) return;
         using var _ = no_grad();
+        using var scope = NewDisposeScope();
         BaseWeight.sub_(DeltaWeight());
         Merged = false;
     }

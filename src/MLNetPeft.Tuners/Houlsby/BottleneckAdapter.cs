@@ -1,3 +1,4 @@
+using MLNetPeft.Runtime;
 using MLNetPeft.Architectures;
 using MLNetPeft.Architectures.Layers;
 using TorchSharp;
@@ -33,12 +34,12 @@ public sealed class BottleneckAdapter
         {
             // Near-identity: small weights (N(0, σ²) truncated at 2σ, as in the paper) and zero biases.
             foreach (var w in new[] { _down.weight!, _up.weight! })
-                w.copy_(w.normal_(0, 1, generator).clamp_(-2, 2) * config.InitStd);
+                w.copy_(w.normal_(0, 1, generator).clamp_(Scalars.Of(-2.0), Scalars.Of(2.0)).Times(config.InitStd));
             _down.bias!.zero_();
             _up.bias!.zero_();
         }
         TargetModules.RegisterAdapterChild(layer, "adapter", adapterName, new Container("Adapter", ("down", _down), ("up", _up)));
-        var hook = layer.register_forward_hook((_, _, output) => Enabled ? output + Bottleneck(output) : output);
+        var hook = layer.register_forward_hook((_, _, output) => Enabled ? output.Plus(Bottleneck(output)) : output);
         _removeHook = hook.remove;
     }
 

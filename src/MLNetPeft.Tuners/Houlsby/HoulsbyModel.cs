@@ -27,7 +27,10 @@ public sealed class HoulsbyModel : PeftModel
         _ => throw new NotSupportedException($"Adapter tuning does not know where the blocks of a {model.GetType().Name} end."),
     };
 
-    public static HoulsbyModel Apply(nn.Module model, HoulsbyConfig config, string adapterName = "default", long seed = 0)
+    public static HoulsbyModel Apply(nn.Module model, HoulsbyConfig config, string adapterName = "default", long seed = 0) =>
+        Scoped(model, () => ApplyCore(model, config, adapterName, seed));
+
+    private static HoulsbyModel ApplyCore(nn.Module model, HoulsbyConfig config, string adapterName = "default", long seed = 0)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(config);

@@ -60,6 +60,7 @@ public sealed class Ia3Layer
     {
         if (Merged) return;
         using var _ = no_grad();
+        using var scope = NewDisposeScope();
         var merged = BaseWeight * WeightFactor;
         if (!merged.isfinite().all().item<bool>())
             throw new InvalidOperationException($"Merging the IA3 vector of '{ModuleName}' would give non-finite weights; the model was left unmerged.");
@@ -72,6 +73,7 @@ public sealed class Ia3Layer
     {
         if (!Merged) return;
         using var _ = no_grad();
+        using var scope = NewDisposeScope();
         BaseWeight.div_(WeightFactor);
         if (!IsFeedforward && BaseBias is { } bias) bias.div_(Scale.flatten());
         Merged = false;

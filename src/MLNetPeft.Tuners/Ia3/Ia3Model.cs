@@ -31,7 +31,10 @@ public sealed class Ia3Model : PeftModel
         _ => ["down_proj"],
     };
 
-    public static Ia3Model Apply(nn.Module model, Ia3Config config, string adapterName = "default", long seed = 0)
+    public static Ia3Model Apply(nn.Module model, Ia3Config config, string adapterName = "default", long seed = 0) =>
+        Scoped(model, () => ApplyCore(model, config, adapterName, seed));
+
+    private static Ia3Model ApplyCore(nn.Module model, Ia3Config config, string adapterName = "default", long seed = 0)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(config);

@@ -1,3 +1,4 @@
+using MLNetPeft.Runtime;
 using MLNetPeft.Architectures;
 using MLNetPeft.Architectures.Layers;
 using TorchSharp;
@@ -57,7 +58,7 @@ public sealed class LoraAdapter : IDisposable
             holder.register_parameter("weight", _magnitude);
             TargetModules.RegisterAdapterChild(layer, "lora_magnitude_vector", adapterName, holder);
         }
-        var hook = layer.register_forward_hook((_, input, output) => Enabled && !Merged ? output + Delta(input) : output);
+        var hook = layer.register_forward_hook((_, input, output) => Enabled && !Merged ? output.Plus(Delta(input)) : output);
         _removeHook = hook.remove;
     }
 
@@ -82,26 +83,26 @@ public sealed class LoraAdapter : IDisposable
     private Tensor Delta(Tensor input)
     {
         var x = StepDropout.Apply(input, _dropout, _layer.training);
-        var lora = _b.call(_a.call(x)) * Scaling;
+        var lora = _b.call(_a.call(x)).Times(Scaling);
         if (_magnitude is null) return lora;
         // DoRA: the layer becomes m/‖W + ΔW‖ · (W + ΔW)x + bias; the hook adds the difference to the base output:
         // (m/‖W + ΔW‖ − 1)·Wx + m/‖W + ΔW‖·ΔWx, with the norm detached (DoRA §4.3).
         var scale = _magnitude / WeightNorm(DeltaWeight().detach()).detach();
         var baseOutput = FanInFanOut ? x.matmul(BaseWeight) : x.matmul(BaseWeight.t());
-        return (scale - 1) * baseOutput + scale * lora;
+        return (scale.Plus(-1.0) * baseOutput).Plus(scale * lora);
     }
 
     /// <summary>‖W + ΔW‖ per output row (the base weight's layout handled).</summary>
     private Tensor WeightNorm(Tensor deltaWeight)
     {
-        var combined = BaseWeight + deltaWeight;
-        return (FanInFanOut ? combined.t() : combined).pow(2).sum(1).sqrt();
+        var combined = BaseWeight.Plus(deltaWeight);
+        return (FanInFanOut ? combined.t() : combined).Power(2).sum(1).sqrt();
     }
 
     /// <summary>ΔW = B·A·scaling in the base weight's layout (transposed for Conv1D).</summary>
     public Tensor DeltaWeight()
     {
-        var delta = _b.weight!.matmul(_a.weight!) * Scaling;
+        var delta = _b.weight!.matmul(_a.weight!).Times(Scaling);
         return FanInFanOut ? delta.t() : delta;
     }
 
@@ -111,7 +112,7 @@ public sealed class LoraAdapter : IDisposable
         if (Merged) return;
         using var _ = no_grad();
         using var scope = NewDisposeScope();
-        var merged = BaseWeight + DeltaWeight();
+        var merged = BaseWeight.Plus(DeltaWeight());
         Tensor? norm = null;
         if (_magnitude is not null)
         {

@@ -68,6 +68,9 @@ public static class LoraAdapterFiles
         if (modules.Count == 0) throw new InvalidDataException($"'{Path.Combine(folder, WeightsFileName)}' holds no lora_A weights.");
         config.TargetModules = null;
         config.TargetModulesRegex = PeftAdapterFiles.ExactModules(modules);
-        return PeftAdapterFiles.FillFrom(LoraModel.Apply(model, config, adapterName), folder, out unusedKeys);
+        IReadOnlyList<string> unused = [];
+        var lora = PeftModel.Scoped(model, () => PeftAdapterFiles.FillFrom(LoraModel.Apply(model, config, adapterName), folder, out unused));
+        unusedKeys = unused;
+        return lora;
     }
 }

@@ -34,7 +34,10 @@ public sealed class LoraModel : PeftModel
     /// Attaches adapters to every target layer of <paramref name="model"/> and freezes everything else (but the
     /// biases that <see cref="LoraConfig.Bias"/> names). Adapter A matrices are drawn from <paramref name="seed"/>.
     /// </summary>
-    public static LoraModel Apply(nn.Module model, LoraConfig config, string adapterName = "default", long seed = 0)
+    public static LoraModel Apply(nn.Module model, LoraConfig config, string adapterName = "default", long seed = 0) =>
+        Scoped(model, () => ApplyCore(model, config, adapterName, seed));
+
+    private static LoraModel ApplyCore(nn.Module model, LoraConfig config, string adapterName = "default", long seed = 0)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(config);

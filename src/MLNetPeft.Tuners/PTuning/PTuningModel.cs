@@ -24,30 +24,34 @@ public sealed class PTuningModel : PromptLearningModel
 
     public new PTuningConfig Config => (PTuningConfig)base.Config;
 
-    public static PTuningModel Apply(IPromptableModel model, PTuningConfig config, string adapterName = "default", long seed = 0)
+    public static PTuningModel Apply(IPromptableModel model, PTuningConfig config, string adapterName = "default", long seed = 0) =>
+        Scoped(AsModule(model), () => ApplyCore(model, config, adapterName, seed));
+
+    private static PTuningModel ApplyCore(IPromptableModel model, PTuningConfig config, string adapterName = "default", long seed = 0)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(config);
         config.Validate();
         int dim = ModelGeometry.Of(model).HiddenSize, hidden = config.EncoderHiddenSize ?? dim;
         var dtype = AsModule(model).parameters().First().dtype;
-        torch.random.manual_seed(seed);   // TorchSharp's layer constructors draw from the global generator
-        var embedding = nn.Embedding(config.NumVirtualTokens, dim, dtype: dtype);
+        // Every initial value comes from the caller's seed, in PEFT's layer order (embedding, LSTM, MLP).
+        var generator = new Generator((ulong)seed);
+        var embedding = LayerInit.Reset(nn.Embedding(config.NumVirtualTokens, dim, dtype: dtype), generator);
         nn.Module encoder;
         Func<Tensor> encode;
         if (config.EncoderReparameterizationType == PromptEncoderType.Mlp)
         {
-            var mlp = nn.Sequential(("0", nn.Linear(dim, hidden, dtype: dtype)), ("1", nn.ReLU()), ("2", nn.Linear(hidden, hidden, dtype: dtype)),
-                ("3", nn.ReLU()), ("4", nn.Linear(hidden, dim, dtype: dtype)));
+            var mlp = LayerInit.Reset(nn.Sequential(("0", nn.Linear(dim, hidden, dtype: dtype)), ("1", nn.ReLU()), ("2", nn.Linear(hidden, hidden, dtype: dtype)),
+                ("3", nn.ReLU()), ("4", nn.Linear(hidden, dim, dtype: dtype))), generator);
             encoder = new Container("PromptEncoder", ("embedding", embedding), ("mlp_head", mlp));
             encode = () => mlp.call(embedding.weight!);
         }
         else
         {
-            var lstm = nn.LSTM(dim, hidden, config.EncoderNumLayers, dropout: config.EncoderDropout, bidirectional: true, batchFirst: true, dtype: dtype);
-            var mlp = nn.Sequential(("0", nn.Linear(2 * hidden, 2 * hidden, dtype: dtype)), ("1", nn.ReLU()), ("2", nn.Linear(2 * hidden, dim, dtype: dtype)));
+            var lstm = new PromptEncoderLstm(dim, hidden, config.EncoderNumLayers, config.EncoderDropout, dtype, generator);
+            var mlp = LayerInit.Reset(nn.Sequential(("0", nn.Linear(2 * hidden, 2 * hidden, dtype: dtype)), ("1", nn.ReLU()), ("2", nn.Linear(2 * hidden, dim, dtype: dtype))), generator);
             encoder = new Container("PromptEncoder", ("embedding", embedding), ("lstm_head", lstm), ("mlp_head", mlp));
-            encode = () => mlp.call(lstm.call(embedding.weight!.unsqueeze(0)).Item1[0]);
+            encode = () => mlp.call(lstm.call(embedding.weight!.unsqueeze(0))[0]);
         }
         return new PTuningModel(model, config, encoder, encode, adapterName);
     }

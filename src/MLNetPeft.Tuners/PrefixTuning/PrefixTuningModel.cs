@@ -29,7 +29,10 @@ public sealed class PrefixTuningModel : PromptLearningModel
     protected override int AttentionHeadsInConfig => Geometry.KeyValueHeads;
     private int Width => Geometry.Layers * 2 * TokenDim;
 
-    public static PrefixTuningModel Apply(IPromptableModel model, PrefixTuningConfig config, string adapterName = "default", long seed = 0)
+    public static PrefixTuningModel Apply(IPromptableModel model, PrefixTuningConfig config, string adapterName = "default", long seed = 0) =>
+        Scoped(AsModule(model), () => ApplyCore(model, config, adapterName, seed));
+
+    private static PrefixTuningModel ApplyCore(IPromptableModel model, PrefixTuningConfig config, string adapterName = "default", long seed = 0)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(config);
@@ -37,15 +40,16 @@ public sealed class PrefixTuningModel : PromptLearningModel
         var g = ModelGeometry.Of(model);
         int tokenDim = g.KeyValueHeads * g.HeadDim, width = g.Layers * 2 * tokenDim;
         var dtype = AsModule(model).parameters().First().dtype;
-        torch.random.manual_seed(seed);   // TorchSharp's layer constructors draw from the global generator
+        // Every initial value comes from the caller's seed, in PEFT's layer order (embedding, then the projection).
+        var generator = new Generator((ulong)seed);
         if (!config.PrefixProjection)
         {
-            var embedding = nn.Embedding(config.NumVirtualTokens, width, dtype: dtype);
+            var embedding = LayerInit.Reset(nn.Embedding(config.NumVirtualTokens, width, dtype: dtype), generator);
             return new PrefixTuningModel(model, config, new Container("PrefixEncoder", ("embedding", embedding)), () => embedding.weight!, adapterName);
         }
         int hidden = config.EncoderHiddenSize ?? tokenDim;
-        var small = nn.Embedding(config.NumVirtualTokens, tokenDim, dtype: dtype);
-        var transform = nn.Sequential(("0", nn.Linear(tokenDim, hidden, dtype: dtype)), ("1", nn.Tanh()), ("2", nn.Linear(hidden, width, dtype: dtype)));
+        var small = LayerInit.Reset(nn.Embedding(config.NumVirtualTokens, tokenDim, dtype: dtype), generator);
+        var transform = LayerInit.Reset(nn.Sequential(("0", nn.Linear(tokenDim, hidden, dtype: dtype)), ("1", nn.Tanh()), ("2", nn.Linear(hidden, width, dtype: dtype))), generator);
         return new PrefixTuningModel(model, config, new Container("PrefixEncoder", ("embedding", small), ("transform", transform)),
             () => transform.call(small.weight!), adapterName);
     }

@@ -1,3 +1,4 @@
+using MLNetPeft.Runtime;
 using System.Text.Json.Nodes;
 using MLNetPeft.Architectures;
 using MLNetPeft.Architectures.Layers;
@@ -28,6 +29,10 @@ public sealed class PromptTuningModel : PromptLearningModel
     /// <paramref name="model"/>. <paramref name="tokenizer"/> is needed for <see cref="PromptTuningInit.Text"/>.
     /// </summary>
     public static PromptTuningModel Apply(IPromptableModel model, PromptTuningConfig config, TextTokenizer? tokenizer = null,
+        string adapterName = "default", long seed = 0) =>
+        Scoped(AsModule(model), () => ApplyCore(model, config, tokenizer, adapterName, seed));
+
+    private static PromptTuningModel ApplyCore(IPromptableModel model, PromptTuningConfig config, TextTokenizer? tokenizer = null,
         string adapterName = "default", long seed = 0)
     {
         ArgumentNullException.ThrowIfNull(model);
@@ -35,7 +40,7 @@ public sealed class PromptTuningModel : PromptLearningModel
         config.Validate();
         var geometry = ModelGeometry.Of(model);
         Tensor wordEmbeddings;
-        using (no_grad()) wordEmbeddings = model.Embed(arange(model.Config.VocabSize).unsqueeze(0))[0];   // [vocab, hidden]
+        using (no_grad()) wordEmbeddings = model.Embed(Scalars.Range(0, model.Config.VocabSize).unsqueeze(0))[0];   // [vocab, hidden]
         var embedding = nn.Embedding(config.NumVirtualTokens, geometry.HiddenSize, dtype: wordEmbeddings.dtype);
         var generator = new Generator((ulong)seed);
         using (no_grad())

@@ -1,3 +1,4 @@
+using MLNetPeft.Runtime;
 using static TorchSharp.torch;
 
 namespace MLNetPeft.Tuners.QLora;
@@ -118,7 +119,7 @@ public static class Nf4
         var padded = nn.functional.pad(flat, [0, blocks * blockSize - n]).view(blocks, blockSize);
         var absmax = padded.abs().amax([1]);
         // All-zero blocks keep scale 0 and quantise to the zero code.
-        var normalized = padded / absmax.clamp_min(float.Epsilon).unsqueeze(1);
+        var normalized = padded / absmax.clamp_min(Scalars.Of((double)float.Epsilon)).unsqueeze(1);
         var codeTensor = tensor(code);
         // Nearest code value (bitsandbytes compares against the midpoints, which picks the same one).
         var indices = new long[blocks * blockSize];
@@ -209,15 +210,15 @@ public sealed class Nf4Tensor
         return ScalesTensor().data<float>().ToArray();
     }
 
-    private Tensor ScalesTensor() => _absmax ?? _dynamicMap!.index_select(0, _absmaxCodes!.to(ScalarType.Int64))
-        * _nestedAbsmax!.repeat_interleave(Nf4.DoubleQuantBlockSize).narrow(0, 0, Blocks) + Nested!.Offset;
+    private Tensor ScalesTensor() => _absmax ?? (_dynamicMap!.index_select(0, _absmaxCodes!.to(ScalarType.Int64))
+        * _nestedAbsmax!.repeat_interleave(Nf4.DoubleQuantBlockSize).narrow(0, 0, Blocks)).Plus((double)Nested!.Offset);
 
     /// <summary>The float tensor the codes stand for (code value × block absmax), in <paramref name="dtype"/>.</summary>
     public Tensor Dequantize(ScalarType dtype = ScalarType.Float32, Device? device = null)
     {
         using var scope = NewDisposeScope();
-        var high = _packed.div(16, rounding_mode: RoundingMode.floor);
-        var low = _packed.remainder(16);
+        var high = _packed.div(Scalars.Of(16L), rounding_mode: RoundingMode.floor);
+        var low = _packed.remainder(Scalars.Of(16L));
         var codes = stack([high, low], 1).flatten().to(ScalarType.Int64);
         var values = _code.index_select(0, codes).view(Blocks, BlockSize) * ScalesTensor().unsqueeze(1);
         return values.flatten().narrow(0, 0, Count).view(Shape).to(dtype, device ?? CPU).MoveToOuterDisposeScope();

@@ -80,10 +80,10 @@ public static class Nf4Checkpoint
             ? new BertModel(bert, addPoolingLayer: checkpoint.TensorNames.Any(n => n.StartsWith("pooler.dense.", StringComparison.Ordinal)))
             : throw new NotSupportedException($"Checkpoint '{folder}' is a '{config.ModelType}' model, not a BERT encoder."));
 
-    private static (T Model, Nf4Model Quantized) Load<T>(string folder, Func<ModelConfig, SafetensorsCheckpoint, T> create) where T : PretrainedModule
+    private static (T Model, Nf4Model Quantized) Load<T>(string folder, Func<ModelConfig, CheckpointWeights, T> create) where T : PretrainedModule
     {
         var config = PretrainedModels.LoadConfig(folder);
-        using var checkpoint = SafetensorsCheckpoint.Open(folder);
+        using var checkpoint = CheckpointWeights.Open(folder);
         var model = create(config, checkpoint);
         try
         {
@@ -117,7 +117,7 @@ public static class Nf4Checkpoint
         }
     }
 
-    private static Nf4Tensor ReadNf4(SafetensorsCheckpoint checkpoint, string name, string folder)
+    private static Nf4Tensor ReadNf4(CheckpointWeights checkpoint, string name, string folder)
     {
         string key = name + ".weight";
         JsonObject state;

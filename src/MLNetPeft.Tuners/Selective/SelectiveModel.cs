@@ -22,7 +22,10 @@ public sealed class SelectiveModel : PeftModel
     /// <summary>Names of the parameters that train.</summary>
     public IReadOnlyList<string> TunedParameters => _tuned.Select(t => t.Name).ToList();
 
-    public static SelectiveModel Apply(nn.Module model, SelectiveConfig config)
+    public static SelectiveModel Apply(nn.Module model, SelectiveConfig config) =>
+        Scoped(model, () => ApplyCore(model, config));
+
+    private static SelectiveModel ApplyCore(nn.Module model, SelectiveConfig config)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(config);
@@ -44,7 +47,7 @@ public sealed class SelectiveModel : PeftModel
         {
             var p = parameters[name];
             p.requires_grad = true;
-            tuned.Add((name, p, p.detach().clone()));
+            tuned.Add((name, p, p.detach().clone().DetachFromDisposeScope()));
         }
         return new SelectiveModel(model, config, tuned);
     }
@@ -82,9 +85,10 @@ public sealed class SelectiveModel : PeftModel
     public override void SetAdaptersEnabled(bool enabled)
     {
         using var _ = no_grad();
+        using var scope = NewDisposeScope();
         if (!enabled && _trainedWhileDisabled is null)
         {
-            _trainedWhileDisabled = _tuned.Select(t => t.Parameter.detach().clone()).ToArray();
+            _trainedWhileDisabled = _tuned.Select(t => t.Parameter.detach().clone().DetachFromDisposeScope()).ToArray();
             foreach (var (_, p, original) in _tuned) p.copy_(original);
         }
         else if (enabled && _trainedWhileDisabled is { } trained)

@@ -1,3 +1,4 @@
+using MLNetPeft.Runtime;
 using static TorchSharp.torch;
 
 namespace MLNetPeft.Architectures.Layers;
@@ -32,10 +33,10 @@ public sealed class AttentionMask : IDisposable
             if (queryLength == 1) return None; // one new token sees every cached one
         }
         using var scope = NewDisposeScope();
-        var queryPositions = arange(pastLength, keyLength, device: device).unsqueeze(1);
-        var keyPositions = arange(keyLength, device: device).unsqueeze(0);
+        var queryPositions = Scalars.Range(pastLength, keyLength, device).unsqueeze(1);
+        var keyPositions = Scalars.Range(0, keyLength, device).unsqueeze(0);
         var visible = keyPositions <= queryPositions;                          // [q, k]
-        if (windowMatters) visible = visible & (queryPositions - keyPositions < slidingWindow!.Value);
+        if (windowMatters) visible = visible & (queryPositions - keyPositions).lt(Scalars.Of((long)slidingWindow!.Value));
         var allowed = visible.unsqueeze(0).unsqueeze(0);                     // [1, 1, q, k]
         if (paddingMask is not null)
         {
@@ -62,7 +63,7 @@ public sealed class AttentionMask : IDisposable
 
     // The dtype minimum rather than -inf keeps rows with no visible key (left padding) finite instead of NaN.
     private static Tensor ToAdditive(Tensor allowed, ScalarType dtype) =>
-        zeros(allowed.shape, dtype, allowed.device).masked_fill(allowed.logical_not(), MinValue(dtype));
+        zeros(allowed.shape, dtype, allowed.device).masked_fill(allowed.logical_not(), Scalars.Of(MinValue(dtype)));
 
     private static double MinValue(ScalarType dtype) => dtype switch
     {
@@ -95,11 +96,11 @@ public static class Attention
         }
         // The fused kernel always scales by 1/sqrt(d); another scale is folded into the queries.
         double defaultScale = 1.0 / Math.Sqrt(query.shape[^1]);
-        if (scale is { } s && s != defaultScale) query = query * (s / defaultScale);
+        if (scale is { } s && s != defaultScale) query = query.Times(s / defaultScale);
         // The fused kernel's dropout draws from libtorch's process-wide generator; a training step that owns a
         // generator (StepDropout.Begin) gets the same computation spelled out, with its dropout drawn from that one.
         var output = dropout > 0 && StepDropout.IsActive
-            ? ExplicitAttention(query * defaultScale, key, value, mask, dropout)
+            ? ExplicitAttention(query.Times(defaultScale), key, value, mask, dropout)
             : nn.functional.scaled_dot_product_attention(query, key, value, mask.Additive, dropout, mask.IsCausal);
         return output.MoveToOuterDisposeScope();
     }
@@ -107,12 +108,12 @@ public static class Attention
     private static Tensor ExplicitAttention(Tensor scaledQuery, Tensor key, Tensor value, AttentionMask mask, double dropout)
     {
         var scores = scaledQuery.matmul(key.transpose(-2, -1));
-        if (mask.Additive is { } additive) scores = scores + additive;
+        if (mask.Additive is { } additive) scores = scores.Plus(additive);
         if (mask.IsCausal)
         {
             long q = scores.shape[^2], k = scores.shape[^1];
             var hidden = ones(q, k, ScalarType.Bool, scores.device).triu(k - q + 1);
-            scores = scores.masked_fill(hidden, double.NegativeInfinity);
+            scores = scores.masked_fill(hidden, Scalars.Of(double.NegativeInfinity));
         }
         return StepDropout.Apply(scores.softmax(-1), dropout, true).matmul(value);
     }
@@ -129,10 +130,10 @@ public static class Attention
     public static Tensor PositionIds(long batch, long queryLength, long pastLength, Tensor? paddingMask, Device device)
     {
         if (paddingMask is null)
-            return arange(pastLength, pastLength + queryLength, dtype: ScalarType.Int64, device: device).unsqueeze(0).expand(batch, queryLength);
+            return Scalars.Range(pastLength, pastLength + queryLength, device).unsqueeze(0).expand(batch, queryLength);
         using var scope = NewDisposeScope();
         var mask = paddingMask.to(ScalarType.Int64).to(device);
-        var positions = (mask.cumsum(1) - 1).masked_fill(mask.eq(0), 1);
+        var positions = mask.cumsum(1).Plus(-1L).masked_fill(mask.eq(Scalars.Of(0L)), Scalars.One);
         return positions[.., (int)pastLength..].MoveToOuterDisposeScope();
     }
 }

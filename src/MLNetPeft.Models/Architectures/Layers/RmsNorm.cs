@@ -1,3 +1,4 @@
+using MLNetPeft.Runtime;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -22,7 +23,7 @@ public sealed class RmsNorm : nn.Module<Tensor, Tensor>
     public RmsNorm(long size, double eps) : base(nameof(RmsNorm))
     {
         _eps = eps;
-        weight = nn.Parameter(ones(size));
+        weight = (Parameter)nn.Parameter(ones(size)).DetachFromDisposeScope();
         register_parameter(nameof(weight), weight);
     }
 
@@ -32,7 +33,7 @@ public sealed class RmsNorm : nn.Module<Tensor, Tensor>
     {
         using var scope = NewDisposeScope();
         var input = x.to(ScalarType.Float32);
-        var normalized = input * rsqrt(input.pow(2).mean([-1L], keepdim: true) + _eps);
+        var normalized = input * rsqrt(input.Power(2).mean([-1L], keepdim: true).Plus(_eps));
         return (weight * normalized.to(x.dtype)).MoveToOuterDisposeScope();
     }
 }

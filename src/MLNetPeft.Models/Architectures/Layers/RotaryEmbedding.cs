@@ -1,3 +1,4 @@
+using MLNetPeft.Runtime;
 using System.Text.Json.Serialization;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -74,7 +75,7 @@ public sealed class RotaryEmbedding : nn.Module
         var emb = cat([freqs, freqs], -1);
         var cos = emb.cos();
         var sin = emb.sin();
-        if (_attentionFactor != 1.0) { cos = cos * _attentionFactor; sin = sin * _attentionFactor; }
+        if (_attentionFactor != 1.0) { cos = cos.Times(_attentionFactor); sin = sin.Times(_attentionFactor); }
         return (cos.to(dtype).MoveToOuterDisposeScope(), sin.to(dtype).MoveToOuterDisposeScope());
     }
 
@@ -86,7 +87,7 @@ public sealed class RotaryEmbedding : nn.Module
         var s = sin.unsqueeze(1);
         long half = x.shape[^1] / 2;
         var rotated = cat([-x.narrow(-1, half, half), x.narrow(-1, 0, half)], -1);
-        return (x * c + rotated * s).MoveToOuterDisposeScope();
+        return (x * c).Plus(rotated * s).MoveToOuterDisposeScope();
     }
 
     private Tensor DynamicInverseFrequencies(long seqLen)

@@ -1,3 +1,4 @@
+using MLNetPeft.Runtime;
 using static TorchSharp.torch;
 
 namespace MLNetPeft.Architectures.Layers;
@@ -31,8 +32,8 @@ public static class StepDropout
         if (!training || p <= 0) return input;
         if (t_generator is not { } generator) return nn.functional.dropout(input, p, true);
         if (p >= 1) return zeros_like(input);
-        using var keep = rand(input.shape, input.dtype, input.device, generator: generator).ge_(p);
-        return input * keep / (1 - p);
+        using var keep = rand(input.shape, input.dtype, input.device, generator: generator).ge_(Scalars.Of(p));
+        return (input * keep).Over(1 - p);
     }
 
     private sealed class Scope(Generator? previous) : IDisposable
