@@ -57,6 +57,46 @@ public abstract class PeftModel : IDisposable
     /// <summary>Fields of <c>adapter_config.json</c> that depend on where the method was applied (e.g. target_modules).</summary>
     internal virtual void DescribeTargets(JsonObject config) { }
 
+    /// <summary>Fields that change while the method trains (AdaLoRA's rank_pattern); they win over a loaded file's.</summary>
+    internal virtual void DescribeTrainedState(JsonObject config) { }
+
+    /// <summary>Other names an adapter-file key may have in files written by older versions (read, never written).</summary>
+    internal virtual IEnumerable<string> FileKeyAliases(string key) => [];
+
+    /// <summary>
+    /// The <c>adapter_config.json</c> this adapter was loaded from, or null for a new one. Saving writes its fields back
+    /// unchanged (with the trained state updated), so a loaded adapter saves to the config it came with, fields this
+    /// library does not use included.
+    /// </summary>
+    internal JsonObject? SourceConfig { get; set; }
+
+    private readonly List<string> _modulesToSave = [];
+
+    /// <summary>
+    /// Modules of the model that train and are saved whole with the adapter (PEFT's modules_to_save, e.g. the
+    /// classification head "classifier" or "score"), by module name.
+    /// </summary>
+    public IReadOnlyList<string> ModulesToSave => _modulesToSave;
+
+    /// <summary>Makes the parameters of <paramref name="modules"/> train and be saved whole in the adapter file (PEFT's modules_to_save).</summary>
+    public void SaveModulesWhole(params string[] modules)
+    {
+        var parameters = Model.named_parameters().ToList();
+        foreach (var module in modules)
+        {
+            var own = parameters.Where(p => p.name.StartsWith(module + ".", StringComparison.Ordinal) && !p.name[(module.Length + 1)..].Contains('.')).ToList();
+            if (own.Count == 0)
+                throw new ArgumentException($"The model has no module '{module}' with parameters to save whole.", nameof(modules));
+            foreach (var (_, p) in own) p.requires_grad = true;
+            if (!_modulesToSave.Contains(module)) _modulesToSave.Add(module);
+        }
+    }
+
+    /// <summary>The parameters of <see cref="ModulesToSave"/> under their adapter-file names (<c>base_model.model.{parameter}</c>).</summary>
+    internal Dictionary<string, Tensor> ModulesToSaveStateDict() =>
+        Model.named_parameters().Where(p => _modulesToSave.Any(m => p.name.StartsWith(m + ".", StringComparison.Ordinal) && !p.name[(m.Length + 1)..].Contains('.')))
+            .ToDictionary(p => PeftAdapterFiles.KeyPrefix + p.name, p => (Tensor)p.parameter, StringComparer.Ordinal);
+
     public virtual void Dispose() { }
 
     /// <summary>

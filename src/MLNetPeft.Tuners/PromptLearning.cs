@@ -80,7 +80,7 @@ public abstract class PromptLearningModel : PeftModel
         using var scope = NewDisposeScope();
         var embeddings = PromptEmbeddings().detach().clone().DetachFromDisposeScope();
         if (training) _encoder.train();
-        return new Dictionary<string, Tensor>(StringComparer.Ordinal) { ["prompt_embeddings"] = embeddings };
+        return new Dictionary<string, Tensor>(StringComparer.Ordinal) { [EmbeddingsKey] = embeddings };
     }
 
     public override void SetAdaptersEnabled(bool enabled)
@@ -111,14 +111,16 @@ public abstract class PromptLearningModel : PeftModel
     /// <summary>Reads <c>prompt_embeddings</c> of a PEFT prompt-learning adapter, checking its shape.</summary>
     internal static Tensor ReadPromptEmbeddings(string folder, long rows, long width)
     {
-        var path = Path.Combine(folder, PeftAdapterFiles.WeightsFileName);
-        using var file = SafetensorsFile.Open(path);
-        if (!file.Contains("prompt_embeddings")) throw new InvalidDataException($"'{path}' has no prompt_embeddings.");
-        var shape = file.Info("prompt_embeddings").Shape;
+        using var file = PeftAdapterFiles.OpenWeights(folder);
+        if (!file.Contains(EmbeddingsKey)) throw new InvalidDataException($"'{file.Source}' has no {EmbeddingsKey}.");
+        var shape = file.ShapeOf(EmbeddingsKey);
         if (!shape.SequenceEqual([rows, width]))
-            throw new InvalidDataException($"'{path}': prompt_embeddings has shape [{string.Join(", ", shape)}] but this model needs [{rows}, {width}].");
-        return file.ReadTensor("prompt_embeddings").to(ScalarType.Float32);
+            throw new InvalidDataException($"'{file.Source}': {EmbeddingsKey} has shape [{string.Join(", ", shape)}] but this model needs [{rows}, {width}].");
+        return file.ReadTensor(EmbeddingsKey).to(ScalarType.Float32);
     }
+
+    /// <summary>The one tensor of a PEFT prompt-learning file: the virtual tokens' values.</summary>
+    public const string EmbeddingsKey = "prompt_embeddings";
 }
 
 /// <summary>A virtual prompt whose embeddings come from a function of the encoder (recomputed every call, so gradients flow).</summary>

@@ -9,7 +9,7 @@ namespace MLNetPeft.Tuners;
 /// <summary>
 /// PEFT's target_modules matching, shared by the methods that attach to linear layers: a module matches a name when
 /// its full name equals it or ends with "." + it; a regular expression must match the full name; "all-linear" takes
-/// every linear layer but the output head.
+/// every linear layer but the output head (lm_head, or a classifier's "classifier"/"score").
 /// </summary>
 public static class TargetModules
 {
@@ -42,6 +42,9 @@ public static class TargetModules
     /// <summary>The bias of a linear layer, or null.</summary>
     internal static Parameter? Bias(nn.Module layer) => layer switch { Linear l => l.bias, Conv1D c => c.Bias, _ => null };
 
+    /// <summary>Output layers that "all-linear" leaves out, as PEFT does (its SEQ_CLS_HEAD_NAMES and the output embeddings).</summary>
+    public static readonly IReadOnlySet<string> OutputHeads = new HashSet<string>(["lm_head", "classifier", "score"], StringComparer.Ordinal);
+
     public static bool Matches(string moduleName, string target) =>
         moduleName == target || moduleName.EndsWith("." + target, StringComparison.Ordinal);
 
@@ -55,18 +58,36 @@ public static class TargetModules
         var linear = LinearLayers(model);
         if (regex is not null)
         {
-            var pattern = new Regex($"^(?:{regex})$", RegexOptions.CultureInvariant);
-            var matched = linear.Where(l => pattern.IsMatch(l.Name)).ToList();
+            var pattern = FullNamePattern(regex, option);
+            var matched = linear.Where(l => IsMatch(pattern, l.Name, option)).ToList();
             if (matched.Count == 0)
                 throw new ArgumentException($"The {option} pattern '{regex}' matches no linear layer. Available: {Available(linear)}.", option);
             return matched;
         }
         names ??= defaults;
-        if (names.Count == 1 && names[0] == AllLinear) return linear.Where(l => l.Name != "lm_head").ToList();
+        // PEFT's all-linear leaves out the output layer: the LM head, and a sequence classifier's head ("classifier", "score").
+        if (names.Count == 1 && names[0] == AllLinear) return linear.Where(l => !OutputHeads.Contains(l.Name)).ToList();
         var unknown = names.Where(n => !linear.Any(l => Matches(l.Name, n))).ToList();
         if (unknown.Count > 0)
             throw new ArgumentException($"{option} {string.Join(", ", unknown.Select(u => $"'{u}'"))} match(es) no linear layer of this {model.GetType().Name}. Available: {Available(linear)}.", option);
         return linear.Where(l => names.Any(n => Matches(l.Name, n))).ToList();
+    }
+
+    /// <summary>How long one match of a pattern from a config may take: patterns in adapter files are untrusted input.</summary>
+    internal static readonly TimeSpan MatchTimeout = TimeSpan.FromSeconds(1);
+
+    /// <summary>A pattern that must match a whole module name, compiled with <see cref="MatchTimeout"/>; an invalid one is named.</summary>
+    internal static Regex FullNamePattern(string pattern, string option)
+    {
+        try { return new Regex($"^(?:{pattern})$", RegexOptions.CultureInvariant, MatchTimeout); }
+        catch (ArgumentException e) { throw new ArgumentException($"The {option} pattern '{pattern}' is not a valid regular expression: {e.Message}", option, e); }
+    }
+
+    /// <summary>Matches with the timeout; a pattern that runs too long is an error naming it, not a hang.</summary>
+    internal static bool IsMatch(Regex pattern, string name, string option)
+    {
+        try { return pattern.IsMatch(name); }
+        catch (RegexMatchTimeoutException e) { throw new ArgumentException($"The {option} pattern '{pattern}' took longer than {MatchTimeout.TotalSeconds} s on '{name}'.", option, e); }
     }
 
     private static string Available(List<(string Name, nn.Module<Tensor, Tensor> Layer)> linear) =>

@@ -173,6 +173,55 @@ public class LoraTests
         Assert.Contains("gate_proj", e.Message);
     }
 
+    /// <summary>PEFT's all-linear leaves a sequence classifier's head alone (issue 2027 in PEFT): the head trains whole instead.</summary>
+    [Fact]
+    public void AllLinearLeavesTheClassificationHeadOut()
+    {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
+        using var model = new BertForSequenceClassification(new BertModel(TinyModels.Bert(), addPoolingLayer: true), 3, SequencePooling.Cls);
+        using var lora = LoraModel.Apply(model, new LoraConfig { TargetModules = [LoraConfig.AllLinear] });
+        Assert.DoesNotContain(lora.Adapters, a => a.ModuleName == "classifier");
+        Assert.Contains(lora.Adapters, a => a.ModuleName == "bert.pooler.dense");
+        Assert.Equal(2 * 6 + 1, lora.Adapters.Count);   // six linear layers per BERT layer, and the pooler
+    }
+
+    /// <summary>rank_pattern and alpha_pattern give single modules their own r and alpha (PEFT's get_pattern_key), and survive a save and load.</summary>
+    [Fact]
+    public void RankAndAlphaPatternsApplyPerModuleAndRoundTrip()
+    {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
+        using var dir = new TempFolder();
+        using var model = TinyModels.Randomize(new LlamaForCausalLM(TinyModels.Llama()), 3);
+        var config = new LoraConfig
+        {
+            R = 4, LoraAlpha = 8, TargetModules = ["q_proj", "v_proj", "down_proj"],
+            RankPattern = new() { ["q_proj"] = 2, [@"layers\.1\.mlp\.down_proj"] = 6 },
+            AlphaPattern = new() { ["v_proj"] = 32 },
+        };
+        var lora = LoraModel.Apply(model, config);
+        var byName = lora.Adapters.ToDictionary(a => a.ModuleName);
+        Assert.Equal(2, byName["model.layers.0.self_attn.q_proj"].Rank);
+        Assert.Equal(8.0 / 2, byName["model.layers.0.self_attn.q_proj"].Scaling);
+        Assert.Equal(4, byName["model.layers.0.self_attn.v_proj"].Rank);
+        Assert.Equal(32.0 / 4, byName["model.layers.0.self_attn.v_proj"].Scaling);
+        Assert.Equal(4, byName["model.layers.0.mlp.down_proj"].Rank);      // the pattern names layer 1 only
+        Assert.Equal(6, byName["model.layers.1.mlp.down_proj"].Rank);
+        Assert.Equal([2L, 32L], byName["model.layers.1.self_attn.q_proj"].LoraA.shape);
+        RandomizeB(lora, 4);
+        var ids = TinyModels.RandomIds(2, 5, 101, 1);
+        using var expected = Run(model, ids);
+        LoraAdapterFiles.Save(dir.Path, lora);
+        var json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(dir.File(LoraAdapterFiles.ConfigFileName)))!;
+        Assert.Equal(2, json["rank_pattern"]!["q_proj"]!.GetValue<int>());
+        Assert.Equal(32, json["alpha_pattern"]!["v_proj"]!.GetValue<double>());
+
+        using var fresh = new LlamaForCausalLM(TinyModels.Llama());
+        using (no_grad()) foreach (var (name, w) in model.state_dict().Where(kv => !kv.Key.Contains(".lora_", StringComparison.Ordinal))) fresh.state_dict()[name].copy_(w);
+        using var loaded = LoraAdapterFiles.Load(fresh, dir.Path, out _);
+        Assert.Equal(lora.Adapters.Select(a => (a.ModuleName, a.Rank, a.Scaling)), loaded.Adapters.Select(a => (a.ModuleName, a.Rank, a.Scaling)));
+        TensorAssert.BitIdentical(expected, Run(fresh, ids), "reloaded with patterns");
+    }
+
     [Theory]
     [InlineData(0, 8.0, "R")]
     [InlineData(4, 0.0, "LoraAlpha")]

@@ -270,8 +270,12 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
         PeftAdapterFiles.Save(dir.File("dora"), dora);
         var json = JsonNode.Parse(File.ReadAllText(Path.Combine(dir.File("dora"), PeftAdapterFiles.ConfigFileName)))!;
         Assert.True(json["use_dora"]!.GetValue<bool>());
+        // PEFT saves the DoRA magnitude without its layer's ".weight" (LoraModel._get_adapter_state_dict).
         using (var file = SafetensorsFile.Open(Path.Combine(dir.File("dora"), PeftAdapterFiles.WeightsFileName)))
-            Assert.Equal([TinyModels.Llama().HiddenSize], file.Info("base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector.weight").Shape);
+        {
+            Assert.Equal([TinyModels.Llama().HiddenSize], file.Info("base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector").Shape);
+            Assert.DoesNotContain(file.Tensors, t => t.Name.EndsWith("lora_magnitude_vector.weight", StringComparison.Ordinal));
+        }
         dora.Unload();
 
         var ia3 = Ia3Model.Apply(model, new Ia3Config());
@@ -284,6 +288,53 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
         long kv = (config.NumKeyValueHeads ?? config.NumAttentionHeads) * (config.HiddenSize / config.NumAttentionHeads);
         Assert.Equal([kv, 1], weights.Info("base_model.model.model.layers.0.self_attn.k_proj.ia3_l").Shape);
         Assert.Equal([1, config.IntermediateSize], weights.Info("base_model.model.model.layers.0.mlp.down_proj.ia3_l").Shape);
+    }
+
+    /// <summary>Unmerging divides by the vector plus 1e-8, as PEFT does: a zero entry leaves finite weights, not inf or NaN.</summary>
+    [Fact]
+    public void Ia3UnmergeOfAZeroScaleStaysFinite()
+    {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
+        using var model = Tiny("llama", 18);
+        var ia3 = Ia3Model.Apply(model, new Ia3Config());
+        using (no_grad()) ia3.Layers[0].Scale.zero_();
+        ia3.Merge();
+        ia3.Unmerge();
+        Assert.All(model.parameters(), p => Assert.True(p.isfinite().all().item<bool>()));
+    }
+
+    /// <summary>LayerNorm tuning is PEFT's LN_TUNING: keys {norm}.ln_tuning_layers.weight; files of the older LAYERNORM_TUNING type still load.</summary>
+    [Fact]
+    public void LayerNormTuningIsPeftsLnTuningAndTheOldTypeStillLoads()
+    {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
+        using var dir = new TempFolder();
+        using var model = Tiny("llama", 19);
+        var ln = SelectiveModel.Apply(model, new SelectiveConfig { Tuning = SelectiveTuning.LayerNorm });
+        using (no_grad()) foreach (var p in model.parameters().Where(p => p.requires_grad)) p.add_(0.25);
+        var ids = TinyModels.RandomIds(1, 6, TinyTokenizer.VocabSize, 1);
+        using var tuned = Run(model, ids);
+        PeftAdapterFiles.Save(dir.File("new"), ln);
+        var json = JsonNode.Parse(File.ReadAllText(Path.Combine(dir.File("new"), PeftAdapterFiles.ConfigFileName)))!;
+        Assert.Equal("LN_TUNING", json["peft_type"]!.GetValue<string>());
+        Assert.Equal(["input_layernorm", "norm", "post_attention_layernorm"], json["target_modules"]!.AsArray().Select(n => n!.GetValue<string>()).Order());
+        using (var file = SafetensorsFile.Open(Path.Combine(dir.File("new"), PeftAdapterFiles.WeightsFileName)))
+        {
+            Assert.Contains(file.Tensors, t => t.Name == "base_model.model.model.layers.0.input_layernorm.ln_tuning_layers.weight");
+            Assert.Contains(file.Tensors, t => t.Name == "base_model.model.model.norm.ln_tuning_layers.weight");
+            // The old layout: the tuned parameters under their own names, type LAYERNORM_TUNING.
+            Directory.CreateDirectory(dir.File("old"));
+            SafetensorsWriter.Save(Path.Combine(dir.File("old"), PeftAdapterFiles.WeightsFileName),
+                file.Tensors.ToDictionary(t => t.Name.Replace(".ln_tuning_layers.", ".", StringComparison.Ordinal), t => file.ReadTensor(t.Name)));
+        }
+        File.WriteAllText(Path.Combine(dir.File("old"), PeftAdapterFiles.ConfigFileName), """{"peft_type": "LAYERNORM_TUNING", "task_type": "CAUSAL_LM"}""");
+        foreach (var folder in new[] { "new", "old" })
+        {
+            using var fresh = Tiny("llama", 19);
+            var loaded = PeftAdapterFiles.Load(fresh, dir.File(folder), out var unused);
+            Assert.Empty(unused);
+            TensorAssert.BitIdentical(tuned, Run(fresh, ids), folder);
+        }
     }
 
     [Theory]
@@ -425,13 +476,27 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
         var pattern = json["rank_pattern"]!.AsObject();
         Assert.Equal(layers, pattern.Count);
         using var file = SafetensorsFile.Open(dir.File(PeftAdapterFiles.WeightsFileName));
+        // PEFT's keys: the lora_E parameter relative to the base model, as its RankAllocator names it; no ranknum is saved.
+        Assert.DoesNotContain(pattern, kv => kv.Key.StartsWith("base_model.", StringComparison.Ordinal));
         foreach (var l in adalora.Layers)
         {
-            int kept = pattern[$"base_model.model.{l.ModuleName}.lora_E"]!.AsArray().Count(b => b!.GetValue<bool>());
+            int kept = pattern[$"{l.ModuleName}.lora_E"]!.AsArray().Count(b => b!.GetValue<bool>());
             Assert.Equal(l.ActiveRank, kept);
             Assert.Equal([kept, l.A.shape[1]], file.Info($"base_model.model.{l.ModuleName}.lora_A").Shape);
             Assert.Equal([l.B.shape[0], kept], file.Info($"base_model.model.{l.ModuleName}.lora_B").Shape);
         }
+        Assert.DoesNotContain(file.Tensors, t => t.Name.EndsWith(".ranknum", StringComparison.Ordinal));
+
+        // The pruned file loads at its pruned ranks and computes what the trained model computes.
+        var ids = TinyModels.RandomIds(2, 6, TinyTokenizer.VocabSize, 5);
+        model.eval();
+        var expected = model.Forward(ids);
+        using var fresh = Tiny("llama", 15);
+        var loaded = (AdaLoraModel)PeftAdapterFiles.Load(fresh, dir.Path, out var unused);
+        Assert.Empty(unused);
+        Assert.Equal(adalora.Layers.Select(l => l.ActiveRank), loaded.Layers.Select(l => (int)l.A.shape[0]));
+        fresh.eval();
+        TensorAssert.Close(expected, fresh.Forward(ids), 1e-5, "pruned file reloaded");
     }
 
     [Fact]

@@ -35,12 +35,16 @@ public sealed class AdaLoraConfig : PeftConfig
     /// <summary>Layers (names, regex or all-linear); null takes the family's query and value projections.</summary>
     [JsonPropertyName("target_modules")] public IReadOnlyList<string>? TargetModules { get; set; }
     [JsonIgnore] public string? TargetModulesRegex { get; set; }
+    /// <summary>PEFT's r, inherited from LoraConfig; AdaLoRA itself starts every layer at <see cref="InitR"/>.</summary>
+    [JsonPropertyName("r")] public int R { get; set; } = 8;
+    /// <summary>PEFT's init_lora_weights: true (E starts at zero, so a fresh adapter changes nothing) or false (E random, for tests).</summary>
+    [JsonPropertyName("init_lora_weights")] public bool InitLoraWeights { get; set; } = true;
     /// <summary>Per layer (PEFT's key of its lora_E), which of the init_r triplets are kept; set by training, read on load.</summary>
     [JsonPropertyName("rank_pattern")] public Dictionary<string, bool[]>? RankPattern { get; set; }
 
     public override void Validate()
     {
-        if (InitR <= 0) throw new ArgumentOutOfRangeException(nameof(InitR), InitR, "init_r must be positive");
+        ValidateShape();
         if (TargetR <= 0 || TargetR > InitR) throw new ArgumentOutOfRangeException(nameof(TargetR), TargetR, $"target_r must be in [1, init_r = {InitR}]");
         if (TotalStep is not > 0) throw new ArgumentException("AdaLoRA needs total_step (the number of training steps) for its budget schedule.", nameof(TotalStep));
         if (TInit < 0 || TFinal < 0 || TInit + TFinal >= TotalStep)
@@ -54,6 +58,15 @@ public sealed class AdaLoraConfig : PeftConfig
             throw new ArgumentException("Give target modules either as names or as a regular expression, not both.", nameof(TargetModules));
     }
 
+    /// <summary>What applying the layers needs (loading an adapter for inference needs no budget schedule).</summary>
+    internal void ValidateShape()
+    {
+        if (InitR <= 0) throw new ArgumentOutOfRangeException(nameof(InitR), InitR, "init_r must be positive");
+        if (LoraDropout is < 0 or >= 1) throw new ArgumentOutOfRangeException(nameof(LoraDropout), LoraDropout, "lora_dropout must be in [0, 1)");
+        if (TargetModules is not null && TargetModulesRegex is not null)
+            throw new ArgumentException("Give target modules either as names or as a regular expression, not both.", nameof(TargetModules));
+    }
+
     /// <summary>PEFT's scaling: lora_alpha when positive, otherwise r.</summary>
     [JsonIgnore] public double Scaling => LoraAlpha > 0 ? LoraAlpha : InitR;
 
@@ -61,6 +74,7 @@ public sealed class AdaLoraConfig : PeftConfig
     {
         ["target_r"] = TargetR, ["init_r"] = InitR, ["tinit"] = TInit, ["tfinal"] = TFinal, ["deltaT"] = DeltaT,
         ["beta1"] = Beta1, ["beta2"] = Beta2, ["orth_reg_weight"] = OrthRegWeight, ["total_step"] = TotalStep,
-        ["lora_alpha"] = LoraAlpha, ["lora_dropout"] = LoraDropout, ["r"] = InitR, ["bias"] = "none", ["init_lora_weights"] = true,
+        ["lora_alpha"] = LoraAlpha, ["lora_dropout"] = LoraDropout, ["r"] = R, ["bias"] = "none", ["init_lora_weights"] = InitLoraWeights,
+        ["alpha_pattern"] = new JsonObject(), ["layers_to_transform"] = null, ["layers_pattern"] = null,
     };
 }

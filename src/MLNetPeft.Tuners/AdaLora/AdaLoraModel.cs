@@ -31,13 +31,15 @@ public sealed class AdaLoraModel : PeftModel, ITrainingStepHook
     public IReadOnlyDictionary<SvdLayer, bool[]>? RankPattern { get; private set; }
 
     public static AdaLoraModel Apply(nn.Module model, AdaLoraConfig config, string adapterName = "default", long seed = 0) =>
-        Scoped(model, () => ApplyCore(model, config, adapterName, seed));
+        Scoped(model, () => ApplyCore(model, config, adapterName, seed, forTraining: true));
 
-    private static AdaLoraModel ApplyCore(nn.Module model, AdaLoraConfig config, string adapterName = "default", long seed = 0)
+    private static AdaLoraModel ApplyCore(nn.Module model, AdaLoraConfig config, string adapterName, long seed, bool forTraining)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(config);
-        config.Validate();
+        // A loaded adapter needs no budget schedule: it is not trained unless a schedule is given.
+        if (forTraining) config.Validate();
+        else config.ValidateShape();
         Lora.LoraModel.CheckAdapterName(adapterName);
         var targets = TargetModules.Select(model, config.TargetModules, config.TargetModulesRegex, Lora.LoraModel.DefaultTargets(model));
         var generator = new Generator((ulong)seed);
@@ -46,7 +48,8 @@ public sealed class AdaLoraModel : PeftModel, ITrainingStepHook
         {
             foreach (var (name, layer) in targets)
             {
-                // A saved adapter keeps only its layer's remaining triplets (rank_pattern); training starts at init_r.
+                // A saved adapter keeps only its layer's remaining triplets (rank_pattern, possibly none: PEFT then saves
+                // [0, in] tensors); training starts at init_r.
                 int rank = config.RankPattern?.TryGetValue(PatternKey(name), out var keep) == true ? keep.Count(k => k) : config.InitR;
                 layers.Add(new SvdLayer(name, layer, rank, config.InitR, config, adapterName, generator));
             }
@@ -61,37 +64,62 @@ public sealed class AdaLoraModel : PeftModel, ITrainingStepHook
         return new AdaLoraModel(model, config, adapterName, layers);
     }
 
-    /// <summary>PEFT's rank_pattern key of a layer: its lora_E without the adapter name.</summary>
-    private static string PatternKey(string moduleName) => $"{PeftAdapterFiles.KeyPrefix}{moduleName}.lora_E";
+    /// <summary>
+    /// PEFT's rank_pattern key of a layer: its lora_E parameter's name relative to the base model, without the adapter
+    /// name (RankAllocator's names, as resize_state_dict_by_rank_pattern reads them).
+    /// </summary>
+    private static string PatternKey(string moduleName) => $"{moduleName}.lora_E";
 
     internal static AdaLoraModel Load(nn.Module model, string folder, JsonObject json, string path, out IReadOnlyList<string> unusedKeys, string adapterName)
     {
         var modules = PeftAdapterFiles.ModulesWith(folder, "lora_E");
-        if (modules.Count == 0) throw new InvalidDataException($"'{Path.Combine(folder, PeftAdapterFiles.WeightsFileName)}' holds no lora_E vectors.");
+        if (modules.Count == 0) throw new InvalidDataException($"'{folder}' holds no lora_E vectors.");
         var config = new AdaLoraConfig
         {
             InitR = PeftAdapterFiles.Number(json, "init_r", path, 12),
             TargetR = PeftAdapterFiles.Number(json, "target_r", path, 8),
-            TotalStep = PeftAdapterFiles.Number<int?>(json, "total_step", path, null) ?? 1,
+            R = PeftAdapterFiles.Number(json, "r", path, 8),
+            TInit = PeftAdapterFiles.Number(json, "tinit", path, 0),
+            TFinal = PeftAdapterFiles.Number(json, "tfinal", path, 0),
+            DeltaT = PeftAdapterFiles.Number(json, "deltaT", path, 1),
+            Beta1 = PeftAdapterFiles.Number(json, "beta1", path, 0.85),
+            Beta2 = PeftAdapterFiles.Number(json, "beta2", path, 0.85),
+            OrthRegWeight = PeftAdapterFiles.Number(json, "orth_reg_weight", path, 0.5),
+            TotalStep = PeftAdapterFiles.Number<int?>(json, "total_step", path, null),
             LoraAlpha = PeftAdapterFiles.Number(json, "lora_alpha", path, 8.0),
             LoraDropout = PeftAdapterFiles.Number(json, "lora_dropout", path, 0.0),
+            InitLoraWeights = json["init_lora_weights"] is not JsonValue init || !init.TryGetValue<bool>(out var flag) || flag,
             TargetModulesRegex = PeftAdapterFiles.ExactModules(modules),
-            RankPattern = (json["rank_pattern"] as JsonObject)?.ToDictionary(kv => kv.Key, kv => kv.Value!.AsArray().Select(b => b!.GetValue<bool>()).ToArray()),
+            RankPattern = ReadRankPattern(json, path),
         };
-        config.TInit = 0;
-        config.TFinal = 0;
-        if (config.TotalStep <= 0) config.TotalStep = 1;
-        var adalora = Apply(model, config, adapterName);
+        AdaLoraModel adalora;
+        try { adalora = ApplyCore(model, config, adapterName, seed: 0, forTraining: false); }
+        catch (ArgumentException e) { throw new InvalidDataException($"'{path}': {e.Message}", e); }
+        // The file's triplets are the kept ones; masks stay as they were saved.
+        if (config.RankPattern is { } pattern) adalora.RankPattern = adalora._layers.ToDictionary(l => l, l => pattern.TryGetValue(PatternKey(l.ModuleName), out var keep) ? keep : Enumerable.Repeat(true, (int)l.A.shape[0]).ToArray());
         var filled = PeftAdapterFiles.FillFrom(adalora, folder, out var unused);
-        // PEFT also saves each layer's ranknum (the initial rank the scale divides by).
-        using (var file = Checkpoints.SafetensorsFile.Open(Path.Combine(folder, PeftAdapterFiles.WeightsFileName)))
-        {
-            using var _ = no_grad();
-            foreach (var l in adalora._layers)
-                if (file.Contains($"{PeftAdapterFiles.KeyPrefix}{l.ModuleName}.ranknum")) file.ReadInto($"{PeftAdapterFiles.KeyPrefix}{l.ModuleName}.ranknum", l.RankNum);
-        }
+        // Files of older versions of this library also held ranknum, which is init_r anyway.
         unusedKeys = unused.Where(k => !k.EndsWith(".ranknum", StringComparison.Ordinal)).ToList();
         return filled;
+    }
+
+    /// <summary>
+    /// rank_pattern as PEFT writes it (keys relative to the base model, e.g. <c>encoder.layer.0.attention.self.query.lora_E</c>);
+    /// keys with the <c>base_model.model.</c> prefix, which older versions of this library wrote, are read too.
+    /// </summary>
+    private static Dictionary<string, bool[]>? ReadRankPattern(JsonObject json, string path)
+    {
+        if (json["rank_pattern"] is null) return null;
+        if (json["rank_pattern"] is not JsonObject map) throw new InvalidDataException($"'{path}': rank_pattern must be an object of masks.");
+        var pattern = new Dictionary<string, bool[]>(StringComparer.Ordinal);
+        foreach (var (key, value) in map)
+        {
+            if (value is not JsonArray mask || mask.Any(b => b is not JsonValue v || !v.TryGetValue<bool>(out _)))
+                throw new InvalidDataException($"'{path}': rank_pattern['{key}'] is not a list of true/false.");
+            var name = key.StartsWith(PeftAdapterFiles.KeyPrefix, StringComparison.Ordinal) ? key[PeftAdapterFiles.KeyPrefix.Length..] : key;
+            pattern[name] = mask.Select(b => b!.GetValue<bool>()).ToArray();
+        }
+        return pattern;
     }
 
     /// <summary>PEFT's orthogonal regulariser: orth_reg_weight × mean over P and Q of ‖QQᵀ − I‖_F and ‖PᵀP − I‖_F.</summary>
@@ -144,17 +172,19 @@ public sealed class AdaLoraModel : PeftModel, ITrainingStepHook
         return result;
     }
 
-    /// <summary>What PEFT writes: only the kept triplets of each layer (rows of A and E, columns of B), and ranknum.</summary>
+    /// <summary>
+    /// What PEFT writes: only the kept triplets of each layer (rows of A and E, columns of B; all of them while no mask is
+    /// set), and no ranknum, which is init_r by construction (PEFT: "ranknum is deterministic … and is therefore not saved").
+    /// </summary>
     internal override Dictionary<string, Tensor> SavedStateDict()
     {
         var result = new Dictionary<string, Tensor>(StringComparer.Ordinal);
         foreach (var l in _layers)
         {
-            var keep = RankPattern?.TryGetValue(l, out var k) == true ? tensor(k).nonzero().view(-1) : Scalars.Range(0, l.A.shape[0]);
+            var keep = RankPattern?.TryGetValue(l, out var k) == true && k.Length == l.A.shape[0] ? tensor(k).nonzero().view(-1) : Scalars.Range(0, l.A.shape[0]);
             result[$"{PeftAdapterFiles.KeyPrefix}{l.ModuleName}.lora_A"] = l.A.detach().index_select(0, keep);
             result[$"{PeftAdapterFiles.KeyPrefix}{l.ModuleName}.lora_E"] = l.E.detach().index_select(0, keep);
             result[$"{PeftAdapterFiles.KeyPrefix}{l.ModuleName}.lora_B"] = l.B.detach().index_select(1, keep);
-            result[$"{PeftAdapterFiles.KeyPrefix}{l.ModuleName}.ranknum"] = l.RankNum.detach();
         }
         return result;
     }
@@ -163,9 +193,15 @@ public sealed class AdaLoraModel : PeftModel, ITrainingStepHook
     {
         config["target_modules"] = new JsonArray(_layers.Select(l => l.ModuleName.Split('.')[^1]).Distinct().Select(n => (JsonNode)JsonValue.Create(n)!).ToArray());
         config["fan_in_fan_out"] = _layers.Any(l => l.FanInFanOut);
-        if (RankPattern is not null)
-            config["rank_pattern"] = new JsonObject(RankPattern.Select(kv => new KeyValuePair<string, JsonNode?>(PatternKey(kv.Key.ModuleName),
-                new JsonArray(kv.Value.Select(b => (JsonNode)JsonValue.Create(b)).ToArray()))));
+        config["rank_pattern"] = null;
+    }
+
+    /// <summary>The masks of the latest allocation; a file read with a rank_pattern keeps the one it had.</summary>
+    internal override void DescribeTrainedState(JsonObject config)
+    {
+        if (RankPattern is null || RankPattern.Any(kv => kv.Value.Length != kv.Key.A.shape[0])) return;
+        config["rank_pattern"] = new JsonObject(RankPattern.Select(kv => new KeyValuePair<string, JsonNode?>(PatternKey(kv.Key.ModuleName),
+            new JsonArray(kv.Value.Select(b => (JsonNode)JsonValue.Create(b)).ToArray()))));
     }
 
     public override void SetAdaptersEnabled(bool enabled)

@@ -10,8 +10,8 @@ namespace MLNetPeft.Tuners.AdaLora;
 /// <summary>
 /// AdaLoRA on one linear layer: ΔW = B·(A ⊙ E)·scaling / rank with A = Q [r, in], E = Λ [r, 1], B = P [out, r],
 /// registered under the layer as PEFT's <c>lora_A.{adapter}</c>, <c>lora_E.{adapter}</c>, <c>lora_B.{adapter}</c>
-/// and the fixed <c>ranknum.{adapter}</c> (the initial rank the scale divides by). A and B start N(0, 0.02²), E at
-/// zero, so a fresh adapter changes nothing; pruning a triplet sets its entry of E to zero.
+/// and the fixed <c>ranknum.{adapter}</c> (init_r, which the scale divides by; PEFT does not save it). A and B start
+/// N(0, 0.02²), E at zero, so a fresh adapter changes nothing; pruning a triplet sets its entry of E to zero.
 /// </summary>
 public sealed class SvdLayer
 {
@@ -29,7 +29,9 @@ public sealed class SvdLayer
         (long inFeatures, long outFeatures, FanInFanOut) = TargetModules.Shape(layer, moduleName, "AdaLoRA");
         var weight = BaseWeight;
         A = new Parameter(randn([rank, inFeatures], dtype: weight.dtype, generator: generator).mul_(Scalars.Of(0.02)).to(weight.device));
-        E = new Parameter(zeros([rank, 1], dtype: weight.dtype, device: weight.device));
+        // E starts at zero (a fresh adapter changes nothing), or random with init_lora_weights = false, as in PEFT.
+        E = new Parameter(config.InitLoraWeights ? zeros([rank, 1], dtype: weight.dtype, device: weight.device)
+            : randn([rank, 1], dtype: weight.dtype, generator: generator).to(weight.device));
         B = new Parameter(randn([outFeatures, rank], dtype: weight.dtype, generator: generator).mul_(Scalars.Of(0.02)).to(weight.device));
         RankNum = new Parameter(full(1, Scalars.Of(initialRank), dtype: weight.dtype, device: weight.device), requires_grad: false);
         Scaling = config.Scaling;

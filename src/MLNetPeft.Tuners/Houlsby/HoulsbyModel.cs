@@ -40,7 +40,7 @@ public sealed class HoulsbyModel : PeftModel
         var patterns = new List<string>();
         if (config.AfterAttention) patterns.Add(attention);
         if (config.AfterFeedForward) patterns.Add(feedForward);
-        var targets = TargetModules.LinearLayers(model).Where(l => patterns.Any(p => Regex.IsMatch(l.Name, $"^(?:{p})$"))).ToList();
+        var targets = TargetModules.LinearLayers(model).Where(l => patterns.Any(p => Regex.IsMatch(l.Name, $"^(?:{p})$", RegexOptions.None, TargetModules.MatchTimeout))).ToList();
         if (targets.Count == 0) throw new ArgumentException($"No attention or feed-forward output projection found in this {model.GetType().Name}.", nameof(model));
         var generator = new Generator((ulong)seed);
         var adapters = new List<BottleneckAdapter>();

@@ -1,3 +1,4 @@
+using MLNetPeft.Runtime;
 using MLNetPeft.Architectures;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -55,6 +56,9 @@ public sealed class Ia3Layer
     /// <summary>The vector shaped to multiply the base weight in its own layout ([out, in], or [in, out] for Conv1D).</summary>
     private Tensor WeightFactor => FanInFanOut ? Scale.t() : Scale;
 
+    /// <summary>What unmerging divides by: the vector plus 1e-8, as PEFT does, so that a zero entry gives no inf or NaN.</summary>
+    private Tensor SafeDivisor(Tensor factor) => factor.Plus(1e-8);
+
     /// <summary>Folds l into the weight (rows for outputs, columns for inputs) and, for outputs, into the bias.</summary>
     public void Merge()
     {
@@ -74,8 +78,8 @@ public sealed class Ia3Layer
         if (!Merged) return;
         using var _ = no_grad();
         using var scope = NewDisposeScope();
-        BaseWeight.div_(WeightFactor);
-        if (!IsFeedforward && BaseBias is { } bias) bias.div_(Scale.flatten());
+        BaseWeight.div_(SafeDivisor(WeightFactor));
+        if (!IsFeedforward && BaseBias is { } bias) bias.div_(SafeDivisor(Scale.flatten()));
         Merged = false;
     }
 

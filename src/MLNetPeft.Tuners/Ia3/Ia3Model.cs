@@ -66,8 +66,8 @@ public sealed class Ia3Model : PeftModel
         var (feedforward, feedforwardRegex) = PeftAdapterFiles.Targets(json, "feedforward_modules", path);
         if (feedforwardRegex is { } pattern)
         {
-            var regex = new System.Text.RegularExpressions.Regex($"^(?:{pattern})$");
-            feedforward = modules.Where(m => regex.IsMatch(m)).ToList();
+            var regex = TargetModules.FullNamePattern(pattern, "feedforward_modules");
+            feedforward = modules.Where(m => TargetModules.IsMatch(regex, m, "feedforward_modules")).ToList();
         }
         var config = new Ia3Config
         {

@@ -11,7 +11,8 @@ namespace MLNetPeft.Tuners.Lora;
 /// A LoRA adapter attached to one linear layer (nn.Linear, or GPT-2's Conv1D whose weight is stored [in, out]).
 /// The layer itself is left in place; a forward hook adds B·A·dropout(x)·scaling to its output, and the adapter's
 /// weights are registered under the layer as <c>lora_A.{adapter}.weight</c> [r, in] and <c>lora_B.{adapter}.weight</c>
-/// [out, r], PEFT's names. With DoRA a magnitude vector [out] is added as <c>lora_magnitude_vector.{adapter}.weight</c>.
+/// [out, r], PEFT's names. With DoRA a magnitude vector [out] is added as <c>lora_magnitude_vector.{adapter}.weight</c>
+/// (saved without ".weight", as PEFT saves it).
 /// Several adapters (different names) can sit on one layer; each adds its own term while enabled.
 /// </summary>
 public sealed class LoraAdapter : IDisposable
@@ -30,21 +31,25 @@ public sealed class LoraAdapter : IDisposable
         _layer = layer;
         _adapterName = adapterName;
         (InFeatures, OutFeatures, FanInFanOut) = TargetModules.Shape(layer, moduleName, "LoRA");
-        Scaling = config.Scaling;
+        // rank_pattern and alpha_pattern may give this module its own r and alpha (PEFT's get_pattern_key).
+        Rank = config.RankFor(moduleName);
+        Scaling = config.ScalingFor(moduleName);
         _dropout = config.LoraDropout;
         var weight = BaseWeight;
-        _a = nn.Linear(InFeatures, config.R, hasBias: false, device: weight.device, dtype: weight.dtype);
-        _b = nn.Linear(config.R, OutFeatures, hasBias: false, device: weight.device, dtype: weight.dtype);
+        _a = nn.Linear(InFeatures, Rank, hasBias: false, device: weight.device, dtype: weight.dtype);
+        _b = nn.Linear(Rank, OutFeatures, hasBias: false, device: weight.device, dtype: weight.dtype);
         using (no_grad())
         {
-            if (config.InitLoraWeights == "gaussian") _a.weight!.normal_(0, 1.0 / config.R, generator);
+            if (config.InitLoraWeights == "gaussian") _a.weight!.normal_(0, 1.0 / Rank, generator);
             else
             {
                 // PEFT's default: kaiming_uniform_(a=√5) on A, i.e. U(−b, b) with b = √(6 / ((1 + 5)·fan_in)) = 1/√in.
                 double bound = 1.0 / Math.Sqrt(InFeatures);
                 _a.weight!.uniform_(-bound, bound, generator);
             }
-            _b.weight!.zero_();
+            // B starts at zero, so a fresh adapter changes nothing; with "false" it keeps nn.Linear's init (fan_in = r), as in PEFT.
+            if (config.InitLoraWeights == "false") _b.weight!.uniform_(-1.0 / Math.Sqrt(Rank), 1.0 / Math.Sqrt(Rank), generator);
+            else _b.weight!.zero_();
         }
         TargetModules.RegisterAdapterChild(layer, "lora_A", adapterName, _a);
         TargetModules.RegisterAdapterChild(layer, "lora_B", adapterName, _b);
@@ -67,6 +72,9 @@ public sealed class LoraAdapter : IDisposable
     public long OutFeatures { get; }
     /// <summary>True for GPT-2's Conv1D, whose weight is [in, out] (PEFT's fan_in_fan_out).</summary>
     public bool FanInFanOut { get; }
+    /// <summary>This module's rank (r, or its rank_pattern entry).</summary>
+    public int Rank { get; }
+    /// <summary>This module's alpha / r (or alpha / √r with rsLoRA), with its patterns applied.</summary>
     public double Scaling { get; }
     /// <summary>Whether the adapter contributes to the layer's output (false reproduces the base layer exactly).</summary>
     public bool Enabled { get; set; } = true;

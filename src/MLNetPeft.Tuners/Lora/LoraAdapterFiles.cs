@@ -40,37 +40,49 @@ public static class LoraAdapterFiles
             R = PeftAdapterFiles.Number(json, "r", path, 8),
             LoraAlpha = PeftAdapterFiles.Number(json, "lora_alpha", path, 8.0),
             LoraDropout = PeftAdapterFiles.Number(json, "lora_dropout", path, 0.0),
-            UseRsLora = json["use_rslora"]?.GetValue<bool>() ?? false,
-            UseDora = json["use_dora"]?.GetValue<bool>() ?? false,
-            Bias = (json["bias"]?.GetValue<string>() ?? "none") switch
+            UseRsLora = PeftAdapterFiles.Flag(json, "use_rslora", path),
+            UseDora = PeftAdapterFiles.Flag(json, "use_dora", path),
+            Bias = (PeftAdapterFiles.Text(json, "bias", path) ?? "none") switch
             {
                 "none" => LoraBias.None, "all" => LoraBias.All, "lora_only" => LoraBias.LoraOnly,
                 var b => throw new InvalidDataException($"'{path}': bias '{b}' is not none, all or lora_only."),
             },
-            InitLoraWeights = json["init_lora_weights"] is JsonValue v && v.TryGetValue<string>(out var init) ? init : "default",
+            // How A and B were first drawn does not matter for weights read from the file; PEFT's other schemes ("pissa",
+            // "olora", "loftq" …) are read as the default.
+            InitLoraWeights = json["init_lora_weights"] switch
+            {
+                JsonValue v when v.TryGetValue<string>(out var init) && init == "gaussian" => "gaussian",
+                JsonValue v when v.TryGetValue<bool>(out var flag) && !flag => "false",
+                _ => "default",
+            },
+            RankPattern = PeftAdapterFiles.Pattern(json, "rank_pattern", path, n => n.GetValue<int>()),
+            AlphaPattern = PeftAdapterFiles.Pattern(json, "alpha_pattern", path, n => n.GetValue<double>()),
         };
         (config.TargetModules, config.TargetModulesRegex) = PeftAdapterFiles.Targets(json, "target_modules", path);
-        config.Validate();
+        try { config.Validate(); }
+        catch (ArgumentException e) { throw new InvalidDataException($"'{path}': {e.Message}", e); }
         unusedFields = json.Where(kv => !UnderstoodFields.Contains(kv.Key)).Select(kv => kv.Key).Order(StringComparer.Ordinal).ToList();
         return config;
     }
 
     /// <summary>
     /// Attaches the adapter in <paramref name="folder"/> to <paramref name="model"/>: every LoRA weight must match a
-    /// layer of the model with the right shape. Other saved tensors (for example a classification head listed in
-    /// modules_to_save) are reported in <paramref name="unusedKeys"/>.
+    /// layer of the model with the right shape (per-module ranks from rank_pattern). Other saved tensors that the model
+    /// has a parameter for (a classification head in modules_to_save) are loaded into it; the rest are reported in
+    /// <paramref name="unusedKeys"/>.
     /// </summary>
-    public static LoraModel Load(nn.Module model, string folder, out IReadOnlyList<string> unusedKeys, string adapterName = "default")
+    public static LoraModel Load(nn.Module model, string folder, out IReadOnlyList<string> unusedKeys, string adapterName = "default") =>
+        PeftAdapterFiles.Load(model, folder, out unusedKeys, adapterName) as LoraModel
+            ?? throw new NotSupportedException($"'{folder}' does not hold a LORA adapter.");
+
+    internal static LoraModel LoadCore(nn.Module model, string folder, out IReadOnlyList<string> unusedKeys, string adapterName)
     {
         var config = ReadConfig(folder, out _);
         // Target exactly the modules the file has weights for.
         var modules = PeftAdapterFiles.ModulesWith(folder, "lora_A.weight");
-        if (modules.Count == 0) throw new InvalidDataException($"'{Path.Combine(folder, WeightsFileName)}' holds no lora_A weights.");
+        if (modules.Count == 0) throw new InvalidDataException($"'{folder}' holds no lora_A weights in its {WeightsFileName} or adapter_model.bin.");
         config.TargetModules = null;
         config.TargetModulesRegex = PeftAdapterFiles.ExactModules(modules);
-        IReadOnlyList<string> unused = [];
-        var lora = PeftModel.Scoped(model, () => PeftAdapterFiles.FillFrom(LoraModel.Apply(model, config, adapterName), folder, out unused));
-        unusedKeys = unused;
-        return lora;
+        return PeftAdapterFiles.FillFrom(LoraModel.Apply(model, config, adapterName), folder, out unusedKeys);
     }
 }

@@ -41,7 +41,10 @@ public sealed class LoraConfig : PeftConfig
     [JsonPropertyName("bias")] public LoraBias Bias { get; set; } = LoraBias.None;
     /// <summary>Rank-stabilised scaling lora_alpha / √r instead of lora_alpha / r.</summary>
     [JsonPropertyName("use_rslora")] public bool UseRsLora { get; set; }
-    /// <summary>"default" (A Kaiming-uniform, B zero) or "gaussian" (A normal with std 1/r, B zero); both start with ΔW = 0.</summary>
+    /// <summary>
+    /// "default" (A Kaiming-uniform, B zero) or "gaussian" (A normal with std 1/r, B zero), which both start with ΔW = 0;
+    /// or "false" (PEFT's init_lora_weights=False: A and B both as nn.Linear initialises them, so ΔW ≠ 0 from the start).
+    /// </summary>
     [JsonPropertyName("init_lora_weights")] public string InitLoraWeights { get; set; } = "default";
 
     /// <summary>
@@ -50,17 +53,45 @@ public sealed class LoraConfig : PeftConfig
     /// </summary>
     [JsonPropertyName("use_dora")] public bool UseDora { get; set; }
 
-    [JsonIgnore] public double Scaling => UseRsLora ? LoraAlpha / Math.Sqrt(R) : LoraAlpha / R;
+    /// <summary>
+    /// Ranks for some modules other than <see cref="R"/> (PEFT's rank_pattern): a key is a regular expression that must
+    /// match the end of a module's full name after a dot (PEFT's get_pattern_key), e.g. "q_proj" or "layers\.0\.self_attn\.q_proj".
+    /// </summary>
+    [JsonPropertyName("rank_pattern")] public Dictionary<string, int> RankPattern { get; set; } = [];
+    /// <summary>lora_alpha for some modules other than <see cref="LoraAlpha"/> (PEFT's alpha_pattern), keys as in <see cref="RankPattern"/>.</summary>
+    [JsonPropertyName("alpha_pattern")] public Dictionary<string, double> AlphaPattern { get; set; } = [];
+
+    /// <summary>The scaling of modules that no pattern names.</summary>
+    [JsonIgnore] public double Scaling => ScalingOf(R, LoraAlpha);
+
+    /// <summary>The rank of the module <paramref name="moduleName"/> (its rank_pattern entry, else r).</summary>
+    public int RankFor(string moduleName) => PatternKey(RankPattern.Keys, moduleName) is { } key ? RankPattern[key] : R;
+
+    /// <summary>The lora_alpha of the module <paramref name="moduleName"/> (its alpha_pattern entry, else lora_alpha).</summary>
+    public double AlphaFor(string moduleName) => PatternKey(AlphaPattern.Keys, moduleName) is { } key ? AlphaPattern[key] : LoraAlpha;
+
+    /// <summary>The scaling of the module <paramref name="moduleName"/>: its alpha over its r (or √r with rsLoRA).</summary>
+    public double ScalingFor(string moduleName) => ScalingOf(RankFor(moduleName), AlphaFor(moduleName));
+
+    private double ScalingOf(int r, double alpha) => UseRsLora ? alpha / Math.Sqrt(r) : alpha / r;
+
+    /// <summary>PEFT's get_pattern_key: the first key whose pattern matches the module name's end after a dot.</summary>
+    internal static string? PatternKey(IEnumerable<string> keys, string moduleName) =>
+        keys.FirstOrDefault(k => Tuners.TargetModules.IsMatch(Tuners.TargetModules.FullNamePattern($"(.*\\.)?({k})", "rank_pattern/alpha_pattern"), moduleName, "rank_pattern/alpha_pattern"));
 
     public override void Validate()
     {
         if (R <= 0) throw new ArgumentOutOfRangeException(nameof(R), R, "LoRA rank r must be positive");
         if (!(LoraAlpha > 0)) throw new ArgumentOutOfRangeException(nameof(LoraAlpha), LoraAlpha, "lora_alpha must be positive");
         if (LoraDropout is < 0 or >= 1) throw new ArgumentOutOfRangeException(nameof(LoraDropout), LoraDropout, "lora_dropout must be in [0, 1)");
-        if (InitLoraWeights is not ("default" or "gaussian"))
-            throw new ArgumentException($"init_lora_weights '{InitLoraWeights}' is not supported; use 'default' or 'gaussian'.", nameof(InitLoraWeights));
+        if (InitLoraWeights is not ("default" or "gaussian" or "false"))
+            throw new ArgumentException($"init_lora_weights '{InitLoraWeights}' is not supported; use 'default', 'gaussian' or 'false'.", nameof(InitLoraWeights));
         if (TargetModules is not null && TargetModulesRegex is not null)
             throw new ArgumentException("Give target modules either as names or as a regular expression, not both.", nameof(TargetModules));
+        foreach (var (key, r) in RankPattern ?? [])
+            if (r <= 0) throw new ArgumentOutOfRangeException(nameof(RankPattern), r, $"rank_pattern['{key}'] must be positive");
+        foreach (var (key, alpha) in AlphaPattern ?? [])
+            if (!(alpha > 0)) throw new ArgumentOutOfRangeException(nameof(AlphaPattern), alpha, $"alpha_pattern['{key}'] must be positive");
     }
 
     internal override JsonObject ToJson() => new()
@@ -71,6 +102,11 @@ public sealed class LoraConfig : PeftConfig
         ["bias"] = Bias switch { LoraBias.All => "all", LoraBias.LoraOnly => "lora_only", _ => "none" },
         ["use_rslora"] = UseRsLora,
         ["use_dora"] = UseDora,
-        ["init_lora_weights"] = InitLoraWeights == "gaussian" ? JsonValue.Create("gaussian") : JsonValue.Create(true),
+        ["init_lora_weights"] = InitLoraWeights switch { "gaussian" => JsonValue.Create("gaussian"), "false" => JsonValue.Create(false), _ => JsonValue.Create(true) },
+        ["rank_pattern"] = new JsonObject(RankPattern.Select(kv => new KeyValuePair<string, JsonNode?>(kv.Key, kv.Value))),
+        ["alpha_pattern"] = new JsonObject(AlphaPattern.Select(kv => new KeyValuePair<string, JsonNode?>(kv.Key, kv.Value))),
+        ["fan_in_fan_out"] = false,
+        ["layers_to_transform"] = null,
+        ["layers_pattern"] = null,
     };
 }

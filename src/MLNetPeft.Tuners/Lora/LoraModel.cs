@@ -102,7 +102,8 @@ public sealed class LoraModel : PeftModel
 
     /// <summary>
     /// The adapter weights under PEFT's adapter-file names: <c>base_model.model.{module}.lora_A.weight</c> [r, in],
-    /// <c>…lora_B.weight</c> [out, r], with DoRA <c>…lora_magnitude_vector.weight</c> [out], and the trained biases.
+    /// <c>…lora_B.weight</c> [out, r], with DoRA <c>…lora_magnitude_vector</c> [out] (PEFT drops the ".weight" of its
+    /// DoRA layer when saving), and the trained biases.
     /// </summary>
     public override Dictionary<string, Tensor> AdapterStateDict()
     {
@@ -111,7 +112,7 @@ public sealed class LoraModel : PeftModel
         {
             result[$"base_model.model.{a.ModuleName}.lora_A.weight"] = a.LoraA;
             result[$"base_model.model.{a.ModuleName}.lora_B.weight"] = a.LoraB;
-            if (a.Magnitude is { } m) result[$"base_model.model.{a.ModuleName}.lora_magnitude_vector.weight"] = m;
+            if (a.Magnitude is { } m) result[$"base_model.model.{a.ModuleName}.lora_magnitude_vector"] = m;
         }
         var adapted = _adapters.Select(a => a.ModuleName).ToHashSet(StringComparer.Ordinal);
         foreach (var (name, p) in Model.named_parameters())
@@ -126,6 +127,12 @@ public sealed class LoraModel : PeftModel
             if (trains) result[$"base_model.model.{name}"] = p;
         }
         return result;
+    }
+
+    /// <summary>Files this library wrote before it followed PEFT named the DoRA magnitude <c>…lora_magnitude_vector.weight</c>.</summary>
+    internal override IEnumerable<string> FileKeyAliases(string key)
+    {
+        if (key.EndsWith(".lora_magnitude_vector", StringComparison.Ordinal)) yield return key + ".weight";
     }
 
     internal override void DescribeTargets(JsonObject config)

@@ -14,14 +14,16 @@ public enum SelectiveTuning
 
 /// <summary>
 /// Selective tuning: no new weights; a chosen subset of the model's own parameters trains and the rest is frozen.
-/// Saved as this library's own adapter types (<see cref="BitFitType"/>, <see cref="LayerNormType"/>), with the trained
-/// tensors under <c>base_model.model.{parameter name}</c>; PEFT has no BitFit, and its LN_TUNING stores copies of the
-/// norm layers differently.
+/// LayerNorm tuning is saved as PEFT's <see cref="LayerNormType"/> (LN_TUNING: <c>base_model.model.{norm}.ln_tuning_layers.weight</c>
+/// and <c>.bias</c>, the norms listed in target_modules), so PEFT loads it; BitFit, which PEFT lacks, as this library's
+/// <see cref="BitFitType"/> with the trained tensors under <c>base_model.model.{parameter name}</c>.
 /// </summary>
 public sealed class SelectiveConfig : PeftConfig
 {
     public const string BitFitType = "BITFIT";
-    public const string LayerNormType = "LAYERNORM_TUNING";
+    public const string LayerNormType = "LN_TUNING";
+    /// <summary>What this library wrote for LayerNorm tuning before it used PEFT's format (read, never written).</summary>
+    public const string LegacyLayerNormType = "LAYERNORM_TUNING";
 
     [JsonIgnore] public SelectiveTuning Tuning { get; set; } = SelectiveTuning.BitFit;
     [JsonPropertyName("peft_type")] public override string PeftType => Tuning == SelectiveTuning.BitFit ? BitFitType : LayerNormType;

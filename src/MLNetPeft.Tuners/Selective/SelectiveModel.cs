@@ -64,23 +64,50 @@ public sealed class SelectiveModel : PeftModel
 
     internal static SelectiveModel Load(nn.Module model, string folder, JsonObject json, string path, out IReadOnlyList<string> unusedKeys)
     {
-        var config = new SelectiveConfig
-        {
-            Tuning = PeftAdapterFiles.PeftType(json, path) == SelectiveConfig.BitFitType ? SelectiveTuning.BitFit : SelectiveTuning.LayerNorm,
-        };
+        var type = PeftAdapterFiles.PeftType(json, path);
+        var config = new SelectiveConfig { Tuning = type == SelectiveConfig.BitFitType ? SelectiveTuning.BitFit : SelectiveTuning.LayerNorm };
         var known = model.named_parameters().Select(p => p.name).ToHashSet(StringComparer.Ordinal);
-        using var file = Checkpoints.SafetensorsFile.Open(Path.Combine(folder, PeftAdapterFiles.WeightsFileName));
-        var names = file.Tensors.Select(t => t.Name).Where(n => n.StartsWith(PeftAdapterFiles.KeyPrefix, StringComparison.Ordinal))
-            .Select(n => n[PeftAdapterFiles.KeyPrefix.Length..]).ToList();
+        List<string> names;
+        using (var file = PeftAdapterFiles.OpenWeights(folder))
+        {
+            var stored = file.TensorNames.Where(n => n.StartsWith(PeftAdapterFiles.KeyPrefix, StringComparison.Ordinal)).Select(n => n[PeftAdapterFiles.KeyPrefix.Length..]);
+            // LN_TUNING keeps a trained copy of each norm as {norm}.ln_tuning_layers.{weight|bias}; the other types name the parameter itself.
+            names = (type == SelectiveConfig.LayerNormType ? stored.Where(n => n.Contains(LnTuningInfix, StringComparison.Ordinal)).Select(n => n.Replace(LnTuningInfix, ".", StringComparison.Ordinal)) : stored).ToList();
+        }
         var missing = names.Where(n => !known.Contains(n)).ToList();
         if (missing.Count > 0) throw new InvalidDataException($"'{path}': the adapter tunes {string.Join(", ", missing)}, which this {model.GetType().Name} does not have.");
+        if (names.Count == 0) throw new InvalidDataException($"'{path}': the adapter file holds no tuned parameters.");
         var selective = Tune(model, config, names);
         unusedKeys = PeftAdapterFiles.ReadWeights(selective, folder);
         return selective;
     }
 
+    private const string LnTuningInfix = ".ln_tuning_layers.";
+
+    /// <summary>The tuned tensors under their adapter-file names (LN_TUNING's <c>{norm}.ln_tuning_layers.{weight}</c>, BitFit's parameter names).</summary>
     public override Dictionary<string, Tensor> AdapterStateDict() =>
-        _tuned.ToDictionary(t => PeftAdapterFiles.KeyPrefix + t.Name, t => (Tensor)t.Parameter, StringComparer.Ordinal);
+        _tuned.ToDictionary(t => PeftAdapterFiles.KeyPrefix + FileName(t.Name), t => (Tensor)t.Parameter, StringComparer.Ordinal);
+
+    private string FileName(string parameter)
+    {
+        if (Config.Tuning == SelectiveTuning.BitFit) return parameter;
+        int dot = parameter.LastIndexOf('.');
+        return parameter[..dot] + LnTuningInfix + parameter[(dot + 1)..];
+    }
+
+    /// <summary>Files written before LN_TUNING used PEFT's names stored each tuned parameter under its own name.</summary>
+    internal override IEnumerable<string> FileKeyAliases(string key)
+    {
+        if (key.Contains(LnTuningInfix, StringComparison.Ordinal)) yield return key.Replace(LnTuningInfix, ".", StringComparison.Ordinal);
+    }
+
+    internal override void DescribeTargets(JsonObject config)
+    {
+        if (Config.Tuning != SelectiveTuning.LayerNorm) return;
+        // PEFT matches target_modules by the end of a module's name: the norms' own names, each once.
+        config["target_modules"] = new JsonArray(_tuned.Select(t => t.Name[..t.Name.LastIndexOf('.')].Split('.')[^1]).Distinct()
+            .Select(n => (JsonNode)JsonValue.Create(n)!).ToArray());
+    }
 
     public override void SetAdaptersEnabled(bool enabled)
     {
