@@ -1,3 +1,4 @@
+using System.Text.Json.Nodes;
 using static TorchSharp.torch;
 
 namespace MLNetPeft.Tuners;
@@ -13,4 +14,13 @@ public interface ITrainingStepHook
 
     /// <summary>Called after the optimizer has updated the weights for <paramref name="globalStep"/> (1-based), before gradients are cleared.</summary>
     void AfterOptimizerStep(int globalStep);
+
+    /// <summary>
+    /// The method's own training state beyond the model's weights (AdaLoRA: its importance averages and rank pattern),
+    /// which a checkpoint must hold for a resumed run to continue exactly: tensors, and the rest as JSON.
+    /// </summary>
+    (IReadOnlyDictionary<string, Tensor> Tensors, JsonObject? Json) TrainingState() => (new Dictionary<string, Tensor>(), null);
+
+    /// <summary>Restores what <see cref="TrainingState"/> gave when the checkpoint was written.</summary>
+    void RestoreTrainingState(IReadOnlyDictionary<string, Tensor> tensors, JsonObject? json) { }
 }

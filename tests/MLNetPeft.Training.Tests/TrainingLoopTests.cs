@@ -196,6 +196,36 @@ public class TrainingLoopTests
             TensorAssert.BitIdentical(expected, crowded.state_dict()[name], name);
     }
 
+    /// <summary>A checkpoint folder resumes only its own run: another model, method or data is named, not silently loaded.</summary>
+    [Fact]
+    public void ResumingAnotherRunsCheckpointIsRefusedSayingWhatDiffers()
+    {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
+        using var dir = new TempFolder();
+        var data = Corpus(50, 7);
+        var options = Options(dir.Path);
+        options.MaxSteps = 2;
+        using (var first = new LlamaForCausalLM(TinyModels.Llama())) new LanguageModelTrainer(first, options).Train(data);
+        options.MaxSteps = 4;
+
+        var wider = TinyModels.Llama();
+        wider.IntermediateSize = 80;
+        using (var other = new LlamaForCausalLM(wider))
+            Assert.Contains("model's config differs", Assert.Throws<InvalidOperationException>(() => new LanguageModelTrainer(other, options).Train(data)).Message);
+        using (var adapted = new LlamaForCausalLM(TinyModels.Llama()))
+        {
+            using var lora = Tuners.Lora.LoraModel.Apply(adapted, new Tuners.Lora.LoraConfig { R = 2 });
+            Assert.Contains("other parameters train", Assert.Throws<InvalidOperationException>(() => new LanguageModelTrainer(adapted, options).Train(data)).Message);
+        }
+        using (var same = new LlamaForCausalLM(TinyModels.Llama()))
+        {
+            var e = Assert.Throws<InvalidOperationException>(() => new LanguageModelTrainer(same, options).Train(Corpus(50, 8)));
+            Assert.Contains("training data differs", e.Message);
+            Assert.Contains("checkpoint-000002", e.Message);
+            Assert.Equal(4, new LanguageModelTrainer(same, options).Train(data).Steps);   // its own data: it resumes
+        }
+    }
+
     [Fact]
     public void ResumingWithOtherBatchOptionsIsRefused()
     {

@@ -602,3 +602,52 @@ public class PromptEncoderTests
         TensorAssert.Close(reference.call(x).Item1, ours.call(x), 1e-6, "bidirectional two-layer LSTM");
     }
 }
+
+/// <summary>A run stopped and resumed from its checkpoint ends exactly as one that never stopped, for methods with training state of their own too.</summary>
+public class ResumeTests
+{
+    private static PeftModel Apply(string method, CausalLanguageModel model, long seed) => method switch
+    {
+        // Allocation runs from step 3 to 7 of 10 and masks every step: the checkpoint at step 5 falls in the middle of it.
+        "adalora" => AdaLoraModel.Apply(model, new AdaLoraConfig { InitR = 4, TargetR = 2, TInit = 2, TFinal = 3, TotalStep = 10, DeltaT = 1, LoraAlpha = 8, TargetModules = [LoraConfig.AllLinear] }, seed: seed),
+        "dora" => LoraModel.Apply(model, new LoraConfig { R = 4, UseDora = true, LoraDropout = 0.2, TargetModules = ["q_proj", "v_proj"] }, seed: seed),
+        "ptuning-lstm" => PTuningModel.Apply(model, new PTuningConfig { NumVirtualTokens = 3, EncoderHiddenSize = 8, EncoderReparameterizationType = PromptEncoderType.Lstm, EncoderDropout = 0.3 }, seed: seed),
+        _ => throw new ArgumentOutOfRangeException(nameof(method)),
+    };
+
+    [Theory]
+    [InlineData("adalora")]
+    [InlineData("dora")]
+    [InlineData("ptuning-lstm")]
+    public void AResumedRunEndsBitIdenticalToAnUninterruptedOne(string method)
+    {
+        using var testScope = NewDisposeScope();   // no test tensor is left to the finalizer
+        using var dir = new TempFolder();
+        var data = PeftMethodTests.ToyTask(TinyTokenizer.VocabSize);
+        TrainingOptions Options(string? folder) => new() { MaxSteps = 10, BatchSize = 4, LearningRate = 2e-2, WarmupSteps = 2, Seed = 9, CheckpointFolder = folder, CheckpointInterval = 5 };
+
+        using var uninterrupted = PeftMethodTests.Tiny("llama", 21);
+        var whole = Apply(method, uninterrupted, seed: 1);
+        new LanguageModelTrainer(uninterrupted, Options(null), whole as ITrainingStepHook).Train(data);
+
+        using var first = PeftMethodTests.Tiny("llama", 21);
+        var stopped = Apply(method, first, seed: 1);
+        using var cts = new CancellationTokenSource();
+        Assert.ThrowsAny<OperationCanceledException>(() => new LanguageModelTrainer(first, Options(dir.Path), stopped as ITrainingStepHook)
+            .Train(data, progress: new Sync(p => { if (p.Step == 5) cts.Cancel(); }), cancellationToken: cts.Token));
+
+        // Another start (other base and adapter weights): everything must come from the checkpoint.
+        using var resumed = PeftMethodTests.Tiny("llama", 22);
+        var continued = Apply(method, resumed, seed: 2);
+        new LanguageModelTrainer(resumed, Options(dir.Path), continued as ITrainingStepHook).Train(data);
+        foreach (var (name, expected) in uninterrupted.state_dict())
+            TensorAssert.BitIdentical(expected, resumed.state_dict()[name], name);
+        if (whole is AdaLoraModel a && continued is AdaLoraModel b)
+            Assert.Equal(a.Layers.Select(l => l.ActiveRank), b.Layers.Select(l => l.ActiveRank));
+    }
+
+    private sealed class Sync(Action<TrainingProgress> report) : IProgress<TrainingProgress>
+    {
+        public void Report(TrainingProgress value) => report(value);
+    }
+}

@@ -21,6 +21,7 @@ public sealed class LanguageModelTrainer
 {
     private const string OptimizerFile = "optimizer.safetensors";
     private const string StateFile = "trainer_state.json";
+    private const string MethodStateFile = "method_state.safetensors";
 
     private readonly CausalLanguageModel _model;
     private readonly TrainingOptions _options;
@@ -28,7 +29,7 @@ public sealed class LanguageModelTrainer
 
     /// <param name="model">The model to train (its parameters that require grad).</param>
     /// <param name="options">The training loop's settings.</param>
-    /// <param name="hook">A tuning method that takes part in each step (AdaLoRA); its own state is not part of checkpoints.</param>
+    /// <param name="hook">A tuning method that takes part in each step (AdaLoRA); its own training state is part of checkpoints.</param>
     public LanguageModelTrainer(CausalLanguageModel model, TrainingOptions options, ITrainingStepHook? hook = null)
     {
         _model = model ?? throw new ArgumentNullException(nameof(model));
@@ -54,13 +55,17 @@ public sealed class LanguageModelTrainer
         using var optimizer = new AdamW(trainable, o.Beta1, o.Beta2, o.Epsilon, o.WeightDecay);
         var schedule = new LearningRateSchedule(o.LearningRate, o.WarmupSteps, o.MaxSteps, o.MinLearningRate ?? o.LearningRate / 10);
 
-        var state = new TrainerState { Seed = o.Seed, BatchSize = o.BatchSize, GradientAccumulationSteps = o.GradientAccumulationSteps };
+        var state = new TrainerState
+        {
+            Seed = o.Seed, BatchSize = o.BatchSize, GradientAccumulationSteps = o.GradientAccumulationSteps,
+            Fingerprint = o.CheckpointFolder is null ? null : RunFingerprint.Of(_model, trainable.Select(p => p.name), train),
+        };
         string? lastCheckpoint = null;
         if (o.CheckpointFolder is { } folder)
         {
             if (o.Resume && LatestCheckpoint(folder) is { } latest)
             {
-                state = Restore(latest, optimizer);
+                state = Restore(latest, optimizer, state.Fingerprint!);
                 lastCheckpoint = latest;
             }
             else if (!o.Resume)
@@ -194,6 +199,12 @@ public sealed class LanguageModelTrainer
         {
             _model.SavePretrained(temp, weights: _options.UseBf16 ? optimizer.MasterWeights : null);
             optimizer.Save(Path.Combine(temp, OptimizerFile));
+            if (_hook is not null)
+            {
+                var (tensors, json) = _hook.TrainingState();
+                SafetensorsWriter.Save(Path.Combine(temp, MethodStateFile), tensors,
+                    new Dictionary<string, string> { ["state"] = json?.ToJsonString() ?? "null" });
+            }
             AtomicFile.WriteAllText(Path.Combine(temp, StateFile), JsonSerializer.Serialize(state, StateJson));
             if (Directory.Exists(final)) Directory.Delete(final, recursive: true);
             Directory.Move(temp, final);
@@ -207,13 +218,34 @@ public sealed class LanguageModelTrainer
         return final;
     }
 
-    private TrainerState Restore(string checkpoint, AdamW optimizer)
+    private TrainerState Restore(string checkpoint, AdamW optimizer, RunFingerprint expected)
     {
         using var scope = NewDisposeScope();
+        TrainerState state;
+        try
+        {
+            state = JsonSerializer.Deserialize<TrainerState>(File.ReadAllText(Path.Combine(checkpoint, StateFile)), StateJson)
+                ?? throw new InvalidDataException($"Checkpoint '{checkpoint}' has an empty {StateFile}.");
+        }
+        catch (JsonException e)
+        {
+            throw new InvalidDataException($"Checkpoint '{checkpoint}': {StateFile} is not valid ({e.Message}).", e);
+        }
+        // Before any weight is loaded: the folder must hold this run (model, trainable parameters, data), not another one.
+        if (expected.Differences(state.Fingerprint) is { Count: > 0 } differences)
+            throw new InvalidOperationException($"Checkpoint '{checkpoint}' belongs to another run: {string.Join("; ", differences)}. " +
+                "Use the same model, method and data to resume, or set Resume = false (or another CheckpointFolder) to start over.");
         using (var weights = CheckpointWeights.Open(checkpoint)) _model.LoadWeights(weights, checkpoint);
         optimizer.Load(Path.Combine(checkpoint, OptimizerFile));
-        var state = JsonSerializer.Deserialize<TrainerState>(File.ReadAllText(Path.Combine(checkpoint, StateFile)), StateJson)
-            ?? throw new InvalidDataException($"Checkpoint '{checkpoint}' has an empty {StateFile}.");
+        if (_hook is not null)
+        {
+            var path = Path.Combine(checkpoint, MethodStateFile);
+            if (!File.Exists(path)) throw new InvalidDataException($"Checkpoint '{checkpoint}' has no {MethodStateFile}, which the tuning method's training state needs.");
+            using var file = SafetensorsFile.Open(path);
+            var tensors = file.TensorNames.ToDictionary(n => n, file.ReadTensor, StringComparer.Ordinal);
+            var json = file.Metadata.TryGetValue("state", out var text) ? System.Text.Json.Nodes.JsonNode.Parse(text) as System.Text.Json.Nodes.JsonObject : null;
+            _hook.RestoreTrainingState(tensors, json);
+        }
         if (state.Step != optimizer.StepCount)
             throw new InvalidDataException($"Checkpoint '{checkpoint}': {StateFile} says step {state.Step} but the optimizer state has {optimizer.StepCount}.");
         // Resuming is exact only with the batches the run started with; refuse rather than silently diverge.
@@ -245,6 +277,7 @@ public sealed class LanguageModelTrainer
 
     private sealed class TrainerState
     {
+        public RunFingerprint? Fingerprint { get; set; }
         public int Step { get; set; }
         public long Seed { get; set; }
         public int BatchSize { get; set; }

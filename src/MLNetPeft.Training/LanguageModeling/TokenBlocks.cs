@@ -119,6 +119,16 @@ public sealed class TokenBlocks
         return blocks;
     }
 
+    /// <summary>SHA-256 of the blocks' inputs and targets (and block size): what a checkpoint records of the data it was trained on.</summary>
+    public string Fingerprint()
+    {
+        using var sha = System.Security.Cryptography.IncrementalHash.CreateHash(System.Security.Cryptography.HashAlgorithmName.SHA256);
+        sha.AppendData(BitConverter.GetBytes(BlockSize));
+        sha.AppendData(System.Runtime.InteropServices.MemoryMarshal.AsBytes(_inputs.AsSpan()));
+        sha.AppendData(System.Runtime.InteropServices.MemoryMarshal.AsBytes(_targets.AsSpan()));
+        return Convert.ToHexStringLower(sha.GetHashAndReset());
+    }
+
     /// <summary>Inputs and targets [indices, BlockSize] (int64) of the given blocks.</summary>
     public (Tensor Inputs, Tensor Targets) Batch(IReadOnlyList<int> indices)
     {

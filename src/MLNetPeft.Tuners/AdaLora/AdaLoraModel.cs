@@ -16,7 +16,7 @@ namespace MLNetPeft.Tuners.AdaLora;
 public sealed class AdaLoraModel : PeftModel, ITrainingStepHook
 {
     private readonly List<SvdLayer> _layers;
-    private Dictionary<SvdLayer, bool[]>? _finalPattern;
+    private IReadOnlyDictionary<SvdLayer, bool[]>? _finalPattern;
 
     private AdaLoraModel(nn.Module model, AdaLoraConfig config, string adapterName, List<SvdLayer> layers) : base(model, config, adapterName)
     {
@@ -158,6 +158,58 @@ public sealed class AdaLoraModel : PeftModel, ITrainingStepHook
         {
             RankAllocator.Apply(_finalPattern);
         }
+    }
+
+    /// <summary>
+    /// The allocator's importance averages (by PEFT adapter-file name of their parameter, + ".average" / ".uncertainty")
+    /// and the current and final rank patterns: what a trainer checkpoint holds so that a resumed run allocates exactly
+    /// as an uninterrupted one.
+    /// </summary>
+    public (IReadOnlyDictionary<string, Tensor> Tensors, JsonObject? Json) TrainingState()
+    {
+        var names = AdapterStateDict().ToDictionary(kv => kv.Value.Handle, kv => kv.Key);
+        var tensors = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+        foreach (var (p, average, uncertainty) in Allocator.Scores())
+        {
+            tensors[names[p.Handle] + ".average"] = average;
+            tensors[names[p.Handle] + ".uncertainty"] = uncertainty;
+        }
+        return (tensors, new JsonObject { ["rank_pattern"] = PatternJson(RankPattern), ["final_pattern"] = PatternJson(_finalPattern) });
+    }
+
+    public void RestoreTrainingState(IReadOnlyDictionary<string, Tensor> tensors, JsonObject? json)
+    {
+        var parameters = AdapterStateDict();
+        var saved = new List<(Parameter, Tensor, Tensor)>();
+        foreach (var (name, p) in parameters)
+        {
+            if (tensors.TryGetValue(name + ".average", out var average) && tensors.TryGetValue(name + ".uncertainty", out var uncertainty))
+            {
+                if (!average.shape.SequenceEqual(p.shape) || !uncertainty.shape.SequenceEqual(p.shape))
+                    throw new InvalidDataException($"The checkpoint's AdaLoRA importance of '{name}' has shape [{string.Join(", ", average.shape)}], the layer [{string.Join(", ", p.shape)}].");
+                saved.Add(((Parameter)p, average, uncertainty));
+            }
+        }
+        Allocator.RestoreScores(saved);
+        RankPattern = ReadPattern(json?["rank_pattern"]);
+        _finalPattern = ReadPattern(json?["final_pattern"]);
+    }
+
+    private JsonNode? PatternJson(IReadOnlyDictionary<SvdLayer, bool[]>? pattern) => pattern is null ? null
+        : new JsonObject(pattern.Select(kv => new KeyValuePair<string, JsonNode?>(kv.Key.ModuleName, new JsonArray(kv.Value.Select(b => (JsonNode)JsonValue.Create(b)).ToArray()))));
+
+    private Dictionary<SvdLayer, bool[]>? ReadPattern(JsonNode? node)
+    {
+        if (node is not JsonObject map) return null;
+        var byName = _layers.ToDictionary(l => l.ModuleName, StringComparer.Ordinal);
+        var pattern = new Dictionary<SvdLayer, bool[]>();
+        foreach (var (name, value) in map)
+        {
+            if (!byName.TryGetValue(name, out var layer) || value is not JsonArray mask || mask.Count != layer.A.shape[0])
+                throw new InvalidDataException($"The checkpoint's AdaLoRA rank pattern names '{name}', which this model's adapter does not have with that rank.");
+            pattern[layer] = mask.Select(b => b!.GetValue<bool>()).ToArray();
+        }
+        return pattern;
     }
 
     public override Dictionary<string, Tensor> AdapterStateDict()

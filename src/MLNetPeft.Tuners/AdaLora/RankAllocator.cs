@@ -61,6 +61,18 @@ public sealed class RankAllocator
         _scores.Clear();
     }
 
+    /// <summary>The importance averages by parameter, for checkpoints (the caller names them).</summary>
+    internal IEnumerable<(Parameter Parameter, Tensor Average, Tensor Uncertainty)> Scores() => _scores.Select(kv => (kv.Key, kv.Value.Average, kv.Value.Uncertainty));
+
+    /// <summary>Replaces the importance averages with copies of saved ones.</summary>
+    internal void RestoreScores(IEnumerable<(Parameter Parameter, Tensor Average, Tensor Uncertainty)> saved)
+    {
+        ResetImportance();
+        using var _ = no_grad();
+        foreach (var (p, average, uncertainty) in saved)
+            _scores[p] = (average.to(p.dtype, p.device).clone().DetachFromDisposeScope(), uncertainty.to(p.dtype, p.device).clone().DetachFromDisposeScope());
+    }
+
     private Tensor Score(Parameter p) => _scores.TryGetValue(p, out var s) ? s.Average * s.Uncertainty : zeros_like(p);
 
     /// <summary>Masks all but the <paramref name="budget"/> most important triplets; returns the kept ones per layer.</summary>

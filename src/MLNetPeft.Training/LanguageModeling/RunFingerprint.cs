@@ -1,0 +1,43 @@
+using System.Security.Cryptography;
+using System.Text;
+using MLNetPeft.Architectures;
+
+namespace MLNetPeft.Training.LanguageModeling;
+
+/// <summary>
+/// What a checkpoint folder records of the run that wrote it: the model's config, the names of the parameters that
+/// train (which says the method and where it sits), and the training data. A run resumes only from its own checkpoints;
+/// another run's would load weights that silently belong elsewhere.
+/// </summary>
+public sealed record RunFingerprint(string ModelConfigSha256, int TrainableCount, string TrainableSha256, int DataBlocks, string DataSha256)
+{
+    public static RunFingerprint Of(PretrainedModule model, IEnumerable<string> trainable, TokenBlocks data)
+    {
+        var names = trainable.Order(StringComparer.Ordinal).ToList();
+        return new RunFingerprint(Sha256(ArchitectureJson(model)), names.Count, Sha256(string.Join("\n", names)), data.Count, data.Fingerprint());
+    }
+
+    /// <summary>The config without the fields saving rewrites (the stored dtype, the writer's version).</summary>
+    private static string ArchitectureJson(PretrainedModule model)
+    {
+        var json = System.Text.Json.Nodes.JsonNode.Parse(model.Config.ToJson())!.AsObject();
+        json.Remove("torch_dtype");
+        json.Remove("transformers_version");
+        return json.ToJsonString();
+    }
+
+    /// <summary>What differs between this run and <paramref name="saved"/>, in words (empty when it is the same run).</summary>
+    public IReadOnlyList<string> Differences(RunFingerprint? saved)
+    {
+        if (saved is null) return ["it records no fingerprint of its run (it was written by an older version), so it cannot be shown to be this run's"];
+        var differences = new List<string>();
+        if (saved.ModelConfigSha256 != ModelConfigSha256) differences.Add("the model's config differs");
+        if (saved.TrainableCount != TrainableCount || saved.TrainableSha256 != TrainableSha256)
+            differences.Add($"other parameters train ({saved.TrainableCount} then, {TrainableCount} now: another method or other target modules)");
+        if (saved.DataBlocks != DataBlocks || saved.DataSha256 != DataSha256)
+            differences.Add($"the training data differs ({saved.DataBlocks} blocks then, {DataBlocks} now)");
+        return differences;
+    }
+
+    private static string Sha256(string text) => Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(text)));
+}
