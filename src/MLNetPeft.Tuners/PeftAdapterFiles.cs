@@ -84,20 +84,29 @@ public static class PeftAdapterFiles
     {
         var (json, path) = ReadConfigJson(folder);
         IReadOnlyList<string> unused = [];
-        var peft = PeftModel.Scoped(model, () =>
+        PeftModel peft;
+        try
         {
-            var loaded = Dispatch(model, folder, json, path, out var notTaken, adapterName);
-            try
+            peft = PeftModel.Scoped(model, () =>
             {
-                unused = LoadModulesToSave(loaded, folder, notTaken);
-            }
-            catch
-            {
-                loaded.Unload();
-                throw;
-            }
-            return loaded;
-        });
+                var loaded = Dispatch(model, folder, json, path, out var notTaken, adapterName);
+                try
+                {
+                    unused = LoadModulesToSave(loaded, folder, notTaken);
+                }
+                catch
+                {
+                    loaded.Unload();
+                    throw;
+                }
+                return loaded;
+            });
+        }
+        catch (Exception e) when (e is ArgumentException or InvalidOperationException or FormatException or KeyNotFoundException or OverflowException or JsonException)
+        {
+            // A value of the wrong type or out of range in the file, or a file that does not fit this model.
+            throw new InvalidDataException($"The adapter in '{Path.GetFullPath(folder)}' cannot be loaded onto this {model.GetType().Name}: {e.Message}", e);
+        }
         peft.SourceConfig = json;
         unusedKeys = unused;
         var known = new HashSet<string>(CommonFields.Concat(peft.Config.ToJson().Select(kv => kv.Key)), StringComparer.Ordinal);
@@ -173,6 +182,7 @@ public static class PeftAdapterFiles
     {
         var path = Path.Combine(folder, ConfigFileName);
         if (!File.Exists(path)) throw new FileNotFoundException($"'{folder}' has no {ConfigFileName}.", path);
+        if (new FileInfo(path).Length > 1 << 20) throw new InvalidDataException($"'{path}' is larger than the 1 MB an adapter config may be.");
         try
         {
             return (JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new InvalidDataException($"'{path}' is not a JSON object."), path);

@@ -14,7 +14,7 @@ public abstract class PromptLearningConfig : PeftConfig
 
     public override void Validate()
     {
-        if (NumVirtualTokens <= 0) throw new ArgumentOutOfRangeException(nameof(NumVirtualTokens), NumVirtualTokens, "num_virtual_tokens must be positive");
+        if (NumVirtualTokens is <= 0 or > 1 << 16) throw new ArgumentOutOfRangeException(nameof(NumVirtualTokens), NumVirtualTokens, "num_virtual_tokens must be in [1, 65536]");
     }
 
     internal override JsonObject ToJson() => new() { ["num_virtual_tokens"] = NumVirtualTokens, ["num_transformer_submodules"] = 1 };
@@ -63,6 +63,13 @@ public abstract class PromptLearningModel : PeftModel
     public new PromptLearningConfig Config => (PromptLearningConfig)base.Config;
     public ModelGeometry Geometry { get; }
 
+    /// <summary>The dtype and device of the model's weights: a method's own layers are created there.</summary>
+    internal static (ScalarType DType, Device Device) Placement(IPromptableModel model)
+    {
+        var reference = AsModule(model).parameters().First();
+        return (reference.dtype, reference.device);
+    }
+
     internal static nn.Module AsModule(IPromptableModel model) =>
         (model ?? throw new ArgumentNullException(nameof(model))) as nn.Module ?? throw new ArgumentException($"{model.GetType().Name} is not a module.", nameof(model));
 
@@ -108,14 +115,26 @@ public abstract class PromptLearningModel : PeftModel
     protected virtual int TokenDim => Geometry.HiddenSize;
     protected virtual int AttentionHeadsInConfig => Geometry.AttentionHeads;
 
+    /// <summary>Checks that the file's prompt_embeddings is [rows, width] (before the caller allocates anything of that size).</summary>
+    internal static void CheckPromptEmbeddings(string folder, long rows, long width)
+    {
+        using var file = PeftAdapterFiles.OpenWeights(folder);
+        CheckPromptEmbeddings(file, rows, width);
+    }
+
+    private static void CheckPromptEmbeddings(ITensorReader file, long rows, long width)
+    {
+        if (!file.Contains(EmbeddingsKey)) throw new InvalidDataException($"'{file.Source}' has no {EmbeddingsKey}.");
+        var shape = file.ShapeOf(EmbeddingsKey);
+        if (!shape.SequenceEqual([rows, width]))
+            throw new InvalidDataException($"'{file.Source}': {EmbeddingsKey} has shape [{string.Join(", ", shape)}] but adapter_config.json and this model imply [{rows}, {width}].");
+    }
+
     /// <summary>Reads <c>prompt_embeddings</c> of a PEFT prompt-learning adapter, checking its shape.</summary>
     internal static Tensor ReadPromptEmbeddings(string folder, long rows, long width)
     {
         using var file = PeftAdapterFiles.OpenWeights(folder);
-        if (!file.Contains(EmbeddingsKey)) throw new InvalidDataException($"'{file.Source}' has no {EmbeddingsKey}.");
-        var shape = file.ShapeOf(EmbeddingsKey);
-        if (!shape.SequenceEqual([rows, width]))
-            throw new InvalidDataException($"'{file.Source}': {EmbeddingsKey} has shape [{string.Join(", ", shape)}] but this model needs [{rows}, {width}].");
+        CheckPromptEmbeddings(file, rows, width);
         return file.ReadTensor(EmbeddingsKey).to(ScalarType.Float32);
     }
 

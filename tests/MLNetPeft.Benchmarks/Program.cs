@@ -13,19 +13,26 @@ using static TorchSharp.torch;
 // matmul measured in the same run, and as a step-time ratio against minimal hand-written TorchSharp models
 // (MinimalModels.cs). Ours and the baseline alternate, so machine noise hits both alike.
 //
-//   dotnet run -c Release --project tests/MLNetPeft.Benchmarks [-- --batch 8 --seq 256 --steps 6 --rounds 5] [--peft-only [--method QLoRA] | --generation-only]
+//   dotnet run -c Release --project tests/MLNetPeft.Benchmarks [-- --batch 8 --seq 256 --steps 6 --rounds 5] [--peft-only [--method QLoRA] | --generation-only | --qlora-memory]
 //
 // The last table trains every PEFT method for the same steps on the same toy task and ~10M-parameter model.
+// --qlora-memory measures the peak resident memory of one training step (full, LoRA, QLoRA; one process each).
 
 int Arg(string name, int fallback) => args.SkipWhile(a => a != name).Skip(1).Select(int.Parse).DefaultIfEmpty(fallback).First();
 int batch = Arg("--batch", 8), seq = Arg("--seq", 256), steps = Arg("--steps", 6), rounds = Arg("--rounds", 5);
 MLNetPeft.Runtime.TorchRuntime.EnsureAvailable();
 torch.manual_seed(0);
+if (args.SkipWhile(a => a != "--memory-probe").Skip(1).FirstOrDefault() is { } probe)
+{
+    MemoryBenchmark.Probe(probe);
+    return;
+}
+if (args.Contains("--qlora-memory"))
+{
+    MemoryBenchmark.Run();
+    return;
+}
 Console.WriteLine($"threads: {torch.get_num_threads()}, batch {batch} × seq {seq} = {batch * seq} tokens/step, {steps} steps × {rounds} rounds each");
-
-double peak = MeasureMatmulFlops(1024);
-Console.WriteLine($"fp32 matmul 1024³: {peak / 1e9:F1} GFLOP/s (the roofline for MFU)");
-Console.WriteLine();
 
 const int benchmarkVocab = 8192;
 var gpt2Config = new Gpt2Config { VocabSize = benchmarkVocab, NPositions = seq, NEmbd = 256, NLayer = 10, NHead = 8, ResidPdrop = 0, EmbdPdrop = 0, AttnPdrop = 0 };
@@ -34,6 +41,16 @@ var llamaConfig = new LlamaConfig
     VocabSize = benchmarkVocab, HiddenSize = 256, IntermediateSize = 688, NumHiddenLayers = 8, NumAttentionHeads = 8, NumKeyValueHeads = 4,
     MaxPositionEmbeddings = seq, TieWordEmbeddingsField = false,
 };
+
+// The roofline: the best rate of fp32 matmuls of the models' own GEMM shapes (forward and both backward products of every
+// linear layer and the head, for this batch) and of square ones, over interleaved repeats, so that it is a ceiling the
+// models' matmuls really reach on this machine now, not one square size measured once.
+var roofline = Roofline.Measure([.. Roofline.GemmShapes(batch * seq, [(256, 768), (256, 256), (256, 1024), (1024, 256), (256, benchmarkVocab)]),
+    .. Roofline.GemmShapes(batch * seq, [(256, 256), (256, 128), (256, 688), (688, 256), (256, benchmarkVocab)]),
+    .. Roofline.GemmShapes(batch * seq, [(256, 640), (640, 256), (256, BaseModelRecipe.VocabSize)])], rounds: 5);
+double peak = roofline.Peak;
+Console.WriteLine($"fp32 matmul roofline: {peak / 1e9:F1} GFLOP/s, the best of {roofline.Shapes} GEMM shapes × 5 interleaved rounds (best shape {roofline.BestShape}; square 1024³ {roofline.Square1024 / 1e9:F1} GFLOP/s)");
+Console.WriteLine();
 
 if (args.Contains("--generation-only"))
 {
@@ -85,6 +102,9 @@ void Report(string name, CausalLanguageModel ours, nn.Module<Tensor, Tensor> min
     double oursMs = Median(oursTimes) * 1000, minimalMs = Median(minimalTimes) * 1000;
     double tokensPerSecond = batch * seq / (oursMs / 1000);
     double achieved = flopsPerToken * tokensPerSecond;
+    // No model can run faster than the machine's best matmul: an MFU above 100 % is a broken roofline or FLOP count.
+    if (achieved > peak)
+        throw new InvalidOperationException($"{name}: {achieved / 1e9:F1} GFLOP/s exceeds the measured roofline of {peak / 1e9:F1} GFLOP/s (MFU {achieved / peak:P1}); the benchmark is wrong.");
     Console.WriteLine($"| {name} | {parameters / 1e6:F2}M | {oursMs:F0} | {minimalMs:F0} | {oursMs / minimalMs:F3} | {tokensPerSecond:F0} | {achieved / 1e9:F1} | {achieved / peak:P1} |");
 }
 
@@ -333,21 +353,6 @@ static double TimeSteps(Func<Tensor, Tensor> forward, nn.Module module, Tensor i
         loss.backward();
     }
     return sw.Elapsed.TotalSeconds / count;
-}
-
-static double MeasureMatmulFlops(int n)
-{
-    var a = randn(n, n);
-    var b = randn(n, n);
-    for (int i = 0; i < 3; i++) matmul(a, b).Dispose();
-    var times = new List<double>();
-    for (int r = 0; r < 7; r++)
-    {
-        var sw = Stopwatch.StartNew();
-        for (int i = 0; i < 5; i++) matmul(a, b).Dispose();
-        times.Add(sw.Elapsed.TotalSeconds / 5);
-    }
-    return 2.0 * n * n * n / Median(times);
 }
 
 static double Median(List<double> xs)

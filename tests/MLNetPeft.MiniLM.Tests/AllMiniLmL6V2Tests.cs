@@ -105,3 +105,34 @@ public class AllMiniLmL6V2Tests(Xunit.Abstractions.ITestOutputHelper output)
         return pooled.Select(v => (float)(v / norm)).ToArray();
     }
 }
+
+/// <summary>The converted checkpoint's cache: per user, and trusted only when its files are exactly what the conversion writes.</summary>
+public class MiniLmCacheTests
+{
+    [Fact]
+    public void ACachedCheckpointIsUsedOnlyWhileItsFilesAreTheOnesTheConversionWrites()
+    {
+        Assert.False(AllMiniLmL6V2.DefaultFolder.StartsWith(Path.GetFullPath(Path.GetTempPath()), StringComparison.Ordinal) &&
+            !string.IsNullOrEmpty(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile)), "the cache is per user, not in the shared temp folder");
+        var folder = Path.Combine(Path.GetTempPath(), "mlnetpeft-tests", Guid.NewGuid().ToString("N"), "minilm");
+        try
+        {
+            AllMiniLmL6V2.EnsureCheckpoint(folder);
+            Assert.True(AllMiniLmL6V2.IsIntact(folder));
+            Assert.Equal(AllMiniLmL6V2.ExpectedSha256.Keys.Order(), Directory.GetFiles(folder).Select(Path.GetFileName).Order());
+            // Planted or damaged files are not trusted: the folder is converted again.
+            File.WriteAllText(Path.Combine(folder, "config.json"), """{"model_type": "bert", "vocab_size": 30522, "hidden_size": 8}""");
+            Assert.False(AllMiniLmL6V2.IsIntact(folder));
+            AllMiniLmL6V2.EnsureCheckpoint(folder);
+            Assert.True(AllMiniLmL6V2.IsIntact(folder));
+            File.WriteAllText(Path.Combine(folder, "tokenizer.json"), "{}");   // an extra file changes what a loader reads
+            Assert.False(AllMiniLmL6V2.IsIntact(folder));
+            AllMiniLmL6V2.EnsureCheckpoint(folder);
+            Assert.True(AllMiniLmL6V2.IsIntact(folder));
+        }
+        finally
+        {
+            Directory.Delete(Path.GetDirectoryName(folder)!, recursive: true);
+        }
+    }
+}

@@ -47,6 +47,38 @@ public class SafetensorsTests
         }
     }
 
+    /// <summary>
+    /// Tensors over 2 GiB are written and read through slices of their storage (spans stop at 2 GiB). With the slice size
+    /// lowered to a few bytes, small tensors of every dtype take that same path, and round-trip bit for bit.
+    /// </summary>
+    [Fact]
+    public void TensorsLargerThanASliceRoundTripThroughSlices()
+    {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
+        using var dir = new TempFolder();
+        long writeChunk = SafetensorsWriter.ChunkBytes, readChunk = SafetensorsFile.ChunkBytes;
+        try
+        {
+            SafetensorsWriter.ChunkBytes = 24;   // 3 float64, 6 float32, 12 bf16 elements per slice
+            SafetensorsFile.ChunkBytes = 40;
+            var tensors = AllDtypes();
+            tensors["long"] = randn([37, 5], generator: new Generator(3));
+            var path = dir.File("sliced.safetensors");
+            SafetensorsWriter.Save(path, tensors);
+            using var file = SafetensorsFile.Open(path);
+            foreach (var (name, expected) in tensors)
+            {
+                using var actual = file.ReadTensor(name);
+                Assert.True(expected.bytes.SequenceEqual(actual.bytes), $"bytes of {name} differ");
+            }
+        }
+        finally
+        {
+            SafetensorsWriter.ChunkBytes = writeChunk;
+            SafetensorsFile.ChunkBytes = readChunk;
+        }
+    }
+
     [Fact]
     public void ReadIntoCopiesDirectlyOrConvertsToTheDestinationDtype()
     {

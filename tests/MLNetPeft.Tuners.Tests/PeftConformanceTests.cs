@@ -26,13 +26,21 @@ public class PeftConformanceTests(Xunit.Abstractions.ITestOutputHelper output)
 
         public RegressionMlp() : base("MLP")
         {
-            // Built right after manual_seed(0), lin0 then lin1, as PEFT's test builds it: libtorch's own initialisers
-            // give the same weights (a test may touch the global generator; the library never does).
-            manual_seed(0);
             _lin0 = nn.Linear(10, 20);
             _lin1 = nn.Linear(20, 2);
             register_module("lin0", _lin0);
             register_module("lin1", _lin1);
+            // PEFT's test builds lin0 then lin1 right after torch.manual_seed(0). The same draws, in the same order, from a
+            // generator of our own seeded 0 (the process-wide one is shared with tests running in parallel): nn.Linear's
+            // kaiming_uniform_(a = √5) on the weight, U(±1/√in) on the bias.
+            var generator = new Generator(0);
+            using var _ = no_grad();
+            foreach (var linear in new[] { _lin0, _lin1 })
+            {
+                double fanIn = linear.in_features, gain = Math.Sqrt(2.0 / (1 + 5)), std = gain / Math.Sqrt(fanIn);
+                linear.weight!.uniform_(-Math.Sqrt(3.0) * std, Math.Sqrt(3.0) * std, generator);
+                linear.bias!.uniform_(-1 / Math.Sqrt(fanIn), 1 / Math.Sqrt(fanIn), generator);
+            }
         }
 
         protected override void RegisterComponents() { }

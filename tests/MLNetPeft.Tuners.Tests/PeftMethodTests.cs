@@ -612,13 +612,21 @@ public class ResumeTests
         "adalora" => AdaLoraModel.Apply(model, new AdaLoraConfig { InitR = 4, TargetR = 2, TInit = 2, TFinal = 3, TotalStep = 10, DeltaT = 1, LoraAlpha = 8, TargetModules = [LoraConfig.AllLinear] }, seed: seed),
         "dora" => LoraModel.Apply(model, new LoraConfig { R = 4, UseDora = true, LoraDropout = 0.2, TargetModules = ["q_proj", "v_proj"] }, seed: seed),
         "ptuning-lstm" => PTuningModel.Apply(model, new PTuningConfig { NumVirtualTokens = 3, EncoderHiddenSize = 8, EncoderReparameterizationType = PromptEncoderType.Lstm, EncoderDropout = 0.3 }, seed: seed),
+        "qlora" => QuantisedLora(model, seed),
         _ => throw new ArgumentOutOfRangeException(nameof(method)),
     };
+
+    private static PeftModel QuantisedLora(CausalLanguageModel model, long seed)
+    {
+        Tuners.QLora.Nf4Model.Quantize(model);
+        return LoraModel.Apply(model, new LoraConfig { R = 4, LoraAlpha = 8, LoraDropout = 0.1, TargetModules = [LoraConfig.AllLinear] }, seed: seed);
+    }
 
     [Theory]
     [InlineData("adalora")]
     [InlineData("dora")]
     [InlineData("ptuning-lstm")]
+    [InlineData("qlora")]
     public void AResumedRunEndsBitIdenticalToAnUninterruptedOne(string method)
     {
         using var testScope = NewDisposeScope();   // no test tensor is left to the finalizer
@@ -636,8 +644,9 @@ public class ResumeTests
         Assert.ThrowsAny<OperationCanceledException>(() => new LanguageModelTrainer(first, Options(dir.Path), stopped as ITrainingStepHook)
             .Train(data, progress: new Sync(p => { if (p.Step == 5) cts.Cancel(); }), cancellationToken: cts.Token));
 
-        // Another start (other base and adapter weights): everything must come from the checkpoint.
-        using var resumed = PeftMethodTests.Tiny("llama", 22);
+        // Another start (other base and adapter weights): everything must come from the checkpoint. QLoRA's frozen base
+        // is quantised from the same model again, as with HF's Trainer (a checkpoint keeps what trains, not the NF4 codes).
+        using var resumed = PeftMethodTests.Tiny("llama", method == "qlora" ? 21 : 22);
         var continued = Apply(method, resumed, seed: 2);
         new LanguageModelTrainer(resumed, Options(dir.Path), continued as ITrainingStepHook).Train(data);
         foreach (var (name, expected) in uninterrupted.state_dict())

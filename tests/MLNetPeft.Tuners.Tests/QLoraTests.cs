@@ -71,7 +71,36 @@ public class QLoraTests(Xunit.Abstractions.ITestOutputHelper output)
         nf4.Dequantize();
         lora.MergeAndUnload();
         TensorAssert.Close(adapted, Run(model, ids), 1e-4, "merged into the dequantised weights");
-        Assert.All(model.parameters(), p => Assert.DoesNotContain(0L, p.stride()));
+        Assert.All(model.parameters(), p => Assert.True(p.numel() > 0 && !p.stride().Contains(0L), "a real weight again"));
+    }
+
+    /// <summary>
+    /// The NF4 product as its own autograd function (bitsandbytes' MatMul4Bit): the same output and input gradient as an
+    /// ordinary linear over the dequantised weight, in float32 and with bfloat16 compute, and no weight gradient.
+    /// </summary>
+    [Theory]
+    [InlineData(ScalarType.Float32, 1e-5)]
+    [InlineData(ScalarType.BFloat16, 3e-2)]
+    public void TheQuantisedProductMatchesALinearOverTheDequantisedWeight(ScalarType computeDtype, double tolerance)
+    {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
+        var linear = nn.Linear(24, 10);
+        using (no_grad()) linear.weight!.normal_(0, 0.5, new Generator(1));
+        var reference = Nf4.Quantize(linear.weight!, 8, doubleQuant: false).Dequantize();
+        var bias = linear.bias!.detach().clone();
+        var nf4 = Nf4Model.Quantize(new Architectures.Layers.Container("m", ("layer", linear)), new Nf4QuantizationConfig { BlockSize = 8, UseDoubleQuant = false, ComputeDtype = computeDtype });
+        Assert.Equal([10L, 0L], linear.weight!.shape);   // a zero-size placeholder: no full-precision weight is kept
+        var x = randn([3, 5, 24], generator: new Generator(2)).requires_grad_(true);
+        var y = linear.call(x);
+        var upstream = randn([3, 5, 10], generator: new Generator(3));
+        (y * upstream).sum().backward();
+        var xr = x.detach().clone().requires_grad_(true);
+        var yr = nn.functional.linear(xr, reference, bias);
+        (yr * upstream).sum().backward();
+        TensorAssert.Close(yr, y, tolerance * yr.abs().max().item<float>(), "output");
+        TensorAssert.Close(xr.grad!, x.grad!, tolerance * xr.grad!.abs().max().item<float>(), "input gradient");
+        Assert.Null(linear.weight!.grad);
+        Assert.Equal(computeDtype, nf4.Layers[0].ComputeDtype);
     }
 
     [Fact]

@@ -10,6 +10,9 @@ namespace MLNetPeft.ML.Classification;
 /// </summary>
 internal static class ClassifierColumns
 {
+    /// <summary>The most classes a saved classifier may declare (bounds what loading a zip allocates).</summary>
+    public const int MaxClasses = 100_000;
+
     /// <summary>The index of a scalar text column, or a schema error naming it.</summary>
     public static int Text(IExceptionContext ectx, DataViewSchema schema, string name)
     {

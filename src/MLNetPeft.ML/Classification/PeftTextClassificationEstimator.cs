@@ -59,12 +59,21 @@ public sealed class PeftTextClassificationEstimator : IEstimator<PeftTextClassif
             var pooling = o.Pooling ?? (encoder.HasPooler ? SequencePooling.Cls : SequencePooling.Mean);
             int steps = SequenceClassifierTrainer.StepsFor(train.Count, o.BatchSize, o.MaxEpochs);
             if (o.Method == FineTuningMethod.AdaLora) o.AdaLora.TotalStep ??= steps;
+            bool keepAdapter = o.Method != FineTuningMethod.Full && (!o.MergeAdapter || PeftMethods.CannotMerge(o.Method));
+            bool encoderUnchanged = keepAdapter && o.Method != FineTuningMethod.QLora;
+            var storage = o.BaseModelStorage == BaseModelStorage.Auto && o.BaseModel is null && encoderUnchanged
+                ? BaseModelStorage.Reference   // the bundled encoder is on every machine that has the package: refer to it
+                : CausalLmPackage.Resolve(o.BaseModelStorage, CausalLmPackage.WeightBytes(encoder), encoderUnchanged, ch);
+            var like = ModelLoadOptions.Like(encoder);
+            var placement = new ModelLoadOptions { DType = o.DType ?? like.DType, Device = o.Device ?? like.Device };
             return ModelFiles.WithTempFolder(work =>
             {
                 var baseFolder = Path.Combine(work, "base");
                 encoder.SavePretrained(baseFolder);
-                using var model = new BertForSequenceClassification(PretrainedModels.LoadBert(baseFolder), classes, pooling, o.Seed);
-                bool keepAdapter = o.Method != FineTuningMethod.Full && (!o.MergeAdapter || PeftMethods.CannotMerge(o.Method));
+                var reference = storage == BaseModelStorage.Reference
+                    ? (o.BaseModel is null ? BaseModelReference.OfBundledMiniLm() : BaseModelReference.Of(encoder.SourceFolder!))
+                    : null;
+                using var model = new BertForSequenceClassification(PretrainedModels.LoadBert(baseFolder, placement), classes, pooling, o.Seed);
                 Nf4Model? quantized = null;
                 if (o.Method == FineTuningMethod.QLora)
                 {
@@ -93,29 +102,34 @@ public sealed class PeftTextClassificationEstimator : IEstimator<PeftTextClassif
                 Directory.CreateDirectory(headFolder);
                 SafetensorsWriter.Save(Path.Combine(headFolder, PeftTextClassificationTransformer.HeadFileName),
                     model.named_parameters().Where(p => p.name.StartsWith("classifier.", StringComparison.Ordinal)).ToDictionary(p => p.name, p => (TorchSharp.torch.Tensor)p.parameter));
-                IReadOnlyDictionary<string, byte[]> baseFiles;
-                IReadOnlyDictionary<string, byte[]>? adapterFiles = null;
+                string? adapterFolder = null;
                 if (keepAdapter)
                 {
-                    var adapterFolder = Path.Combine(work, "adapter");
+                    adapterFolder = Path.Combine(work, "adapter");
                     PeftAdapterFiles.Save(adapterFolder, peft!, taskType: "SEQ_CLS");
-                    baseFiles = ModelFiles.Capture(baseFolder);
-                    adapterFiles = ModelFiles.Capture(adapterFolder);
                 }
                 else
                 {
                     quantized?.Dequantize();
                     peft?.MergeAndUnload();
-                    var tunedFolder = Path.Combine(work, "tuned");
-                    model.Bert.SavePretrained(tunedFolder);
-                    baseFiles = ModelFiles.Capture(tunedFolder);
+                    baseFolder = Path.Combine(work, "tuned");
+                    model.Bert.SavePretrained(baseFolder);
                 }
-                var headFiles = ModelFiles.Capture(headFolder);
-                // The transformer runs exactly what the zip holds.
-                var (assembled, assembledTokenizer) = PeftTextClassificationTransformer.Assemble(baseFiles, headFiles, adapterFiles, classes, pooling);
-                return new PeftTextClassificationTransformer(_env, assembled, assembledTokenizer, baseFiles, headFiles, adapterFiles, _binary,
-                    o.Sentence1ColumnName, o.Sentence2ColumnName, o.ScoreColumnName, o.PredictedLabelColumnName, o.ProbabilityColumnName, o.MaxSequenceLength, keyValues)
-                { TrainedParameters = trainable };
+                var parts = new ClassifierParts(reference is null ? StoredFolder.Take(baseFolder) : null, reference, StoredFolder.Take(headFolder),
+                    adapterFolder is null ? null : StoredFolder.Take(adapterFolder));
+                try
+                {
+                    // The transformer runs exactly what the zip holds.
+                    var (assembled, assembledTokenizer) = parts.Assemble(classes, pooling, placement);
+                    return new PeftTextClassificationTransformer(_env, assembled, assembledTokenizer, parts, _binary,
+                        o.Sentence1ColumnName, o.Sentence2ColumnName, o.ScoreColumnName, o.PredictedLabelColumnName, o.ProbabilityColumnName, o.MaxSequenceLength, keyValues)
+                    { TrainedParameters = trainable };
+                }
+                catch
+                {
+                    parts.Dispose();
+                    throw;
+                }
             });
         }
         finally

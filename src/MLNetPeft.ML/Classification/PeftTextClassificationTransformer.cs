@@ -28,20 +28,16 @@ public sealed class PeftTextClassificationTransformer : RowToRowTransformerBase,
 
     private readonly BertForSequenceClassification _model;
     private readonly TextTokenizer _tokenizer;
-    private readonly IReadOnlyDictionary<string, byte[]> _baseFiles, _headFiles;
-    private readonly IReadOnlyDictionary<string, byte[]>? _adapterFiles;
+    private readonly ClassifierParts _parts;
     private readonly object _lock = new();
 
-    internal PeftTextClassificationTransformer(IHostEnvironment env, BertForSequenceClassification model, TextTokenizer tokenizer,
-        IReadOnlyDictionary<string, byte[]> baseFiles, IReadOnlyDictionary<string, byte[]> headFiles, IReadOnlyDictionary<string, byte[]>? adapterFiles,
+    internal PeftTextClassificationTransformer(IHostEnvironment env, BertForSequenceClassification model, TextTokenizer tokenizer, ClassifierParts parts,
         bool binary, string sentence1, string? sentence2, string score, string predictedLabel, string probability, int maxLength, IReadOnlyList<string>? keyValues)
         : base(Contracts.CheckRef(env, nameof(env)).Register(nameof(PeftTextClassificationTransformer)))
     {
         _model = model;
         _tokenizer = tokenizer;
-        _baseFiles = baseFiles;
-        _headFiles = headFiles;
-        _adapterFiles = adapterFiles;
+        _parts = parts;
         IsBinary = binary;
         Sentence1ColumnName = sentence1;
         Sentence2ColumnName = sentence2;
@@ -62,91 +58,50 @@ public sealed class PeftTextClassificationTransformer : RowToRowTransformerBase,
     public int MaxSequenceLength { get; }
     /// <summary>The training label's key values (as text), restored on the predicted label.</summary>
     public IReadOnlyList<string>? KeyValues { get; }
-    public bool HasUnmergedAdapter => _adapterFiles is not null;
+    public bool HasUnmergedAdapter => _parts.Adapter is not null;
+    /// <summary>Whether the saved zip embeds the encoder or refers to it (the bundled MiniLM by package version, another by folder).</summary>
+    public BaseModelStorage BaseModelStorage => _parts.BaseReference is null ? BaseModelStorage.Embed : BaseModelStorage.Reference;
     /// <summary>Parameters that trained during <c>Fit</c> (adapter and head, or all); null for a loaded model.</summary>
     public long? TrainedParameters { get; internal set; }
 
+    // 0x00010002: the encoder embedded or referenced; every stored file with its length and SHA-256.
     private static VersionInfo GetVersionInfo() =>
-        new(ModelSignature, verWrittenCur: 0x00010001, verReadableCur: 0x00010001, verWeCanReadBack: 0x00010001,
+        new(ModelSignature, verWrittenCur: 0x00010002, verReadableCur: 0x00010002, verWeCanReadBack: 0x00010002,
             loaderAssemblyName: typeof(PeftTextClassificationTransformer).Assembly.FullName, loaderSignature: LoaderSignature);
 
     protected override void SaveModel(ModelSaveContext ctx)
     {
         ctx.CheckAtModel();
         ctx.SetVersionInfo(GetVersionInfo());
-        ctx.Writer.Write(IsBinary);
-        ctx.Writer.Write(Sentence1ColumnName);
-        ctx.Writer.Write(Sentence2ColumnName is not null);
-        if (Sentence2ColumnName is not null) ctx.Writer.Write(Sentence2ColumnName);
-        ctx.Writer.Write(ScoreColumnName);
-        ctx.Writer.Write(PredictedLabelColumnName);
-        ctx.Writer.Write(ProbabilityColumnName);
-        ctx.Writer.Write(MaxSequenceLength);
-        ctx.Writer.Write(_model.NumLabels);
-        ctx.Writer.Write((int)_model.Pooling);
-        ctx.Writer.Write(KeyValues?.Count ?? -1);
-        foreach (var value in KeyValues ?? []) ctx.Writer.Write(value);
-        ModelFiles.Save(ctx, _baseFiles, "File.");
-        ModelFiles.Save(ctx, _headFiles, "Head.");
-        ctx.Writer.Write(_adapterFiles is not null);
-        if (_adapterFiles is not null) ModelFiles.Save(ctx, _adapterFiles, "Adapter.");
+        CheckedSettings.Write(ctx, new Settings(IsBinary, Sentence1ColumnName, Sentence2ColumnName, ScoreColumnName, PredictedLabelColumnName,
+            ProbabilityColumnName, MaxSequenceLength, _model.NumLabels, _model.Pooling, KeyValues?.ToList()));
+        _parts.Save(ctx);
     }
+
+    /// <summary>What the transformer saves besides its model parts (checked JSON in the zip).</summary>
+    private sealed record Settings(bool Binary, string Sentence1, string? Sentence2, string Score, string PredictedLabel, string Probability,
+        int MaxSequenceLength, int Classes, SequencePooling Pooling, List<string>? KeyValues);
 
     private static PeftTextClassificationTransformer Create(IHostEnvironment env, ModelLoadContext ctx)
     {
         Contracts.CheckValue(env, nameof(env));
         ctx.CheckAtModel(GetVersionInfo());
-        bool binary = ctx.Reader.ReadBoolean();
-        var sentence1 = ctx.Reader.ReadString();
-        var sentence2 = ctx.Reader.ReadBoolean() ? ctx.Reader.ReadString() : null;
-        var score = ctx.Reader.ReadString();
-        var predicted = ctx.Reader.ReadString();
-        var probability = ctx.Reader.ReadString();
-        int maxLength = ctx.Reader.ReadInt32();
-        int classes = ctx.Reader.ReadInt32();
-        var pooling = (SequencePooling)ctx.Reader.ReadInt32();
-        int keyCount = ctx.Reader.ReadInt32();
-        if (classes < 2 || maxLength < 3 || keyCount > classes || !Enum.IsDefined(pooling))
+        var s = CheckedSettings.Read<Settings>(ctx, "text classification");
+        if (s.Classes is < 2 or > ClassifierColumns.MaxClasses || s.MaxSequenceLength is < 3 or > 1 << 20 || (s.KeyValues?.Count ?? 0) > s.Classes ||
+            !Enum.IsDefined(s.Pooling) || string.IsNullOrEmpty(s.Sentence1) || string.IsNullOrEmpty(s.Score) || string.IsNullOrEmpty(s.PredictedLabel))
             throw new InvalidDataException("The model zip's text classification settings are out of range; it is corrupt.");
-        var keyValues = keyCount < 0 ? null : Enumerable.Range(0, keyCount).Select(_ => ctx.Reader.ReadString()).ToList();
-        var baseFiles = ModelFiles.Load(ctx, "File.");
-        var headFiles = ModelFiles.Load(ctx, "Head.");
-        var adapterFiles = ctx.Reader.ReadBoolean() ? ModelFiles.Load(ctx, "Adapter.") : null;
-        var (model, tokenizer) = Assemble(baseFiles, headFiles, adapterFiles, classes, pooling);
-        return new PeftTextClassificationTransformer(env, model, tokenizer, baseFiles, headFiles, adapterFiles, binary, sentence1, sentence2,
-            score, predicted, probability, maxLength, keyValues);
-    }
-
-    /// <summary>Builds the classifier from its stored parts: encoder checkpoint, head weights, optional PEFT adapter.</summary>
-    internal static (BertForSequenceClassification, TextTokenizer) Assemble(IReadOnlyDictionary<string, byte[]> baseFiles, IReadOnlyDictionary<string, byte[]> headFiles,
-        IReadOnlyDictionary<string, byte[]>? adapterFiles, int classes, SequencePooling pooling)
-    {
-        // A QLoRA classifier keeps its encoder NF4-quantised (its adapter was trained over exactly those weights).
-        var (bert, tokenizer) = ModelFiles.WithFolder(baseFiles, folder =>
-            (Nf4Checkpoint.IsQuantized(folder) ? Nf4Checkpoint.LoadBert(folder).Model : PretrainedModels.LoadBert(folder), TextTokenizer.FromPretrained(folder)));
-        var model = new BertForSequenceClassification(bert, classes, pooling);
+        var (binary, sentence1, sentence2, score, predicted, probability, maxLength, classes, pooling, keyValues) =
+            (s.Binary, s.Sentence1, s.Sentence2, s.Score, s.PredictedLabel, s.Probability, s.MaxSequenceLength, s.Classes, s.Pooling, s.KeyValues);
+        var parts = ClassifierParts.Load(ctx);
         try
         {
-            ModelFiles.WithFolder(headFiles, folder =>
-            {
-                using var file = SafetensorsFile.Open(Path.Combine(folder, HeadFileName));
-                using var _ = no_grad();
-                foreach (var (name, p) in model.named_parameters().Where(p => p.name.StartsWith("classifier.", StringComparison.Ordinal)))
-                {
-                    if (!file.Contains(name) || !file.Info(name).Shape.SequenceEqual(p.shape))
-                        throw new InvalidDataException($"The model zip's classification head lacks '{name}' of shape [{string.Join(", ", p.shape)}]; it is corrupt.");
-                    file.ReadInto(name, p);
-                }
-                return 0;
-            });
-            if (adapterFiles is not null)
-                ModelFiles.WithFolder(adapterFiles, folder => PeftAdapterFiles.Load(model, folder, out _));
-            model.eval();
-            return (model, tokenizer);
+            var (model, tokenizer) = parts.Assemble(classes, pooling);
+            return new PeftTextClassificationTransformer(env, model, tokenizer, parts, binary, sentence1, sentence2,
+                score, predicted, probability, maxLength, keyValues);
         }
         catch
         {
-            model.Dispose();
+            parts.Dispose();
             throw;
         }
     }
@@ -183,7 +138,12 @@ public sealed class PeftTextClassificationTransformer : RowToRowTransformerBase,
             return SequenceClassifierTrainer.Predict(_model, [Encode(_tokenizer, first, second, MaxSequenceLength, 0)], 1)[0];
     }
 
-    public void Dispose() => _model.Dispose();
+    /// <summary>Disposes the classifier (which this transformer built) and its stored files.</summary>
+    public void Dispose()
+    {
+        _model.Dispose();
+        _parts.Dispose();
+    }
 
     private sealed class Mapper : MapperBase
     {

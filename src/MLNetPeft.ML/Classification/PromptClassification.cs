@@ -197,15 +197,16 @@ public sealed class PromptClassificationTransformer : RowToRowTransformerBase, I
         return exp.Select(v => (float)(v / total)).ToArray();
     }
 
+    // 0x00010002: every stored file with its length and SHA-256.
     private static VersionInfo GetVersionInfo() =>
-        new(ModelSignature, verWrittenCur: 0x00010001, verReadableCur: 0x00010001, verWeCanReadBack: 0x00010001,
+        new(ModelSignature, verWrittenCur: 0x00010002, verReadableCur: 0x00010002, verWeCanReadBack: 0x00010002,
             loaderAssemblyName: typeof(PromptClassificationTransformer).Assembly.FullName, loaderSignature: LoaderSignature);
 
     protected override void SaveModel(ModelSaveContext ctx)
     {
         ctx.CheckAtModel();
         ctx.SetVersionInfo(GetVersionInfo());
-        ctx.Writer.Write(JsonSerializer.Serialize(_settings));
+        CheckedSettings.Write(ctx, _settings);
         _package.Save(ctx);
     }
 
@@ -213,20 +214,30 @@ public sealed class PromptClassificationTransformer : RowToRowTransformerBase, I
     {
         Contracts.CheckValue(env, nameof(env));
         ctx.CheckAtModel(GetVersionInfo());
-        var settings = JsonSerializer.Deserialize<Settings>(ctx.Reader.ReadString()) ?? throw new InvalidDataException("The model zip holds no prompt classification settings.");
-        if (settings.Classes.Count < 2 || settings.Words.Count != settings.Classes.Count)
+        var settings = CheckedSettings.Read<Settings>(ctx, "prompt classification");
+        if (settings.Classes is null || settings.Words is null || settings.Demonstrations is null || string.IsNullOrEmpty(settings.Template) ||
+            settings.Classes.Count is < 2 or > ClassifierColumns.MaxClasses || settings.Words.Count != settings.Classes.Count || settings.Words.Any(w => w is not { Count: > 0 }))
             throw new InvalidDataException("The model zip's prompt classification settings are inconsistent; it is corrupt.");
         var package = CausalLmPackage.Load(ctx);
-        var (model, tokenizer) = package.LoadModel();
-        return new PromptClassificationTransformer(env, model, tokenizer, package, settings, ownsModel: true);
+        try
+        {
+            var (model, tokenizer) = package.LoadModel();
+            return new PromptClassificationTransformer(env, model, tokenizer, package, settings, ownsModel: true);
+        }
+        catch
+        {
+            package.Dispose();
+            throw;
+        }
     }
 
     protected override IRowMapper MakeRowMapper(DataViewSchema schema) => new Mapper(this, schema);
 
-    /// <summary>Disposes the model if this transformer loaded it; a model the caller passed in stays the caller's.</summary>
+    /// <summary>Disposes the model if this transformer loaded it (a model the caller passed in stays the caller's), and its stored files.</summary>
     public void Dispose()
     {
         if (_ownsModel) _model.Dispose();
+        _package.Dispose();
     }
 
     private sealed class Mapper : MapperBase

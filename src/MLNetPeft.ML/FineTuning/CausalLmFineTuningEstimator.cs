@@ -62,6 +62,9 @@ public sealed class CausalLmFineTuningEstimator : IEstimator<TextGenerationTrans
         bool keepAdapter = o.Method != FineTuningMethod.Full && (!o.MergeAdapter || o.CannotMerge);
         if (o.CannotMerge && o.MergeAdapter) ch.Info($"{o.Method} cannot be merged into the weights; the adapter is kept apart.");
         var storage = CausalLmPackage.Resolve(o.BaseModelStorage, CausalLmPackage.WeightBytes(_model), baseUnchanged: keepAdapter && o.Method != FineTuningMethod.QLora, ch);
+        // The copy trains, and the tuned model then runs, where the model given runs (or where the options say).
+        var like = ModelLoadOptions.Like(_model);
+        var placement = new ModelLoadOptions { DType = o.DType ?? like.DType, Device = o.Device ?? like.Device };
         return ModelFiles.WithTempFolder(work =>
         {
             // Train a copy, so the caller's model stays as it was. A referenced base is the checkpoint on disk.
@@ -69,7 +72,7 @@ public sealed class CausalLmFineTuningEstimator : IEstimator<TextGenerationTrans
             var baseFolder = reference?.Folder ?? Path.Combine(work, "base");
             if (reference is null) _model.SavePretrained(baseFolder);
             CausalLmPackage package;
-            using (var tuned = PretrainedModels.LoadCausalLM(baseFolder))
+            using (var tuned = PretrainedModels.LoadCausalLM(baseFolder, placement))
             {
                 tuned.train();
                 Nf4Model? quantized = null;
@@ -108,9 +111,17 @@ public sealed class CausalLmFineTuningEstimator : IEstimator<TextGenerationTrans
                 }
             }
             // The transformer runs exactly what the zip holds, so a saved and reloaded model behaves the same.
-            var (model, tokenizer) = package.LoadModel();
-            return new TextGenerationTransformer(_env, model, tokenizer, package, o.OutputColumnName, GenerationInput, o.Generation,
-                o.ScoreResponses ? o.ResponseColumnName : null, ownsModel: true);
+            try
+            {
+                var (model, tokenizer) = package.LoadModel(placement);
+                return new TextGenerationTransformer(_env, model, tokenizer, package, o.OutputColumnName, GenerationInput, o.Generation,
+                    o.ScoreResponses ? o.ResponseColumnName : null, ownsModel: true);
+            }
+            catch
+            {
+                package.Dispose();
+                throw;
+            }
         });
     }
 

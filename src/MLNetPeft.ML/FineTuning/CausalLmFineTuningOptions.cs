@@ -118,6 +118,10 @@ public sealed class CausalLmFineTuningOptions : IPeftMethodSettings
     public GenerationOptions Generation { get; set; } = new();
     /// <summary>Seed of the adapter initialisation (the training seed is <see cref="TrainingOptions.Seed"/>).</summary>
     public long Seed { get; set; }
+    /// <summary>Where to train and run the tuned model ("cpu", "cuda", "cuda:N"); null: the device of the model given.</summary>
+    public string? Device { get; set; }
+    /// <summary>The weights' dtype while training and after (Float32, BFloat16, Float16); null: the dtype of the model given.</summary>
+    public TorchSharp.torch.ScalarType? DType { get; set; }
 
     /// <summary>Progress after every optimizer step.</summary>
     public IProgress<TrainingProgress>? Progress { get; set; }

@@ -58,37 +58,45 @@ public sealed class TextGenerationTransformer : RowToRowTransformerBase, IDispos
         Options = options;
     }
 
-    // 0x00010002: base model embedded or referenced, optional unmerged adapter.
+    // 0x00010002: base model embedded or referenced, optional unmerged adapter. 0x00010003: every stored file with its length and SHA-256.
     private static VersionInfo GetVersionInfo() =>
-        new(ModelSignature, verWrittenCur: 0x00010002, verReadableCur: 0x00010002, verWeCanReadBack: 0x00010002,
+        new(ModelSignature, verWrittenCur: 0x00010003, verReadableCur: 0x00010003, verWeCanReadBack: 0x00010003,
             loaderAssemblyName: typeof(TextGenerationTransformer).Assembly.FullName, loaderSignature: LoaderSignature);
 
     private static TextGenerationTransformer Create(IHostEnvironment env, ModelLoadContext ctx)
     {
         Contracts.CheckValue(env, nameof(env));
         ctx.CheckAtModel(GetVersionInfo());
-        var output = ctx.Reader.ReadString();
-        var input = ctx.Reader.ReadString();
-        var options = JsonSerializer.Deserialize<GenerationOptions>(ctx.Reader.ReadString())
-            ?? throw new InvalidDataException("The model zip holds no generation options.");
-        options.Validate();
-        string? scored = ctx.Reader.ReadBoolean() ? ctx.Reader.ReadString() : null;
+        var settings = CheckedSettings.Read<Settings>(ctx, "text generation");
+        if (string.IsNullOrEmpty(settings.Output) || string.IsNullOrEmpty(settings.Input) || settings.Options is null)
+            throw new InvalidDataException("The model zip's text generation settings are incomplete; it is corrupt.");
+        var options = settings.Options;
+        try { options.Validate(); }
+        catch (ArgumentException e) { throw new InvalidDataException($"The model zip's generation options are out of range: {e.Message}", e); }
+        var (output, input, scored) = (settings.Output, settings.Input, settings.Scored);
         var package = CausalLmPackage.Load(ctx);
-        var (model, tokenizer) = package.LoadModel();
-        return new TextGenerationTransformer(env, model, tokenizer, package, output, input, options, scored, ownsModel: true);
+        try
+        {
+            var (model, tokenizer) = package.LoadModel();
+            return new TextGenerationTransformer(env, model, tokenizer, package, output, input, options, scored, ownsModel: true);
+        }
+        catch
+        {
+            package.Dispose();
+            throw;
+        }
     }
 
     protected override void SaveModel(ModelSaveContext ctx)
     {
         ctx.CheckAtModel();
         ctx.SetVersionInfo(GetVersionInfo());
-        ctx.Writer.Write(OutputColumnName);
-        ctx.Writer.Write(InputColumnName);
-        ctx.Writer.Write(JsonSerializer.Serialize(Options));
-        ctx.Writer.Write(ScoredResponseColumnName is not null);
-        if (ScoredResponseColumnName is not null) ctx.Writer.Write(ScoredResponseColumnName);
+        CheckedSettings.Write(ctx, new Settings(OutputColumnName, InputColumnName, Options, ScoredResponseColumnName));
         _package.Save(ctx);
     }
+
+    /// <summary>What the transformer saves besides its model (checked JSON in the zip).</summary>
+    private sealed record Settings(string Output, string Input, GenerationOptions Options, string? Scored);
 
     protected override IRowMapper MakeRowMapper(DataViewSchema schema) => new Mapper(this, schema);
 
@@ -105,10 +113,11 @@ public sealed class TextGenerationTransformer : RowToRowTransformerBase, IDispos
             var ids = promptIds.Concat(responseIds).Select(i => (long)i).ToArray();
             using var scope = TorchSharp.torch.NewDisposeScope();
             using var _ = TorchSharp.torch.no_grad();
-            var logits = _model.Forward(TorchSharp.torch.tensor(ids).unsqueeze(0))[0];
+            var device = _model.parameters().First().device;
+            var logits = _model.Forward(TorchSharp.torch.tensor(ids, device: device).unsqueeze(0))[0].to(TorchSharp.torch.ScalarType.Float32);
             // Position t predicts token t + 1: the response starts at index promptIds.Count.
             var predicting = logits.narrow(0, promptIds.Count - 1, responseIds.Count).log_softmax(-1);
-            var targets = TorchSharp.torch.tensor(responseIds.Select(i => (long)i).ToArray());
+            var targets = TorchSharp.torch.tensor(responseIds.Select(i => (long)i).ToArray(), device: device);
             double nll = -predicting.gather(1, targets.unsqueeze(1)).sum().item<float>();
             int correct = (int)predicting.argmax(1).eq(targets).sum().item<long>();
             return (nll, responseIds.Count, correct);
@@ -147,10 +156,11 @@ public sealed class TextGenerationTransformer : RowToRowTransformerBase, IDispos
         if (col.Type is not TextDataViewType) throw ectx.ExceptSchemaMismatch(nameof(schema), "prompt", column, "String", col.Type.ToString());
     }
 
-    /// <summary>Disposes the model if this transformer created or loaded it; a model the caller passed in stays the caller's.</summary>
+    /// <summary>Disposes the model if this transformer created or loaded it (a model the caller passed in stays the caller's), and its stored files.</summary>
     public void Dispose()
     {
         if (_ownsModel) _model.Dispose();
+        _package.Dispose();
     }
 
     private sealed class Mapper : MapperBase

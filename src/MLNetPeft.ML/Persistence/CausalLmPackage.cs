@@ -9,34 +9,34 @@ namespace MLNetPeft.ML.Persistence;
 
 /// <summary>
 /// What a transformer saves of its language model: the base checkpoint, embedded in the zip or referenced by folder
-/// and SHA-256, and optionally an unmerged adapter in PEFT's adapter format, attached again on load.
+/// and SHA-256, and optionally an unmerged adapter in PEFT's adapter format, attached again on load. The embedded
+/// files are kept on disk (<see cref="StoredFolder"/>), not in memory, and stream into and out of the zip.
 /// </summary>
-internal sealed class CausalLmPackage
+internal sealed class CausalLmPackage : IDisposable
 {
     /// <summary>Base models up to this size are embedded by <see cref="BaseModelStorage.Auto"/>.</summary>
     public const long EmbedLimitBytes = 100_000_000;
     private const string BaseStreams = "File.", AdapterStreams = "Adapter.";
-    private const byte Embedded = 0, Referenced = 1;
 
-    private CausalLmPackage(IReadOnlyDictionary<string, byte[]>? baseFiles, BaseModelReference? reference, IReadOnlyDictionary<string, byte[]>? adapterFiles)
+    private CausalLmPackage(StoredFolder? baseFiles, BaseModelReference? reference, StoredFolder? adapterFiles)
     {
         BaseFiles = baseFiles;
         BaseReference = reference;
         AdapterFiles = adapterFiles;
     }
 
-    public IReadOnlyDictionary<string, byte[]>? BaseFiles { get; }
+    public StoredFolder? BaseFiles { get; }
     public BaseModelReference? BaseReference { get; }
-    public IReadOnlyDictionary<string, byte[]>? AdapterFiles { get; }
+    public StoredFolder? AdapterFiles { get; }
     public BaseModelStorage Storage => BaseReference is null ? BaseModelStorage.Embed : BaseModelStorage.Reference;
 
-    /// <summary>The base checkpoint files in <paramref name="folder"/> go into the zip; the adapter files, if any, too.</summary>
+    /// <summary>The base checkpoint files in <paramref name="folder"/> (moved, not copied) go into the zip; the adapter files, if any, too.</summary>
     public static CausalLmPackage Embed(string folder, string? adapterFolder = null) =>
-        new(ModelFiles.Capture(folder), null, adapterFolder is null ? null : ModelFiles.Capture(adapterFolder));
+        new(StoredFolder.Take(folder), null, adapterFolder is null ? null : StoredFolder.Take(adapterFolder));
 
     /// <summary>The zip names <paramref name="reference"/>'s folder; the adapter files, if any, go into it.</summary>
     public static CausalLmPackage Reference(BaseModelReference reference, string? adapterFolder = null) =>
-        new(null, reference, adapterFolder is null ? null : ModelFiles.Capture(adapterFolder));
+        new(null, reference, adapterFolder is null ? null : StoredFolder.Take(adapterFolder));
 
     /// <summary>
     /// Turns <paramref name="requested"/> into Embed or Reference for a base of <paramref name="baseBytes"/> bytes:
@@ -68,74 +68,43 @@ internal sealed class CausalLmPackage
 
     public void Save(ModelSaveContext ctx)
     {
-        if (BaseReference is { } reference)
-        {
-            ctx.Writer.Write(Referenced);
-            ctx.Writer.Write(reference.Folder);
-            ctx.Writer.Write(reference.Sha256.Count);
-            foreach (var (name, hash) in reference.Sha256)
-            {
-                ctx.Writer.Write(name);
-                ctx.Writer.Write(hash);
-            }
-        }
-        else
-        {
-            ctx.Writer.Write(Embedded);
-            ModelFiles.Save(ctx, BaseFiles!, BaseStreams);
-        }
+        BaseModelReference.SaveBase(ctx, BaseFiles, BaseReference, BaseStreams);
         ctx.Writer.Write(AdapterFiles is not null);
-        if (AdapterFiles is not null) ModelFiles.Save(ctx, AdapterFiles, AdapterStreams);
+        AdapterFiles?.Save(ctx, AdapterStreams);
     }
 
     public static CausalLmPackage Load(ModelLoadContext ctx)
     {
-        byte kind = ctx.Reader.ReadByte();
-        IReadOnlyDictionary<string, byte[]>? files = null;
-        BaseModelReference? reference = null;
-        if (kind == Embedded)
-        {
-            files = ModelFiles.Load(ctx, BaseStreams);
-        }
-        else if (kind == Referenced)
-        {
-            var folder = ctx.Reader.ReadString();
-            int count = ctx.Reader.ReadInt32();
-            if (count is <= 0 or > 10_000) throw new InvalidDataException($"The model zip lists {count} base model files; it is corrupt.");
-            var hashes = new Dictionary<string, string>(StringComparer.Ordinal);
-            for (int i = 0; i < count; i++)
-            {
-                var name = ctx.Reader.ReadString();
-                if (name.Length == 0 || name != Path.GetFileName(name))
-                    throw new InvalidDataException($"The model zip names a base model file '{name}', which is not a plain file name.");
-                hashes[name] = ctx.Reader.ReadString();
-            }
-            reference = new BaseModelReference(folder, hashes);
-        }
-        else
-        {
-            throw new InvalidDataException($"The model zip stores its base model in an unknown way ({kind}); it is corrupt or from a newer version.");
-        }
-        var adapter = ctx.Reader.ReadBoolean() ? ModelFiles.Load(ctx, AdapterStreams) : null;
-        return new CausalLmPackage(files, reference, adapter);
-    }
-
-    /// <summary>Loads the base model and its tokenizer (checking a referenced folder first) and attaches the adapter.</summary>
-    public (CausalLanguageModel Model, TextTokenizer Tokenizer) LoadModel()
-    {
-        var (model, tokenizer) = BaseReference is { } reference
-            ? LoadReferenced(reference)
-            : ModelFiles.WithFolder(BaseFiles!, folder => (LoadBase(folder), TextTokenizer.FromPretrained(folder)));
+        var (files, reference) = BaseModelReference.LoadBase(ctx, BaseStreams, "base model");
         try
         {
+            var adapter = ctx.Reader.ReadBoolean() ? StoredFolder.Load(ctx, AdapterStreams, "adapter") : null;
+            return new CausalLmPackage(files, reference, adapter);
+        }
+        catch
+        {
+            files?.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Loads the base model and its tokenizer (checking a referenced folder first) and attaches the adapter, in the
+    /// dtype and on the device of <paramref name="options"/> (by default the dtype the checkpoint was saved in, on the CPU).
+    /// </summary>
+    public (CausalLanguageModel Model, TextTokenizer Tokenizer) LoadModel(ModelLoadOptions? options = null)
+    {
+        if (BaseReference is { } reference) reference.Verify();
+        var folder = BaseReference?.ResolvedFolder ?? BaseFiles!.Path;
+        options ??= ModelLoadOptions.AsStored(folder);
+        var model = LoadBase(folder, options);
+        try
+        {
+            var tokenizer = TextTokenizer.FromPretrained(folder);
             if (AdapterFiles is not null)
             {
-                ModelFiles.WithFolder(AdapterFiles, folder =>
-                {
-                    PeftAdapterFiles.Load(model, folder, out var unused);
-                    if (unused.Count > 0) throw new InvalidDataException($"The adapter in the model zip has weights no layer takes: {string.Join(", ", unused)}.");
-                    return 0;
-                });
+                PeftAdapterFiles.Load(model, AdapterFiles.Path, out var unused);
+                if (unused.Count > 0) throw new InvalidDataException($"The adapter in the model zip has weights no layer takes: {string.Join(", ", unused)}.");
             }
             model.eval();
             return (model, tokenizer);
@@ -148,12 +117,12 @@ internal sealed class CausalLmPackage
     }
 
     /// <summary>A base checkpoint, NF4-quantised (QLoRA) or not.</summary>
-    private static CausalLanguageModel LoadBase(string folder) =>
-        Nf4Checkpoint.IsQuantized(folder) ? Nf4Checkpoint.LoadCausalLM(folder).Model : PretrainedModels.LoadCausalLM(folder);
+    private static CausalLanguageModel LoadBase(string folder, ModelLoadOptions options) =>
+        Nf4Checkpoint.IsQuantized(folder) ? Nf4Checkpoint.LoadCausalLM(folder, options).Model : PretrainedModels.LoadCausalLM(folder, options);
 
-    private static (CausalLanguageModel, TextTokenizer) LoadReferenced(BaseModelReference reference)
+    public void Dispose()
     {
-        reference.Verify();
-        return (PretrainedModels.LoadCausalLM(reference.Folder), TextTokenizer.FromPretrained(reference.Folder));
+        BaseFiles?.Dispose();
+        AdapterFiles?.Dispose();
     }
 }

@@ -24,15 +24,19 @@ public sealed class BertConfig : ModelConfig
     [JsonPropertyName("layer_norm_eps")] public double LayerNormEps { get; set; } = 1e-12;
     [JsonPropertyName("position_embedding_type")] public string PositionEmbeddingType { get; set; } = "absolute";
 
+    /// <summary>The embeddings, and per layer the attention and feed-forward matrices.</summary>
+    public override long MinimumParameters() =>
+        (long)(VocabSize + MaxPositionEmbeddings + TypeVocabSize) * HiddenSize + (long)NumHiddenLayers * (4L * HiddenSize * HiddenSize + 2L * HiddenSize * IntermediateSize);
+
     public override void Validate()
     {
         base.Validate();
-        Require(HiddenSize > 0 && NumAttentionHeads > 0 && HiddenSize % NumAttentionHeads == 0,
+        Require(HiddenSize is > 0 and <= MaxWidth && NumAttentionHeads is > 0 and <= MaxHeads && HiddenSize % NumAttentionHeads == 0,
             "hidden_size", $"({HiddenSize}) must be a positive multiple of num_attention_heads ({NumAttentionHeads})");
-        Require(NumHiddenLayers > 0, "num_hidden_layers", "must be positive");
-        Require(IntermediateSize > 0, "intermediate_size", "must be positive");
-        Require(MaxPositionEmbeddings > 0, "max_position_embeddings", "must be positive");
-        Require(TypeVocabSize > 0, "type_vocab_size", "must be positive");
+        Require(NumHiddenLayers is > 0 and <= MaxLayers, "num_hidden_layers", $"must be in [1, {MaxLayers}]");
+        Require(IntermediateSize is > 0 and <= MaxWidth * 8, "intermediate_size", $"must be in [1, {MaxWidth * 8}]");
+        Require(MaxPositionEmbeddings is > 0 and <= MaxPositions, "max_position_embeddings", $"must be in [1, {MaxPositions}]");
+        Require(TypeVocabSize is > 0 and <= 1 << 16, "type_vocab_size", "must be in [1, 65536]");
         Require(PositionEmbeddingType == "absolute", "position_embedding_type", $"'{PositionEmbeddingType}' is not supported (only 'absolute')");
         Activations.Get(HiddenAct, "hidden_act");
     }

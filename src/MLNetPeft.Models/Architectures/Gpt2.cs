@@ -28,12 +28,16 @@ public sealed class Gpt2Config : ModelConfig
 
     [JsonIgnore] public int InnerSize => NInner ?? 4 * NEmbd;
 
+    /// <summary>Token and position embeddings, and per layer the attention and MLP matrices.</summary>
+    public override long MinimumParameters() => (long)(VocabSize + NPositions) * NEmbd + (long)NLayer * (4L * NEmbd * NEmbd + 2L * NEmbd * InnerSize);
+
     public override void Validate()
     {
         base.Validate();
-        Require(NEmbd > 0 && NHead > 0 && NEmbd % NHead == 0, "n_embd", $"({NEmbd}) must be a positive multiple of n_head ({NHead})");
-        Require(NLayer > 0, "n_layer", "must be positive");
-        Require(NPositions > 0, "n_positions", "must be positive");
+        Require(NEmbd is > 0 and <= MaxWidth && NHead is > 0 and <= MaxHeads && NEmbd % NHead == 0, "n_embd", $"({NEmbd}) must be a positive multiple of n_head ({NHead}), at most {MaxWidth}");
+        Require(NLayer is > 0 and <= MaxLayers, "n_layer", $"must be in [1, {MaxLayers}]");
+        Require(NPositions is > 0 and <= MaxPositions, "n_positions", $"must be in [1, {MaxPositions}]");
+        Require(NInner is null or (> 0 and <= MaxWidth * 8), "n_inner", $"must be in [1, {MaxWidth * 8}]");
         Activations.Get(ActivationFunction, "activation_function");
     }
 }

@@ -44,18 +44,24 @@ public class LlamaConfig : ModelConfig
 
     protected override bool DefaultTieWordEmbeddings => false;
 
+    /// <summary>The embedding (and an untied head), and per layer the attention projections and the SwiGLU MLP.</summary>
+    public override long MinimumParameters() =>
+        (long)VocabSize * HiddenSize * (TieWordEmbeddings ? 1 : 2) +
+        (long)NumHiddenLayers * ((long)HiddenSize * HeadDim * (2L * NumAttentionHeads + 2L * KeyValueHeads) + 3L * HiddenSize * IntermediateSize);
+
     public override void Validate()
     {
         base.Validate();
-        Require(HiddenSize > 0, "hidden_size", "must be positive");
-        Require(IntermediateSize > 0, "intermediate_size", "must be positive");
-        Require(NumHiddenLayers > 0, "num_hidden_layers", "must be positive");
-        Require(NumAttentionHeads > 0 && (HeadDimField is not null || HiddenSize % NumAttentionHeads == 0),
+        Require(HiddenSize is > 0 and <= MaxWidth, "hidden_size", $"must be in [1, {MaxWidth}]");
+        Require(IntermediateSize is > 0 and <= MaxWidth * 8, "intermediate_size", $"must be in [1, {MaxWidth * 8}]");
+        Require(NumHiddenLayers is > 0 and <= MaxLayers, "num_hidden_layers", $"must be in [1, {MaxLayers}]");
+        Require(HeadDimField is null or (> 0 and <= MaxWidth), "head_dim", $"must be in [1, {MaxWidth}]");
+        Require(NumAttentionHeads is > 0 and <= MaxHeads && (HeadDimField is not null || HiddenSize % NumAttentionHeads == 0),
             "num_attention_heads", $"({NumAttentionHeads}) must divide hidden_size ({HiddenSize}) unless head_dim is given");
         Require(KeyValueHeads > 0 && NumAttentionHeads % KeyValueHeads == 0,
             "num_key_value_heads", $"({KeyValueHeads}) must divide num_attention_heads ({NumAttentionHeads})");
         Require(HeadDim % 2 == 0, "head_dim", $"({HeadDim}) must be even for rotary embeddings");
-        Require(MaxPositionEmbeddings > 0, "max_position_embeddings", "must be positive");
+        Require(MaxPositionEmbeddings is > 0 and <= MaxPositions, "max_position_embeddings", $"must be in [1, {MaxPositions}]");
         Activations.Get(HiddenAct, "hidden_act");
         RotaryEmbedding.ComputeInverseFrequencies(HeadDim, RopeTheta, RopeScaling, MaxPositionEmbeddings);
     }

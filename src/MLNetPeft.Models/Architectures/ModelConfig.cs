@@ -46,13 +46,25 @@ public abstract class ModelConfig
     /// <summary>Checks the fields that the model's shapes depend on; throws naming the field.</summary>
     public virtual void Validate()
     {
-        Require(VocabSize > 0, "vocab_size", "must be positive");
+        Require(VocabSize is > 0 and <= MaxVocabulary, "vocab_size", $"must be in [1, {MaxVocabulary}]");
+        // eos ids of another type would only fail when first used.
+        try { _ = EosTokenIds; }
+        catch (Exception e) when (e is InvalidOperationException or FormatException) { Require(false, "eos_token_id", "must be an id or a list of ids"); }
     }
+
+    /// <summary>Sane limits on sizes read from a config, so that a bad file cannot make us allocate without bound.</summary>
+    protected const int MaxVocabulary = 1 << 22, MaxWidth = 1 << 16, MaxLayers = 1 << 10, MaxHeads = 1 << 10, MaxPositions = 1 << 22;
 
     protected void Require(bool condition, string field, string what)
     {
         if (!condition) throw new InvalidDataException($"{GetType().Name}: '{field}' {what}.");
     }
+
+    /// <summary>
+    /// A lower bound on the parameters this config implies (its large matrices), which the checkpoint must hold: checked
+    /// before the model is built, so that a config claiming sizes its weights do not have allocates nothing.
+    /// </summary>
+    public abstract long MinimumParameters();
 
     public string ToJson() => JsonSerializer.Serialize(this, GetType(), JsonOptions);
 

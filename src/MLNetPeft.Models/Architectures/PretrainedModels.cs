@@ -13,6 +13,26 @@ public sealed class ModelLoadOptions
     /// <summary>"cpu" (default), "cuda" or "cuda:N".</summary>
     public string Device { get; init; } = "cpu";
 
+    /// <summary>The dtype the checkpoint in <paramref name="folder"/> was saved in (config.json's torch_dtype; float32 when absent), on the CPU.</summary>
+    public static ModelLoadOptions AsStored(string folder)
+    {
+        var path = Path.Combine(folder, "config.json");
+        string? stored = null;
+        if (File.Exists(path))
+        {
+            try { stored = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(path))?["torch_dtype"]?.GetValue<string>(); }
+            catch (Exception e) when (e is System.Text.Json.JsonException or InvalidOperationException or FormatException) { }
+        }
+        return new ModelLoadOptions { DType = stored switch { "bfloat16" => ScalarType.BFloat16, "float16" => ScalarType.Float16, _ => ScalarType.Float32 } };
+    }
+
+    /// <summary>The dtype and device of <paramref name="model"/>'s parameters: a copy loaded with these runs where the original runs.</summary>
+    public static ModelLoadOptions Like(PretrainedModule model)
+    {
+        var reference = model.parameters().FirstOrDefault(p => p.dtype.IsFloatingPoint()) ?? throw new ArgumentException("The model has no floating-point parameters.", nameof(model));
+        return new ModelLoadOptions { DType = reference.dtype, Device = reference.device.ToString() };
+    }
+
     internal Device ResolveDevice()
     {
         if (Device.StartsWith("cuda", StringComparison.OrdinalIgnoreCase) && !cuda.is_available())
@@ -70,6 +90,31 @@ public static class PretrainedModels
             ? new BertModel(b, addPoolingLayer: checkpoint.TensorNames.Any(n => n.Contains("pooler.dense.", StringComparison.Ordinal)))
             : throw new NotSupportedException($"Checkpoint '{folder}' is a '{config.ModelType}' model, not a BERT encoder."));
 
+    /// <summary>
+    /// Before any tensor is allocated: the config's sizes must fit the weights on disk (a config claiming a larger model
+    /// than its checkpoint holds would otherwise make us allocate it, and only then fail).
+    /// </summary>
+    /// <param name="packedElements">Elements the checkpoint holds in a packed form (NF4: two per stored byte) beyond its tensors' own counts.</param>
+    public static void CheckSizes(ModelConfig config, ITensorReader checkpoint, string folder, long packedElements = 0)
+    {
+        long stored = checkpoint.TensorNames.Sum(n => checkpoint.ShapeOf(n).Aggregate(1L, (a, b) => a * b)) + packedElements;
+        long implied = config.MinimumParameters();
+        // A margin keeps the specific errors (a missing or misshapen tensor) for LoadWeights; what may be allocated stays
+        // within twice what is on disk.
+        if (implied > 2 * stored + (1L << 20))
+            throw new InvalidDataException($"Checkpoint '{folder}': config.json implies at least {implied:N0} parameters, but the weights hold {stored:N0}; the config does not belong to these weights.");
+    }
+
+    /// <summary>Moves <paramref name="model"/> to the dtype and device of <paramref name="options"/>.</summary>
+    public static void Place(PretrainedModule model, ModelLoadOptions options)
+    {
+        options.Validate();
+        var target = options.ResolveDevice();
+        if (model.parameters().Any(p => p.dtype.IsFloatingPoint() && p.dtype != options.DType)) model.to(options.DType);
+        if (model.parameters().Any(p => p.device_type != target.type || (target.type != TorchSharp.DeviceType.CPU && p.device_index != target.index))) model.to(target);
+        TensorLifetime.OwnTensors(model);
+    }
+
     private static T Load<T>(string folder, ModelLoadOptions? options, Func<ModelConfig, T> create) where T : PretrainedModule =>
         Load(folder, options, (config, _) => create(config));
 
@@ -78,16 +123,16 @@ public static class PretrainedModels
         TorchRuntime.EnsureAvailable();
         options ??= new ModelLoadOptions();
         options.Validate();
-        var target = options.ResolveDevice();
+        options.ResolveDevice();   // an unavailable device fails before anything is read
         var config = LoadConfig(folder);
         using var checkpoint = CheckpointWeights.Open(folder);
+        CheckSizes(config, checkpoint, folder);
         var model = create(config, checkpoint);
         try
         {
             model.LoadReport = model.LoadWeights(checkpoint, Path.GetFullPath(folder));
             model.SourceFolder = Path.GetFullPath(folder);
-            if (options.DType != ScalarType.Float32) model.to(options.DType);
-            if (target.type != TorchSharp.DeviceType.CPU) model.to(target);
+            Place(model, options);
             model.eval();
             return model;
         }

@@ -115,10 +115,14 @@ public sealed class SafetensorsFile : ITensorReader
     /// <summary>Reads every tensor; the caller owns (and disposes) the returned tensors.</summary>
     public Dictionary<string, Tensor> ReadAll() => Tensors.ToDictionary(t => t.Name, t => ReadTensor(t.Name), StringComparer.Ordinal);
 
+    /// <summary>Bytes copied per slice (1 GiB); tests lower it to run the path of tensors over 2 GiB on small ones.</summary>
+    internal static long ChunkBytes { get => t_chunkBytes ?? 1L << 30; set => t_chunkBytes = value; }
+    [ThreadStatic] private static long? t_chunkBytes;   // per thread: a test's setting cannot slow another test down
+
     // Spans are limited to int.MaxValue bytes, so large tensors are copied through 1-D slices of the same storage.
     private static unsafe void CopyInto(Tensor destination, byte* source, long byteLength)
     {
-        const long chunkBytes = 1L << 30;
+        long chunkBytes = ChunkBytes;
         if (byteLength <= chunkBytes)
         {
             new ReadOnlySpan<byte>(source, (int)byteLength).CopyTo(destination.bytes);
@@ -126,7 +130,7 @@ public sealed class SafetensorsFile : ITensorReader
         }
         using var flat = destination.view(-1);
         long elementSize = destination.ElementSize;
-        long chunkElements = chunkBytes / elementSize;
+        long chunkElements = Math.Max(1, chunkBytes / elementSize);
         for (long start = 0; start < flat.shape[0]; start += chunkElements)
         {
             long count = Math.Min(chunkElements, flat.shape[0] - start);

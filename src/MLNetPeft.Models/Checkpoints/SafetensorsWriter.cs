@@ -9,6 +9,10 @@ namespace MLNetPeft.Checkpoints;
 /// </summary>
 public static class SafetensorsWriter
 {
+    /// <summary>Bytes written per slice (1 GiB); tests lower it to run the path of tensors over 2 GiB on small ones.</summary>
+    internal static long ChunkBytes { get => t_chunkBytes ?? 1L << 30; set => t_chunkBytes = value; }
+    [ThreadStatic] private static long? t_chunkBytes;   // per thread: a test's setting cannot slow another test down
+
     public static void Save(string path, IEnumerable<KeyValuePair<string, Tensor>> tensors, IReadOnlyDictionary<string, string>? metadata = null)
     {
         var list = tensors.ToList();
@@ -85,7 +89,8 @@ public static class SafetensorsWriter
         var contiguous = cpu.is_contiguous() ? cpu : cpu.contiguous();
         try
         {
-            const long chunkElements = 1L << 28;
+            // Spans stop at 2 GiB: larger tensors are written through slices (1 GiB) of the same storage.
+            long chunkElements = Math.Max(1, ChunkBytes / tensor.ElementSize);
             using var flat = contiguous.view(-1);
             for (long start = 0; start < flat.shape[0]; start += chunkElements)
             {

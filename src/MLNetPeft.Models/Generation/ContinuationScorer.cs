@@ -19,17 +19,18 @@ public static class ContinuationScorer
         bool wasTraining = model.training;
         model.eval();
         using var _ = no_grad();
+        var device = model.parameters().First().device;
         var result = new double[candidates.Count];
         for (int c = 0; c < candidates.Count; c++)
         {
             var ids = tokenizer.Encode(candidates[c], addSpecialTokens: false).Select(i => (long)i).ToArray();
             if (ids.Length == 0) throw new ArgumentException($"The candidate '{candidates[c]}' has no tokens.", nameof(candidates));
             using var scope = NewDisposeScope();
-            var all = tensor(promptIds.Concat(ids).ToArray()).unsqueeze(0);
+            var all = tensor(promptIds.Concat(ids).ToArray(), device: device).unsqueeze(0);
             var logits = model.Forward(all)[0].to(ScalarType.Float32);
             // Position t predicts token t + 1: the candidate's tokens are predicted from promptIds.Length − 1 on.
             var predicting = logits.narrow(0, promptIds.Length - 1, ids.Length).log_softmax(-1);
-            result[c] = predicting.gather(1, tensor(ids).unsqueeze(1)).sum().item<float>();
+            result[c] = predicting.gather(1, tensor(ids, device: device).unsqueeze(1)).sum().item<float>();
         }
         if (wasTraining) model.train();
         return result;

@@ -99,9 +99,33 @@ public sealed class TextTokenizer
     /// <c>merges.txt</c> (byte-level BPE), or the BPE/WordPiece model inside <c>tokenizer.json</c>. Special tokens come from
     /// tokenizer_config.json, special_tokens_map.json, tokenizer.json's added tokens and, for ids, config.json.
     /// </remarks>
+    /// <exception cref="InvalidDataException">A tokenizer file is malformed, too large or inconsistent (the message names it).</exception>
     public static TextTokenizer FromPretrained(string folder)
     {
         if (!Directory.Exists(folder)) throw new DirectoryNotFoundException($"Tokenizer folder '{folder}' does not exist.");
+        foreach (var name in Architectures.PretrainedModule.CompanionFiles.Append("config.json"))
+        {
+            var path = Path.Combine(folder, name);
+            if (File.Exists(path) && new FileInfo(path).Length > MaxFileBytes)
+                throw new InvalidDataException($"Tokenizer file '{path}' is {new FileInfo(path).Length:N0} bytes, more than the {MaxFileBytes:N0} a tokenizer file may have.");
+        }
+        try
+        {
+            return Read(folder);
+        }
+        catch (Exception e) when (e is InvalidOperationException or FormatException or ArgumentException or KeyNotFoundException or IndexOutOfRangeException
+            or OverflowException or JsonException or NullReferenceException)
+        {
+            // Whatever a malformed file makes Microsoft.ML.Tokenizers or our JSON reading throw is reported as such, naming the folder.
+            throw new InvalidDataException($"The tokenizer files in '{Path.GetFullPath(folder)}' are malformed: {e.Message}", e);
+        }
+    }
+
+    /// <summary>The largest tokenizer file read (the largest real vocabularies are a few tens of MB).</summary>
+    public const long MaxFileBytes = 256L << 20;
+
+    private static TextTokenizer Read(string folder)
+    {
         string F(string name) => Path.Combine(folder, name);
         var tokenizerConfig = ReadJson(F("tokenizer_config.json"));
         var specialMap = ReadJson(F("special_tokens_map.json"));

@@ -61,7 +61,7 @@ public sealed class AdaLoraConfig : PeftConfig
     /// <summary>What applying the layers needs (loading an adapter for inference needs no budget schedule).</summary>
     internal void ValidateShape()
     {
-        if (InitR <= 0) throw new ArgumentOutOfRangeException(nameof(InitR), InitR, "init_r must be positive");
+        if (InitR is <= 0 or > 1 << 16) throw new ArgumentOutOfRangeException(nameof(InitR), InitR, "init_r must be in [1, 65536]");
         if (LoraDropout is < 0 or >= 1) throw new ArgumentOutOfRangeException(nameof(LoraDropout), LoraDropout, "lora_dropout must be in [0, 1)");
         if (TargetModules is not null && TargetModulesRegex is not null)
             throw new ArgumentException("Give target modules either as names or as a regular expression, not both.", nameof(TargetModules));

@@ -92,6 +92,17 @@ public sealed class AdaLoraModel : PeftModel, ITrainingStepHook
             TargetModulesRegex = PeftAdapterFiles.ExactModules(modules),
             RankPattern = ReadRankPattern(json, path),
         };
+        // Each layer's stored triplets must be the count its rank_pattern (or init_r) gives, before anything is allocated.
+        using (var file = PeftAdapterFiles.OpenWeights(folder))
+        {
+            foreach (var module in modules)
+            {
+                var shape = file.ShapeOf($"{PeftAdapterFiles.KeyPrefix}{module}.lora_E");
+                long expected = config.RankPattern?.TryGetValue(PatternKey(module), out var keep) == true ? keep.Count(k => k) : config.InitR;
+                if (shape.Length != 2 || shape[0] != expected || shape[1] != 1)
+                    throw new InvalidDataException($"'{file.Source}': the lora_E of '{module}' is [{string.Join(", ", shape)}] but adapter_config.json implies [{expected}, 1].");
+            }
+        }
         AdaLoraModel adalora;
         try { adalora = ApplyCore(model, config, adapterName, seed: 0, forTraining: false); }
         catch (ArgumentException e) { throw new InvalidDataException($"'{path}': {e.Message}", e); }
@@ -233,7 +244,7 @@ public sealed class AdaLoraModel : PeftModel, ITrainingStepHook
         var result = new Dictionary<string, Tensor>(StringComparer.Ordinal);
         foreach (var l in _layers)
         {
-            var keep = RankPattern?.TryGetValue(l, out var k) == true && k.Length == l.A.shape[0] ? tensor(k).nonzero().view(-1) : Scalars.Range(0, l.A.shape[0]);
+            var keep = RankPattern?.TryGetValue(l, out var k) == true && k.Length == l.A.shape[0] ? tensor(k, device: l.A.device).nonzero().view(-1) : Scalars.Range(0, l.A.shape[0], l.A.device);
             result[$"{PeftAdapterFiles.KeyPrefix}{l.ModuleName}.lora_A"] = l.A.detach().index_select(0, keep);
             result[$"{PeftAdapterFiles.KeyPrefix}{l.ModuleName}.lora_E"] = l.E.detach().index_select(0, keep);
             result[$"{PeftAdapterFiles.KeyPrefix}{l.ModuleName}.lora_B"] = l.B.detach().index_select(1, keep);

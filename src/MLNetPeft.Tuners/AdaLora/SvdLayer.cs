@@ -66,7 +66,7 @@ public sealed class SvdLayer
 
     private Tensor Delta(Tensor input)
     {
-        var x = StepDropout.Apply(input, _dropout, _layer.training);
+        var x = StepDropout.Apply(TargetModules.CallInput(_layer, input), _dropout, _layer.training);
         return x.matmul((A * E).t()).matmul(B.t()).Times(Scaling) / Scale;
     }
 
@@ -80,6 +80,8 @@ public sealed class SvdLayer
     public void Merge()
     {
         if (Merged) return;
+        if (TargetModules.IsQuantized(_layer))
+            throw new InvalidOperationException($"'{ModuleName}' is NF4-quantised: dequantise the base (Nf4Model.Dequantize) before merging AdaLoRA into it.");
         using var _ = no_grad();
         using var scope = NewDisposeScope();
         var merged = BaseWeight.Plus(DeltaWeight());

@@ -24,6 +24,8 @@ public sealed class Ia3Layer
         _adapterName = adapterName;
         IsFeedforward = isFeedforward;
         (long inFeatures, long outFeatures, FanInFanOut) = TargetModules.Shape(layer, moduleName, "IA3");
+        if (TargetModules.IsQuantized(layer))
+            throw new NotSupportedException($"IA3 on '{moduleName}': the layer is NF4-quantised; IA3 applies to full-precision layers (QLoRA pairs NF4 with LoRA).");
         var weight = BaseWeight;
         long[] shape = isFeedforward ? [1, inFeatures] : [outFeatures, 1];
         Scale = new Parameter(config.InitIa3Weights

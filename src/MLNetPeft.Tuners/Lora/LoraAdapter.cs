@@ -53,7 +53,7 @@ public sealed class LoraAdapter : IDisposable
         }
         TargetModules.RegisterAdapterChild(layer, "lora_A", adapterName, _a);
         TargetModules.RegisterAdapterChild(layer, "lora_B", adapterName, _b);
-        if (config.UseDora && weight.stride().Contains(0))
+        if (config.UseDora && TargetModules.IsQuantized(layer))
             throw new NotSupportedException($"DoRA needs the base weight of '{moduleName}', which is NF4-quantised here; use plain LoRA on quantised layers (QLoRA).");
         if (config.UseDora)
         {
@@ -90,7 +90,7 @@ public sealed class LoraAdapter : IDisposable
 
     private Tensor Delta(Tensor input)
     {
-        var x = StepDropout.Apply(input, _dropout, _layer.training);
+        var x = StepDropout.Apply(TargetModules.CallInput(_layer, input), _dropout, _layer.training);
         var lora = _b.call(_a.call(x)).Times(Scaling);
         if (_magnitude is null) return lora;
         // DoRA: the layer becomes m/‖W + ΔW‖ · (W + ΔW)x + bias; the hook adds the difference to the base output:
@@ -118,6 +118,8 @@ public sealed class LoraAdapter : IDisposable
     public void Merge()
     {
         if (Merged) return;
+        if (TargetModules.IsQuantized(_layer))
+            throw new InvalidOperationException($"'{ModuleName}' is NF4-quantised: dequantise the base (Nf4Model.Dequantize) before merging LoRA into it.");
         using var _ = no_grad();
         using var scope = NewDisposeScope();
         var merged = BaseWeight.Plus(DeltaWeight());

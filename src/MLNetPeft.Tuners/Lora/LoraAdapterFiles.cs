@@ -81,6 +81,16 @@ public static class LoraAdapterFiles
         // Target exactly the modules the file has weights for.
         var modules = PeftAdapterFiles.ModulesWith(folder, "lora_A.weight");
         if (modules.Count == 0) throw new InvalidDataException($"'{folder}' holds no lora_A weights in its {WeightsFileName} or adapter_model.bin.");
+        // Each module's rank, as rank_pattern or r gives it, must be the stored one, before any adapter is allocated.
+        using (var file = PeftAdapterFiles.OpenWeights(folder))
+        {
+            foreach (var module in modules)
+            {
+                var shape = file.ShapeOf($"{PeftAdapterFiles.KeyPrefix}{module}.lora_A.weight");
+                if (shape.Length != 2 || shape[0] != config.RankFor(module))
+                    throw new InvalidDataException($"'{file.Source}': the lora_A of '{module}' is [{string.Join(", ", shape)}] but adapter_config.json gives that module rank {config.RankFor(module)}.");
+            }
+        }
         config.TargetModules = null;
         config.TargetModulesRegex = PeftAdapterFiles.ExactModules(modules);
         return PeftAdapterFiles.FillFrom(LoraModel.Apply(model, config, adapterName), folder, out unusedKeys);

@@ -81,7 +81,7 @@ public sealed class LoraConfig : PeftConfig
 
     public override void Validate()
     {
-        if (R <= 0) throw new ArgumentOutOfRangeException(nameof(R), R, "LoRA rank r must be positive");
+        if (R is <= 0 or > 1 << 16) throw new ArgumentOutOfRangeException(nameof(R), R, "LoRA rank r must be in [1, 65536]");
         if (!(LoraAlpha > 0)) throw new ArgumentOutOfRangeException(nameof(LoraAlpha), LoraAlpha, "lora_alpha must be positive");
         if (LoraDropout is < 0 or >= 1) throw new ArgumentOutOfRangeException(nameof(LoraDropout), LoraDropout, "lora_dropout must be in [0, 1)");
         if (InitLoraWeights is not ("default" or "gaussian" or "false"))
@@ -89,7 +89,7 @@ public sealed class LoraConfig : PeftConfig
         if (TargetModules is not null && TargetModulesRegex is not null)
             throw new ArgumentException("Give target modules either as names or as a regular expression, not both.", nameof(TargetModules));
         foreach (var (key, r) in RankPattern ?? [])
-            if (r <= 0) throw new ArgumentOutOfRangeException(nameof(RankPattern), r, $"rank_pattern['{key}'] must be positive");
+            if (r is <= 0 or > 1 << 16) throw new ArgumentOutOfRangeException(nameof(RankPattern), r, $"rank_pattern['{key}'] must be in [1, 65536]");
         foreach (var (key, alpha) in AlphaPattern ?? [])
             if (!(alpha > 0)) throw new ArgumentOutOfRangeException(nameof(AlphaPattern), alpha, $"alpha_pattern['{key}'] must be positive");
     }

@@ -33,7 +33,7 @@ public sealed class PTuningModel : PromptLearningModel
         ArgumentNullException.ThrowIfNull(config);
         config.Validate();
         int dim = ModelGeometry.Of(model).HiddenSize, hidden = config.EncoderHiddenSize ?? dim;
-        var dtype = AsModule(model).parameters().First().dtype;
+        var (dtype, device) = Placement(model);
         // Every initial value comes from the caller's seed, in PEFT's layer order (embedding, LSTM, MLP).
         var generator = new Generator((ulong)seed);
         var embedding = LayerInit.Reset(nn.Embedding(config.NumVirtualTokens, dim, dtype: dtype), generator);
@@ -53,6 +53,7 @@ public sealed class PTuningModel : PromptLearningModel
             encoder = new Container("PromptEncoder", ("embedding", embedding), ("lstm_head", lstm), ("mlp_head", mlp));
             encode = () => mlp.call(lstm.call(embedding.weight!.unsqueeze(0))[0]);
         }
+        encoder.to(device);
         return new PTuningModel(model, config, encoder, encode, adapterName);
     }
 
@@ -62,7 +63,9 @@ public sealed class PTuningModel : PromptLearningModel
         var config = new PTuningConfig { NumVirtualTokens = PeftAdapterFiles.Number(json, "num_virtual_tokens", path, 0) };
         config.Validate();
         int dim = ModelGeometry.Of(model).HiddenSize;
-        var embedding = nn.Embedding(config.NumVirtualTokens, dim);
+        CheckPromptEmbeddings(folder, config.NumVirtualTokens, dim);
+        var (dtype, device) = Placement(model);
+        var embedding = nn.Embedding(config.NumVirtualTokens, dim, dtype: dtype, device: device);
         using (no_grad()) embedding.weight!.copy_(ReadPromptEmbeddings(folder, config.NumVirtualTokens, dim));
         return new PTuningModel(model, config, new Container("PromptEncoder", ("embedding", embedding)), () => embedding.weight!, adapterName);
     }

@@ -23,7 +23,6 @@ internal sealed class PromptEncoderLstm : nn.Module<Tensor, Tensor>
     private readonly int _layers;
     private readonly long _hidden;
     private readonly double _dropout;
-    private readonly Dictionary<string, Parameter> _weights = new(StringComparer.Ordinal);
 
     public PromptEncoderLstm(long inputSize, long hiddenSize, int layers, double dropout, ScalarType dtype, Generator generator) : base("LSTM")
     {
@@ -47,9 +46,7 @@ internal sealed class PromptEncoderLstm : nn.Module<Tensor, Tensor>
 
         void Add(string name, long[] shape)
         {
-            var p = (Parameter)new Parameter(empty(shape, dtype).uniform_(-bound, bound, generator)).DetachFromDisposeScope();
-            _weights[name] = p;
-            register_parameter(name, p);
+            register_parameter(name, (Parameter)new Parameter(empty(shape, dtype).uniform_(-bound, bound, generator)).DetachFromDisposeScope());
         }
     }
 
@@ -57,22 +54,24 @@ internal sealed class PromptEncoderLstm : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor input)
     {
         using var scope = NewDisposeScope();
+        // Looked up on every call: Module.to() replaces the registered parameters.
+        var weights = named_parameters(recurse: false).ToDictionary(p => p.name, p => (Tensor)p.parameter, StringComparer.Ordinal);
         var x = input;
         for (int layer = 0; layer < _layers; layer++)
         {
             if (layer > 0) x = StepDropout.Apply(x, _dropout, training);
-            var forwards = Run(x, layer, "", reverse: false);
-            var backwards = Run(x, layer, "_reverse", reverse: true);
+            var forwards = Run(weights, x, layer, "", reverse: false);
+            var backwards = Run(weights, x, layer, "_reverse", reverse: true);
             x = cat([forwards, backwards], -1);
         }
         return x.MoveToOuterDisposeScope();
     }
 
-    private Tensor Run(Tensor x, int layer, string suffix, bool reverse)
+    private Tensor Run(Dictionary<string, Tensor> weights, Tensor x, int layer, string suffix, bool reverse)
     {
-        var wih = _weights[$"weight_ih_l{layer}{suffix}"];
-        var whh = _weights[$"weight_hh_l{layer}{suffix}"];
-        var bias = _weights[$"bias_ih_l{layer}{suffix}"].Plus(_weights[$"bias_hh_l{layer}{suffix}"]);
+        var wih = weights[$"weight_ih_l{layer}{suffix}"];
+        var whh = weights[$"weight_hh_l{layer}{suffix}"];
+        var bias = weights[$"bias_ih_l{layer}{suffix}"].Plus(weights[$"bias_hh_l{layer}{suffix}"]);
         long batch = x.shape[0], steps = x.shape[1];
         var projected = x.matmul(wih.t()).Plus(bias);   // [batch, steps, 4H]: the input part of every gate at once
         var h = zeros([batch, _hidden], x.dtype, x.device);

@@ -39,19 +39,21 @@ public sealed class PrefixTuningModel : PromptLearningModel
         config.Validate();
         var g = ModelGeometry.Of(model);
         int tokenDim = g.KeyValueHeads * g.HeadDim, width = g.Layers * 2 * tokenDim;
-        var dtype = AsModule(model).parameters().First().dtype;
+        var (dtype, device) = Placement(model);
         // Every initial value comes from the caller's seed, in PEFT's layer order (embedding, then the projection).
         var generator = new Generator((ulong)seed);
         if (!config.PrefixProjection)
         {
             var embedding = LayerInit.Reset(nn.Embedding(config.NumVirtualTokens, width, dtype: dtype), generator);
+            embedding.to(device);
             return new PrefixTuningModel(model, config, new Container("PrefixEncoder", ("embedding", embedding)), () => embedding.weight!, adapterName);
         }
         int hidden = config.EncoderHiddenSize ?? tokenDim;
         var small = LayerInit.Reset(nn.Embedding(config.NumVirtualTokens, tokenDim, dtype: dtype), generator);
         var transform = LayerInit.Reset(nn.Sequential(("0", nn.Linear(tokenDim, hidden, dtype: dtype)), ("1", nn.Tanh()), ("2", nn.Linear(hidden, width, dtype: dtype))), generator);
-        return new PrefixTuningModel(model, config, new Container("PrefixEncoder", ("embedding", small), ("transform", transform)),
-            () => transform.call(small.weight!), adapterName);
+        var encoder = new Container("PrefixEncoder", ("embedding", small), ("transform", transform));
+        encoder.to(device);
+        return new PrefixTuningModel(model, config, encoder, () => transform.call(small.weight!), adapterName);
     }
 
     /// <summary>Loads PEFT's saved <c>prompt_embeddings</c> (the prefix, projected) as a prefix without projection.</summary>
@@ -61,7 +63,9 @@ public sealed class PrefixTuningModel : PromptLearningModel
         config.Validate();
         var g = ModelGeometry.Of(model);
         int width = g.Layers * 2 * g.KeyValueHeads * g.HeadDim;
-        var embedding = nn.Embedding(config.NumVirtualTokens, width);
+        CheckPromptEmbeddings(folder, config.NumVirtualTokens, width);
+        var (dtype, device) = Placement(model);
+        var embedding = nn.Embedding(config.NumVirtualTokens, width, dtype: dtype, device: device);
         using (no_grad()) embedding.weight!.copy_(ReadPromptEmbeddings(folder, config.NumVirtualTokens, width));
         return new PrefixTuningModel(model, config, new Container("PrefixEncoder", ("embedding", embedding)), () => embedding.weight!, adapterName);
     }

@@ -40,8 +40,9 @@ public sealed class PromptTuningModel : PromptLearningModel
         config.Validate();
         var geometry = ModelGeometry.Of(model);
         Tensor wordEmbeddings;
-        using (no_grad()) wordEmbeddings = model.Embed(Scalars.Range(0, model.Config.VocabSize).unsqueeze(0))[0];   // [vocab, hidden]
-        var embedding = nn.Embedding(config.NumVirtualTokens, geometry.HiddenSize, dtype: wordEmbeddings.dtype);
+        var device = AsModule(model).parameters().First().device;
+        using (no_grad()) wordEmbeddings = model.Embed(Scalars.Range(0, model.Config.VocabSize, device).unsqueeze(0))[0];   // [vocab, hidden]
+        var embedding = nn.Embedding(config.NumVirtualTokens, geometry.HiddenSize, dtype: wordEmbeddings.dtype, device: device);
         var generator = new Generator((ulong)seed);
         using (no_grad())
         {
@@ -51,14 +52,14 @@ public sealed class PromptTuningModel : PromptLearningModel
                     embedding.weight!.normal_(0, 1, generator);
                     break;
                 case PromptTuningInit.SampleVocab:
-                    embedding.weight!.copy_(wordEmbeddings.index_select(0, randint(0, model.Config.VocabSize, [config.NumVirtualTokens], generator: generator)));
+                    embedding.weight!.copy_(wordEmbeddings.index_select(0, randint(0, model.Config.VocabSize, [config.NumVirtualTokens], generator: generator).to(device)));
                     break;
                 case PromptTuningInit.Text:
                     if (tokenizer is null) throw new ArgumentNullException(nameof(tokenizer), "prompt_tuning_init TEXT needs the tokenizer.");
                     var ids = tokenizer.Encode(config.PromptTuningInitText!);
                     // PEFT repeats a short text and cuts a long one to the number of virtual tokens.
                     var chosen = Enumerable.Range(0, config.NumVirtualTokens).Select(i => (long)ids[i % ids.Count]).ToArray();
-                    embedding.weight!.copy_(wordEmbeddings.index_select(0, tensor(chosen)));
+                    embedding.weight!.copy_(wordEmbeddings.index_select(0, tensor(chosen, device: device)));
                     break;
             }
         }
@@ -71,7 +72,9 @@ public sealed class PromptTuningModel : PromptLearningModel
         var config = new PromptTuningConfig { NumVirtualTokens = PeftAdapterFiles.Number(json, "num_virtual_tokens", path, 0) };
         config.Validate();
         var geometry = ModelGeometry.Of(model);
-        var embedding = nn.Embedding(config.NumVirtualTokens, geometry.HiddenSize);
+        CheckPromptEmbeddings(folder, config.NumVirtualTokens, geometry.HiddenSize);
+        var (dtype, device) = Placement(model);
+        var embedding = nn.Embedding(config.NumVirtualTokens, geometry.HiddenSize, dtype: dtype, device: device);
         using (no_grad()) embedding.weight!.copy_(ReadPromptEmbeddings(folder, config.NumVirtualTokens, geometry.HiddenSize));
         return new PromptTuningModel(model, config, embedding, adapterName);
     }

@@ -164,6 +164,22 @@ public sealed class Nf4Tensor
     public Nf4Tensor(byte[] packed, float[] absmax, NestedScales? nested, long[] shape, int blockSize)
         : this(packed, absmax, null, nested, shape, blockSize) { }
 
+    private Nf4Tensor(Nf4Tensor source, Device device)
+    {
+        Nested = source.Nested;
+        Shape = source.Shape;
+        BlockSize = source.BlockSize;
+        _packed = source._packed.to(device).DetachFromDisposeScope();
+        _code = source._code.to(device).DetachFromDisposeScope();
+        _absmax = source._absmax?.to(device).DetachFromDisposeScope();
+        _absmaxCodes = source._absmaxCodes?.to(device).DetachFromDisposeScope();
+        _nestedAbsmax = source._nestedAbsmax?.to(device).DetachFromDisposeScope();
+        _dynamicMap = source._dynamicMap?.to(device).DetachFromDisposeScope();
+    }
+
+    /// <summary>The same quantised tensor with its codes and scales on <paramref name="device"/> (this one when already there).</summary>
+    public Nf4Tensor To(Device device) => _packed.device == device ? this : new Nf4Tensor(this, device);
+
     private Nf4Tensor(byte[] packed, float[]? absmax, byte[]? absmaxCodes, NestedScales? nested, long[] shape, int blockSize)
     {
         Nested = nested;
@@ -188,11 +204,11 @@ public sealed class Nf4Tensor
     }
 
     /// <summary>The codes, two per byte (first in the high nibble).</summary>
-    public byte[] Packed => _packed.data<byte>().ToArray();
+    public byte[] Packed => _packed.cpu().data<byte>().ToArray();
     /// <summary>The float32 absmax per block (null after double quantisation).</summary>
-    public float[]? Absmax => _absmax?.data<float>().ToArray();
+    public float[]? Absmax => _absmax?.cpu().data<float>().ToArray();
     /// <summary>The absmax per block as 8-bit dynamic-map codes (double quantisation only).</summary>
-    public byte[]? AbsmaxCodes => _absmaxCodes?.data<byte>().ToArray();
+    public byte[]? AbsmaxCodes => _absmaxCodes?.cpu().data<byte>().ToArray();
     public NestedScales? Nested { get; }
     public long[] Shape { get; }
     public int BlockSize { get; }
@@ -207,7 +223,7 @@ public sealed class Nf4Tensor
     public float[] BlockScales()
     {
         using var scope = NewDisposeScope();
-        return ScalesTensor().data<float>().ToArray();
+        return ScalesTensor().cpu().data<float>().ToArray();
     }
 
     private Tensor ScalesTensor() => _absmax ?? (_dynamicMap!.index_select(0, _absmaxCodes!.to(ScalarType.Int64))
@@ -221,6 +237,6 @@ public sealed class Nf4Tensor
         var low = _packed.remainder(Scalars.Of(16L));
         var codes = stack([high, low], 1).flatten().to(ScalarType.Int64);
         var values = _code.index_select(0, codes).view(Blocks, BlockSize) * ScalesTensor().unsqueeze(1);
-        return values.flatten().narrow(0, 0, Count).view(Shape).to(dtype, device ?? CPU).MoveToOuterDisposeScope();
+        return values.flatten().narrow(0, 0, Count).view(Shape).to(dtype, device ?? _packed.device).MoveToOuterDisposeScope();
     }
 }

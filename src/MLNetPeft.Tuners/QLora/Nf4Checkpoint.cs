@@ -42,7 +42,7 @@ public static class Nf4Checkpoint
             tensors[key + ".quant_map"] = tensor(Nf4.Code);
             var state = new JsonObject
             {
-                ["quant_type"] = "nf4", ["blocksize"] = w.BlockSize, ["dtype"] = DTypeName(layer.ComputeDtype),
+                ["quant_type"] = "nf4", ["blocksize"] = w.BlockSize, ["dtype"] = DTypeName(layer.WeightDtype),
                 ["shape"] = new JsonArray(w.Shape.Select(d => (JsonNode)JsonValue.Create(d)!).ToArray()),
             };
             if (w.Nested is { } nested)
@@ -71,19 +71,25 @@ public static class Nf4Checkpoint
     }
 
     /// <summary>Loads a quantised causal LM checkpoint folder: the model with its quantised layers attached (frozen).</summary>
-    public static (CausalLanguageModel Model, Nf4Model Quantized) LoadCausalLM(string folder) =>
-        Load(folder, (config, _) => PretrainedModels.CreateCausalLM(config));
+    /// <remarks>The weights that stay unquantised take <paramref name="options"/>' dtype (by default the stored one); codes and scales go to its device.</remarks>
+    public static (CausalLanguageModel Model, Nf4Model Quantized) LoadCausalLM(string folder, ModelLoadOptions? options = null) =>
+        Load(folder, options, (config, _) => PretrainedModels.CreateCausalLM(config));
 
     /// <summary>Loads a quantised BERT encoder checkpoint folder (e.g. the base of a QLoRA text classifier).</summary>
-    public static (BertModel Model, Nf4Model Quantized) LoadBert(string folder) =>
-        Load(folder, (config, checkpoint) => config is BertConfig bert
+    public static (BertModel Model, Nf4Model Quantized) LoadBert(string folder, ModelLoadOptions? options = null) =>
+        Load(folder, options, (config, checkpoint) => config is BertConfig bert
             ? new BertModel(bert, addPoolingLayer: checkpoint.TensorNames.Any(n => n.StartsWith("pooler.dense.", StringComparison.Ordinal)))
             : throw new NotSupportedException($"Checkpoint '{folder}' is a '{config.ModelType}' model, not a BERT encoder."));
 
-    private static (T Model, Nf4Model Quantized) Load<T>(string folder, Func<ModelConfig, CheckpointWeights, T> create) where T : PretrainedModule
+    private static (T Model, Nf4Model Quantized) Load<T>(string folder, ModelLoadOptions? options, Func<ModelConfig, CheckpointWeights, T> create) where T : PretrainedModule
     {
+        options ??= ModelLoadOptions.AsStored(folder);
         var config = PretrainedModels.LoadConfig(folder);
         using var checkpoint = CheckpointWeights.Open(folder);
+        // A quantised weight holds two 4-bit codes per stored byte.
+        var quantisedWeights = checkpoint.TensorNames.Where(n => n.EndsWith(StateSuffix, StringComparison.Ordinal)).Select(n => n[..^StateSuffix.Length] + ".weight")
+            .Where(checkpoint.Contains).ToList();
+        PretrainedModels.CheckSizes(config, checkpoint, folder, quantisedWeights.Sum(n => checkpoint.ShapeOf(n).Aggregate(1L, (a, b) => a * b)));
         var model = create(config, checkpoint);
         try
         {
@@ -106,7 +112,8 @@ public static class Nf4Checkpoint
                 layers.Add((name, linear, weight));
             }
             foreach (var (_, p) in model.named_parameters()) p.requires_grad = false;
-            var nf4 = Nf4Model.Attach(model, new Nf4QuantizationConfig { BlockSize = blockSize, UseDoubleQuant = doubleQuant }, layers);
+            PretrainedModels.Place(model, options);
+            var nf4 = Nf4Model.Attach(model, new Nf4QuantizationConfig { BlockSize = blockSize, UseDoubleQuant = doubleQuant, ComputeDtype = ComputeDtypeOf(config, folder) }, layers);
             model.eval();
             return (model, nf4);
         }
@@ -130,23 +137,61 @@ public static class Nf4Checkpoint
         {
             throw new InvalidDataException($"'{folder}': the quantisation state of '{name}' is unreadable: {e.Message}", e);
         }
-        if (state["quant_type"]?.GetValue<string>() != "nf4")
-            throw new NotSupportedException($"'{folder}': '{name}' is quantised as '{state["quant_type"]}'; this library reads nf4.");
+        long[] shape;
+        int blockSize;
+        try
+        {
+            if (state["quant_type"]?.GetValue<string>() != "nf4")
+                throw new NotSupportedException($"'{folder}': '{name}' is quantised as '{state["quant_type"]}'; this library reads nf4.");
+            shape = (state["shape"] as JsonArray ?? throw new InvalidDataException("it has no shape")).Select(d => d!.GetValue<long>()).ToArray();
+            blockSize = state["blocksize"]?.GetValue<int>() ?? throw new InvalidDataException("it has no blocksize");
+        }
+        catch (Exception e) when (e is InvalidOperationException or FormatException or NullReferenceException or InvalidDataException)
+        {
+            throw new InvalidDataException($"'{folder}': the quantisation state of '{name}' is malformed: {e.Message}", e);
+        }
+        if (shape.Length is 0 or > 8 || shape.Any(d => d is <= 0 or > 1L << 32) || shape.Aggregate(1.0, (a, b) => a * b) > 1L << 40 || blockSize is <= 0 or > 1 << 20 || blockSize % 2 != 0)
+            throw new InvalidDataException($"'{folder}': the quantisation state of '{name}' has an invalid shape or block size.");
+        foreach (var required in new[] { key, key + ".quant_map", key + ".absmax" })
+            if (!checkpoint.Contains(required)) throw new InvalidDataException($"'{folder}': quantised '{name}' lacks '{required}'.");
         using var quantMap = checkpoint.ReadTensor(key + ".quant_map");
-        if (!quantMap.data<float>().ToArray().SequenceEqual(Nf4.Code))
+        if (quantMap.dtype != ScalarType.Float32 || !quantMap.data<float>().ToArray().SequenceEqual(Nf4.Code))
             throw new InvalidDataException($"'{folder}': '{key}.quant_map' is not the NF4 table.");
-        var shape = state["shape"]!.AsArray().Select(d => d!.GetValue<long>()).ToArray();
-        int blockSize = state["blocksize"]!.GetValue<int>();
+        // The stored sizes must be the ones the shape and block size imply before anything is read (Nf4Tensor checks again).
+        long blocks = (shape.Aggregate(1L, (a, b) => a * b) + blockSize - 1) / blockSize;
+        bool nestedScales = state["nested_offset"] is JsonValue;
+        if (Count(checkpoint, key) * 2 != blocks * blockSize || Count(checkpoint, key + ".absmax") != blocks ||
+            checkpoint.DTypeOf(key) != ScalarType.Byte || checkpoint.DTypeOf(key + ".absmax") != (nestedScales ? ScalarType.Byte : ScalarType.Float32) ||
+            (nestedScales && (!checkpoint.Contains(key + ".nested_absmax") || checkpoint.DTypeOf(key + ".nested_absmax") != ScalarType.Float32 ||
+                              Count(checkpoint, key + ".nested_absmax") != (blocks + Nf4.DoubleQuantBlockSize - 1) / Nf4.DoubleQuantBlockSize)))
+            throw new InvalidDataException($"'{folder}': the stored codes or scales of '{name}' do not fit its shape [{string.Join(", ", shape)}] and block size {blockSize}.");
         using var packed = checkpoint.ReadTensor(key);
         var codes = packed.data<byte>().ToArray();
         if (state["nested_offset"] is JsonValue offset)
         {
             using var absmax = checkpoint.ReadTensor(key + ".absmax");
             using var nested = checkpoint.ReadTensor(key + ".nested_absmax");
-            return new Nf4Tensor(codes, absmax.data<byte>().ToArray(), new Nf4Tensor.NestedScales(nested.data<float>().ToArray(), offset.GetValue<float>()), shape, blockSize);
+            float nestedOffset;
+            try { nestedOffset = offset.GetValue<float>(); }
+            catch (Exception e) when (e is InvalidOperationException or FormatException) { throw new InvalidDataException($"'{folder}': nested_offset of '{name}' is not a number.", e); }
+            return new Nf4Tensor(codes, absmax.data<byte>().ToArray(), new Nf4Tensor.NestedScales(nested.data<float>().ToArray(), nestedOffset), shape, blockSize);
         }
         using (var absmax = checkpoint.ReadTensor(key + ".absmax"))
             return new Nf4Tensor(codes, absmax.data<float>().ToArray(), null, shape, blockSize);
+    }
+
+    private static long Count(ITensorReader checkpoint, string name) => checkpoint.ShapeOf(name).Aggregate(1L, (a, b) => a * b);
+
+    /// <summary>bnb_4bit_compute_dtype of the checkpoint's quantization_config (null: the layers' own dtype).</summary>
+    private static ScalarType? ComputeDtypeOf(ModelConfig config, string folder)
+    {
+        if (config.Extra?.TryGetValue("quantization_config", out var q) != true || q.ValueKind != JsonValueKind.Object ||
+            !q.TryGetProperty("bnb_4bit_compute_dtype", out var dtype) || dtype.ValueKind != JsonValueKind.String) return null;
+        return dtype.GetString() switch
+        {
+            "float32" => ScalarType.Float32, "bfloat16" => ScalarType.BFloat16, "float16" => ScalarType.Float16,
+            var other => throw new InvalidDataException($"'{folder}': bnb_4bit_compute_dtype '{other}' is not float32, bfloat16 or float16."),
+        };
     }
 
     private static string DTypeName(ScalarType dtype) => dtype switch

@@ -13,10 +13,14 @@ public sealed class Nf4QuantizationConfig
     public bool UseDoubleQuant { get; set; } = true;
     /// <summary>Linear layers to quantise (names or "all-linear"); null quantises every linear layer but the output head, as transformers does.</summary>
     public IReadOnlyList<string>? TargetModules { get; set; }
+    /// <summary>bnb_4bit_compute_dtype: the dtype the dequantised products run in (Float32 or BFloat16); null takes the layer's dtype.</summary>
+    public ScalarType? ComputeDtype { get; set; }
 
     public void Validate()
     {
         if (BlockSize <= 0 || BlockSize % 2 != 0) throw new ArgumentOutOfRangeException(nameof(BlockSize), BlockSize, "must be a positive even number");
+        if (ComputeDtype is not (null or ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16))
+            throw new ArgumentOutOfRangeException(nameof(ComputeDtype), ComputeDtype, "bnb_4bit_compute_dtype must be Float32, BFloat16 or Float16");
     }
 }
 
@@ -55,7 +59,7 @@ public sealed class Nf4Model
             foreach (var (name, layer) in targets)
             {
                 var linear = (Linear)layer;
-                layers.Add(new Nf4Linear(name, linear, Nf4.Quantize(linear.weight!, config.BlockSize, config.UseDoubleQuant)));
+                layers.Add(new Nf4Linear(name, linear, Nf4.Quantize(linear.weight!, config.BlockSize, config.UseDoubleQuant), config.ComputeDtype));
             }
         }
         foreach (var (_, p) in model.named_parameters()) p.requires_grad = false;
@@ -77,5 +81,5 @@ public sealed class Nf4Model
     }
 
     internal static Nf4Model Attach(nn.Module model, Nf4QuantizationConfig config, IEnumerable<(string Name, Linear Layer, Nf4Tensor Weight)> layers) =>
-        new(model, config, layers.Select(l => new Nf4Linear(l.Name, l.Layer, l.Weight)).ToList());
+        new(model, config, layers.Select(l => new Nf4Linear(l.Name, l.Layer, l.Weight, config.ComputeDtype)).ToList());
 }
