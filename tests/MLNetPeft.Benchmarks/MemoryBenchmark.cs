@@ -98,7 +98,7 @@ public static class MemoryBenchmark
         Console.WriteLine(JsonSerializer.Serialize(new { method, parameters = model.ParameterCount(), trainable, linearWeightBytes, before, peak }));
     }
 
-    private static long StatusBytes(string field)
+    internal static long StatusBytes(string field)
     {
         var line = File.ReadLines("/proc/self/status").First(l => l.StartsWith(field + ":", StringComparison.Ordinal));
         return long.Parse(line.Split(':')[1].Trim().Split(' ')[0]) * 1024;

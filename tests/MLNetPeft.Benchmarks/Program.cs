@@ -13,10 +13,11 @@ using static TorchSharp.torch;
 // matmul measured in the same run, and as a step-time ratio against minimal hand-written TorchSharp models
 // (MinimalModels.cs). Ours and the baseline alternate, so machine noise hits both alike.
 //
-//   dotnet run -c Release --project tests/MLNetPeft.Benchmarks [-- --batch 8 --seq 256 --steps 6 --rounds 5] [--peft-only [--method QLoRA] | --generation-only | --qlora-memory]
+//   dotnet run -c Release --project tests/MLNetPeft.Benchmarks [-- --batch 8 --seq 256 --steps 6 --rounds 5] [--peft-only [--method QLoRA] | --generation-only | --qlora-memory | --large-zip [folder]]
 //
 // The last table trains every PEFT method for the same steps on the same toy task and ~10M-parameter model.
 // --qlora-memory measures the peak resident memory of one training step (full, LoRA, QLoRA; one process each).
+// --large-zip saves and loads a model zip holding a 3 GB weights file (LargeZipBenchmark.cs).
 
 int Arg(string name, int fallback) => args.SkipWhile(a => a != name).Skip(1).Select(int.Parse).DefaultIfEmpty(fallback).First();
 int batch = Arg("--batch", 8), seq = Arg("--seq", 256), steps = Arg("--steps", 6), rounds = Arg("--rounds", 5);
@@ -25,6 +26,11 @@ torch.manual_seed(0);
 if (args.SkipWhile(a => a != "--memory-probe").Skip(1).FirstOrDefault() is { } probe)
 {
     MemoryBenchmark.Probe(probe);
+    return;
+}
+if (args.Contains("--large-zip"))
+{
+    LargeZipBenchmark.Run(args.SkipWhile(a => a != "--large-zip").Skip(1).FirstOrDefault());
     return;
 }
 if (args.Contains("--qlora-memory"))

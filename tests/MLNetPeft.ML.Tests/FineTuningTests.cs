@@ -117,6 +117,37 @@ public class FineTuningTests(Xunit.Abstractions.ITestOutputHelper output)
         }
     }
 
+    /// <summary>A bf16 model trains in bf16 (the loss falls), and the tuned model, in the transformer and after a reload, is bf16 too.</summary>
+    [Fact]
+    public void ABFloat16ModelFineTunesInBFloat16AndComesBackInBFloat16()
+    {
+        using var testScope = TorchSharp.torch.NewDisposeScope();
+        using var dir = new TempFolder();
+        var ml = new MLContext(seed: 1);
+        var examples = InstructionTasks.Generate(InstructionTasks.TrainingSet(BaseModelRecipe.World()).Take(40).ToList(), 1, 5);
+        var data = ml.Data.LoadFromEnumerable(Rows(examples));
+        using var model = BundledBaseModel.Load(new ModelLoadOptions { DType = TorchSharp.torch.ScalarType.BFloat16 });
+        var losses = new List<double>();
+        var options = new CausalLmFineTuningOptions
+        {
+            PromptColumnName = "Question", MaxLength = 64, Generation = Answer, Progress = new Sync<TrainingProgress>(p => losses.Add(p.Loss)),
+            Lora = new LoraConfig { R = 8, LoraAlpha = 16, TargetModules = [LoraConfig.AllLinear] },
+            Training = new TrainingOptions { MaxSteps = 30, BatchSize = 8, LearningRate = 5e-3, WarmupSteps = 2, WeightDecay = 0, Seed = 4 },
+        };
+        using var fitted = ml.Transforms.Text.FineTuneCausalLm(model, BundledBaseModel.LoadTokenizer(), options).Fit(data);
+        output.WriteLine($"bf16 loss {losses.Take(5).Average():F3} -> {losses.TakeLast(5).Average():F3}");
+        Assert.True(losses.TakeLast(5).Average() < losses.Take(5).Average() * 0.8, $"loss {losses.Take(5).Average():F3} -> {losses.TakeLast(5).Average():F3}");
+        Assert.All(fitted.Model.parameters(), p => Assert.Equal(TorchSharp.torch.ScalarType.BFloat16, p.dtype));
+        var generated = fitted.Transform(data).GetColumn<string>("GeneratedText").ToList();
+
+        var path = dir.File("bf16.zip");
+        ml.Model.Save(fitted, data.Schema, path);
+        using var loaded = (TextGenerationTransformer)new MLContext(seed: 2).Model.Load(path, out _);
+        Assert.All(loaded.Model.parameters(), p => Assert.Equal(TorchSharp.torch.ScalarType.BFloat16, p.dtype));
+        Assert.Equal(generated, loaded.Transform(data).GetColumn<string>("GeneratedText"));
+        Assert.All(model.parameters(), p => Assert.Equal(TorchSharp.torch.ScalarType.BFloat16, p.dtype));   // the caller's model as given
+    }
+
     public sealed class Doc
     {
         public string Text { get; set; } = "";

@@ -181,7 +181,20 @@ public class TextClassificationTests(Xunit.Abstractions.ITestOutputHelper output
         using var model = ml.BinaryClassification.Trainers.PeftTextClassification(labelColumnName: "Label", sentence1ColumnName: "Sentence1", batchSize: 8, maxEpochs: 1).Fit(data);
         Assert.Equal(2, model.NumberOfClasses);
         Assert.InRange(model.TrainedParameters!.Value, 70_000, 80_000);   // LoRA r=8 on 6 layers' query and value (73,728) + a 384×2 head
-        Assert.Equal(16, model.Transform(data).GetColumn<float>("Probability").Count());
+        var probabilities = model.Transform(data).GetColumn<float>("Probability").ToList();
+        Assert.Equal(16, probabilities.Count);
+
+        // The zip refers to the bundled encoder (package version and SHA-256) instead of holding its 91 MB: adapter and head only.
+        using var dir = new TempFolder();
+        var path = dir.File("minilm.zip");
+        ml.Model.Save(model, data.Schema, path);
+        output.WriteLine($"MiniLM classifier zip: {new FileInfo(path).Length:N0} bytes");
+        Assert.True(new FileInfo(path).Length < 2_000_000, $"{new FileInfo(path).Length:N0} bytes");
+        using (var zip = System.IO.Compression.ZipFile.OpenRead(path))
+            Assert.DoesNotContain(zip.Entries, e => e.FullName.EndsWith("File.model.safetensors", StringComparison.Ordinal));
+        var loaded = new MLContext(seed: 2).Model.Load(path, out _);
+        Assert.Equal(probabilities, loaded.Transform(data).GetColumn<float>("Probability"));
+        (loaded as IDisposable)?.Dispose();
     }
 
     [Fact]

@@ -109,6 +109,43 @@ public class TextGenerationTransformerTests
         Assert.Contains("String", e.Message);
     }
 
+    /// <summary>
+    /// Checkpoint files go into and out of the zip in chunks (a 1 MB buffer; 4 kB here, so the weights take many): the
+    /// path that carries files over 2 GiB without holding them in memory. What comes out is byte for byte what went in.
+    /// </summary>
+    [Fact]
+    public void CheckpointFilesStreamThroughTheZipInChunks()
+    {
+        using var dir = new TempFolder();
+        var ml = new MLContext(seed: 1);
+        var data = ml.Data.LoadFromEnumerable(Rows);
+        using var model = BundledBaseModel.Load();
+        var weights = File.ReadAllBytes(Path.Combine(BundledBaseModel.Folder, "model.safetensors"));
+        Assert.True(weights.Length > 100 * 4096);
+        var previous = MLNetPeft.ML.Persistence.StoredFolder.ChunkBytes;
+        MLNetPeft.ML.Persistence.StoredFolder.ChunkBytes = 4096;
+        try
+        {
+            using var fitted = ml.Transforms.Text.GenerateText(model, BundledBaseModel.LoadTokenizer(), inputColumnName: "Text", options: Greedy).Fit(data);
+            var expected = fitted.Transform(data).GetColumn<string>("GeneratedText").ToList();
+            var path = dir.File("chunked.zip");
+            ml.Model.Save(fitted, data.Schema, path);
+            using (var zip = System.IO.Compression.ZipFile.OpenRead(path))
+            using (var stream = zip.Entries.Single(e => e.FullName.EndsWith("File.model.safetensors", StringComparison.Ordinal)).Open())
+            {
+                using var copy = new MemoryStream();
+                stream.CopyTo(copy);
+                Assert.True(copy.ToArray().AsSpan().SequenceEqual(weights), "the zip's weights stream differs from the checkpoint file");
+            }
+            using var loaded = (TextGenerationTransformer)new MLContext(seed: 2).Model.Load(path, out _);
+            Assert.Equal(expected, loaded.Transform(data).GetColumn<string>("GeneratedText"));
+        }
+        finally
+        {
+            MLNetPeft.ML.Persistence.StoredFolder.ChunkBytes = previous;
+        }
+    }
+
     [Fact]
     public void ACorruptModelZipFailsToLoadClearly()
     {

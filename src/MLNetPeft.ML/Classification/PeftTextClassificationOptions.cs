@@ -55,7 +55,7 @@ public sealed class PeftTextClassificationOptions : IPeftMethodSettings
     public HoulsbyConfig AdapterTuning { get; set; } = new();
     public PromptTuningConfig PromptTuning { get; set; } = new();
     public PTuningConfig PTuning { get; set; } = new();
-    public PrefixTuningConfig PrefixTuning { get; set; } = new();
+    public PrefixTuningConfig PrefixTuning { get; set; } = new() { PrefixProjection = true };
     /// <summary>QLoRA: how the encoder's linear layers are quantised to NF4 before LoRA is attached.</summary>
     public Nf4QuantizationConfig Quantization { get; set; } = new();
     /// <summary>

@@ -39,6 +39,9 @@ public sealed class TextGenerationTransformer : RowToRowTransformerBase, IDispos
     /// <summary>Whether the model carries an adapter that is kept apart from the base weights (saved in PEFT's adapter format).</summary>
     public bool HasUnmergedAdapter => _package.AdapterFiles is not null;
 
+    /// <summary>The model the transformer runs (tests check its dtype and device).</summary>
+    internal CausalLanguageModel Model => _model;
+
     public const string LogLikelihoodColumnName = "LogLikelihood";
     public const string PerplexityColumnName = "Perplexity";
 

@@ -106,18 +106,21 @@ internal sealed class StoredFolder : IDisposable
                     throw new InvalidDataException($"The model zip's entry for {what} file '{name}' is corrupt (length {length}).");
                 var target = System.IO.Path.Combine(owned, name);
                 string? actual = null;
-                if (!ctx.TryLoadBinaryStream(prefix + name, reader => actual = CopyChecked(reader.BaseStream, target, length, name, what)) || actual is null)
+                bool found;
+                try { found = ctx.TryLoadBinaryStream(prefix + name, reader => actual = CopyChecked(reader.BaseStream, target, length, name, what)); }
+                catch (Exception e) when (e is IOException and not FileNotFoundException and not DirectoryNotFoundException
+                    || e is InvalidDataException && e.Source == "System.IO.Compression")
+                {
+                    // The zip itself is damaged where this file's stream is (a bad entry header, say).
+                    throw new InvalidDataException($"The model zip's {what} file '{name}' cannot be read: {e.Message}", e);
+                }
+                if (!found || actual is null)
                     throw new InvalidDataException($"The model zip lacks the stream of {what} file '{name}'; it is truncated or corrupt.");
                 if (actual != expected)
                     throw new InvalidDataException($"The model zip's {what} file '{name}' has SHA-256 {actual}, but {expected} was saved: the zip is damaged.");
                 hashes[name] = actual;
             }
             return new StoredFolder(owned, hashes);
-        }
-        catch (Exception e) when (e is EndOfStreamException or IOException and not FileNotFoundException and not DirectoryNotFoundException)
-        {
-            Directory.Delete(owned, recursive: true);
-            throw new InvalidDataException($"The model zip's {what} files cannot be read: {e.Message}", e);
         }
         catch
         {

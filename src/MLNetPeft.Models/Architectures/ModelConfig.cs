@@ -74,7 +74,9 @@ public abstract class ModelConfig
         try { config = JsonSerializer.Deserialize<T>(json, JsonOptions); }
         catch (JsonException e) { throw new InvalidDataException($"Config '{source}' is not a valid {typeof(T).Name}: {e.Message}", e); }
         if (config is null) throw new InvalidDataException($"Config '{source}' is empty.");
-        config.Validate();
+        try { config.Validate(); }
+        catch (InvalidDataException e) { throw new InvalidDataException($"Config '{source}': {e.Message}", e); }
+        catch (NotSupportedException e) { throw new NotSupportedException($"Config '{source}': {e.Message}", e); }
         return config;
     }
 
@@ -84,7 +86,11 @@ public abstract class ModelConfig
         JsonNode? node;
         try { node = JsonNode.Parse(File.ReadAllText(configPath)); }
         catch (JsonException e) { throw new InvalidDataException($"Config '{configPath}' is not well-formed JSON: {e.Message}", e); }
-        return node?["model_type"]?.GetValue<string>()
-            ?? throw new InvalidDataException($"Config '{configPath}' has no 'model_type'.");
+        try
+        {
+            return node?["model_type"]?.GetValue<string>()
+                ?? throw new InvalidDataException($"Config '{configPath}' has no 'model_type'.");
+        }
+        catch (InvalidOperationException e) { throw new InvalidDataException($"Config '{configPath}': 'model_type' is not a string.", e); }
     }
 }

@@ -18,8 +18,9 @@ public sealed class ModelLoadOptions
     {
         var path = Path.Combine(folder, "config.json");
         string? stored = null;
-        if (File.Exists(path))
+        if (File.Exists(path) && new FileInfo(path).Length <= PretrainedModels.MaxConfigBytes)
         {
+            // A malformed config is reported by the load that follows.
             try { stored = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(path))?["torch_dtype"]?.GetValue<string>(); }
             catch (Exception e) when (e is System.Text.Json.JsonException or InvalidOperationException or FormatException) { }
         }
@@ -54,12 +55,17 @@ public static class PretrainedModels
     /// <summary>The <c>model_type</c> values of causal language models this library can run.</summary>
     public static readonly IReadOnlyList<string> CausalModelTypes = ["gpt2", "llama", "mistral", "qwen2"];
 
+    /// <summary>The largest config.json read (real ones are a few kB).</summary>
+    public const long MaxConfigBytes = 16L << 20;
+
     /// <summary>Reads config.json of <paramref name="folder"/> into the config class of its family.</summary>
     public static ModelConfig LoadConfig(string folder)
     {
         var path = Path.Combine(folder, "config.json");
         if (!File.Exists(path))
             throw new FileNotFoundException($"Checkpoint folder '{Path.GetFullPath(folder)}' has no config.json.", path);
+        if (new FileInfo(path).Length > MaxConfigBytes)
+            throw new InvalidDataException($"Config '{path}' is {new FileInfo(path).Length:N0} bytes; a config.json has at most {MaxConfigBytes:N0}.");
         var json = File.ReadAllText(path);
         return ModelConfig.ReadModelType(path) switch
         {

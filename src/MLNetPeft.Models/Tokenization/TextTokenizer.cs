@@ -121,6 +121,9 @@ public sealed class TextTokenizer
         }
     }
 
+    /// <summary>How long a pre-tokenization regex may run on one text before encoding fails.</summary>
+    public static readonly TimeSpan PatternTimeout = TimeSpan.FromSeconds(2);
+
     /// <summary>The largest tokenizer file read (the largest real vocabularies are a few tens of MB).</summary>
     public const long MaxFileBytes = 256L << 20;
 
@@ -198,7 +201,8 @@ public sealed class TextTokenizer
         var pattern = FindSplitPattern(preTokenizer) ?? Gpt2Pattern;
         options.ByteLevel = true;
         options.SpecialTokens = added.Count > 0 ? added : null;
-        options.PreTokenizer = new RegexPreTokenizer(new Regex(pattern, RegexOptions.Compiled), options.SpecialTokens);
+        // The pattern may come from tokenizer.json, so it runs with a timeout (a pathological one throws RegexMatchTimeoutException).
+        options.PreTokenizer = new RegexPreTokenizer(new Regex(pattern, RegexOptions.Compiled, PatternTimeout), options.SpecialTokens);
         return new TextTokenizer(BpeTokenizer.Create(options), "bpe", added, settings, addPrefixSpace);
     }
 

@@ -23,9 +23,17 @@ public static class Nf4Checkpoint
     public static bool IsQuantized(string folder)
     {
         var path = Path.Combine(folder, "config.json");
-        if (!File.Exists(path)) return false;
-        var q = (JsonNode.Parse(File.ReadAllText(path)) as JsonObject)?["quantization_config"] as JsonObject;
-        return q?["load_in_4bit"]?.GetValue<bool>() == true;
+        // A missing, oversized or malformed config is not quantised here; loading the checkpoint reports what is wrong with it.
+        if (!File.Exists(path) || new FileInfo(path).Length > PretrainedModels.MaxConfigBytes) return false;
+        try
+        {
+            var q = (JsonNode.Parse(File.ReadAllText(path)) as JsonObject)?["quantization_config"] as JsonObject;
+            return q?["load_in_4bit"]?.GetValue<bool>() == true;
+        }
+        catch (Exception e) when (e is JsonException or InvalidOperationException or FormatException)
+        {
+            return false;
+        }
     }
 
     /// <summary>Saves <paramref name="model"/> with the layers of <paramref name="quantized"/> in their quantised form.</summary>
