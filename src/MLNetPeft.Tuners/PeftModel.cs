@@ -26,7 +26,8 @@ public abstract class PeftModel : IDisposable
     public (long Trainable, long Total) ParameterCounts()
     {
         var all = Model.parameters().ToList();
-        return (all.Where(p => p.requires_grad).Sum(p => p.numel()), all.Sum(p => p.numel()));
+        // An NF4-quantised layer's weight is not a parameter; it still counts (PEFT counts 4-bit weights at their logical size).
+        return (all.Where(p => p.requires_grad).Sum(p => p.numel()), all.Sum(p => p.numel()) + TargetModules.QuantizedWeightElements(Model));
     }
 
     /// <summary>The method's weights under PEFT's adapter-file names (<c>base_model.model.{module}.…</c>, no adapter name).</summary>

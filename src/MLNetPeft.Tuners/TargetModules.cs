@@ -95,25 +95,38 @@ public static class TargetModules
 
     // A quantised layer (QLoRA) computes its product itself and hands nn.Linear an empty input; the methods that read a
     // layer's input (LoRA, AdaLoRA) take it from here instead. Set in the layer's pre-hook, cleared after its call.
-    private static readonly System.Runtime.CompilerServices.ConditionalWeakTable<nn.Module, System.Runtime.CompilerServices.StrongBox<Tensor?>> QuantizedInputs = new();
+    private static readonly System.Runtime.CompilerServices.ConditionalWeakTable<nn.Module, QuantizedLayer> QuantizedInputs = new();
 
-    /// <summary>Marks <paramref name="layer"/> as one whose forward pass another component computes (an NF4-quantised layer).</summary>
-    internal static void MarkQuantized(nn.Module layer) => QuantizedInputs.AddOrUpdate(layer, new System.Runtime.CompilerServices.StrongBox<Tensor?>());
+    private sealed class QuantizedLayer(long weightElements)
+    {
+        public long WeightElements { get; } = weightElements;
+        public Tensor? Input { get; set; }
+    }
+
+    /// <summary>
+    /// Marks <paramref name="layer"/> as one whose forward pass another component computes (an NF4-quantised layer
+    /// whose weight of <paramref name="weightElements"/> elements is held outside its parameters).
+    /// </summary>
+    internal static void MarkQuantized(nn.Module layer, long weightElements) => QuantizedInputs.AddOrUpdate(layer, new QuantizedLayer(weightElements));
 
     internal static void UnmarkQuantized(nn.Module layer) => QuantizedInputs.Remove(layer);
 
     /// <summary>Whether <paramref name="layer"/> holds a quantised weight (no full-precision weight to merge into or to read).</summary>
     public static bool IsQuantized(nn.Module layer) => QuantizedInputs.TryGetValue(layer, out _);
 
+    /// <summary>Elements of the weights that quantised layers in <paramref name="model"/> hold outside their parameters.</summary>
+    internal static long QuantizedWeightElements(nn.Module model) =>
+        model.modules().Sum(m => QuantizedInputs.TryGetValue(m, out var q) ? q.WeightElements : 0);
+
     /// <summary>Holds the input a quantised layer was called with, for the duration of the call.</summary>
     internal static void SetCallInput(nn.Module layer, Tensor? input)
     {
-        if (QuantizedInputs.TryGetValue(layer, out var box)) box.Value = input;
+        if (QuantizedInputs.TryGetValue(layer, out var q)) q.Input = input;
     }
 
     /// <summary>The input the layer was called with: <paramref name="input"/>, or a quantised layer's own (its nn.Linear sees an empty one).</summary>
     internal static Tensor CallInput(nn.Module layer, Tensor input) =>
-        QuantizedInputs.TryGetValue(layer, out var box) && box.Value is { } original ? original : input;
+        QuantizedInputs.TryGetValue(layer, out var q) && q.Input is { } original ? original : input;
 
     /// <summary>
     /// Registers <paramref name="child"/> (a module, PEFT's ModuleDict entry, or a parameter, a ParameterDict entry) as

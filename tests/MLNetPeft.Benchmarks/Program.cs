@@ -271,8 +271,8 @@ void PeftTable(string title, Func<CausalLanguageModel> llama, string llamaName, 
         using var model = create();
         model.train();
         var peft = apply(model);
-        long trainable = model.parameters().Where(p => p.requires_grad).Sum(p => p.numel());
-        long total = model.parameters().Sum(p => p.numel());
+        // The PEFT model's counts include weights that are no parameters (QLoRA's NF4 weights, at their logical size).
+        var (trainable, total) = peft?.ParameterCounts() ?? (model.parameters().Where(p => p.requires_grad).Sum(p => p.numel()), model.parameters().Sum(p => p.numel()));
         long state;
         using (var a = new AdamW(model.named_parameters().Where(p => p.parameter.requires_grad).Select(p => (p.name, p.parameter)))) state = a.StateBytes;
         var options = new TrainingOptions { MaxSteps = steps, BatchSize = peftBatch, LearningRate = lr, WarmupSteps = 3, WeightDecay = 0, Seed = 1 };

@@ -26,6 +26,7 @@ public class QLoraTests(Xunit.Abstractions.ITestOutputHelper output)
         using var model = Tiny(3);
         var ids = TinyModels.RandomIds(2, 7, TinyTokenizer.VocabSize, 1);
         using var full = Run(model, ids);
+        long parameters = model.ParameterCount();
         var nf4 = Nf4Model.Quantize(model);
         Assert.Equal(TinyModels.Llama().NumHiddenLayers * 7, nf4.Layers.Count);   // q, k, v, o, gate, up, down; not lm_head
         using var quantized = Run(model, ids);
@@ -45,6 +46,8 @@ public class QLoraTests(Xunit.Abstractions.ITestOutputHelper output)
         var codes = nf4.Layers.Select(l => l.Weight.Dequantize()).ToList();
         var lora = LoraModel.Apply(model, new LoraConfig { R = 8, LoraAlpha = 16, TargetModules = [LoraConfig.AllLinear] }, seed: 1);
         Assert.Throws<NotSupportedException>(() => LoraModel.Apply(model, new LoraConfig { UseDora = true }, "dora"));
+        // Quantised weights are no parameters but still count, at their logical size, as in PEFT.
+        Assert.Equal(parameters + lora.ParameterCounts().Trainable, lora.ParameterCounts().Total);
         var random = new Random(3);
         var patterns = Enumerable.Range(0, 5).Select(_ => (IReadOnlyList<int>)Enumerable.Range(0, 15).Select(_ => random.Next(1, 97)).ToList()).ToList();
         var blocks = TokenBlocks.Pack(Enumerable.Range(0, 60).Select(i => patterns[i % 5]).ToList(), 16, 0);

@@ -25,7 +25,7 @@ public sealed class Nf4Linear
         ComputeDtype = computeDtype ?? WeightDtype;
         Weight = weight.To(device);
         SetPlaceholder(device);
-        TargetModules.MarkQuantized(layer);
+        TargetModules.MarkQuantized(layer, Weight.Shape.Aggregate(1L, (a, b) => a * b));
         var pre = layer.register_forward_pre_hook((_, input) =>
         {
             TargetModules.SetCallInput(_layer, input);
