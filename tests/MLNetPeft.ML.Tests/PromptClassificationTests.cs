@@ -57,7 +57,10 @@ public class PromptClassificationTests(Xunit.Abstractions.ITestOutputHelper outp
                 var loaded = new MLContext(seed: 2).Model.Load(path, out _);
                 Assert.Equal(scored.GetColumn<float[]>("Score").Select(s => string.Join(",", s)), loaded.Transform(data).GetColumn<float[]>("Score").Select(s => string.Join(",", s)));
             }
+            // The transformer owns nothing of the caller's: the next round classifies with the same model.
+            prompt.Dispose();
         }
+        Assert.All(model.parameters(), p => Assert.False(p.IsInvalid));
     }
 
     /// <summary>Classifying the fitted rows themselves: a row that is a demonstration is not shown its own answer.</summary>

@@ -28,6 +28,16 @@ public class TrainingLoopTests
         return model;
     }
 
+    /// <summary>Trains a tiny Llama two steps with checkpoints in <paramref name="folder"/>; the options returned go on to step 4.</summary>
+    private static TrainingOptions CheckpointedAtStepTwo(string folder, TokenBlocks data)
+    {
+        var options = Options(folder);
+        options.MaxSteps = 2;
+        using (var first = new LlamaForCausalLM(TinyModels.Llama())) new LanguageModelTrainer(first, options).Train(data);
+        options.MaxSteps = 4;
+        return options;
+    }
+
     private static TrainingOptions Options(string? folder = null) => new()
     {
         MaxSteps = 10, BatchSize = 4, LearningRate = 3e-3, WarmupSteps = 3, CheckpointFolder = folder, Seed = 5,
@@ -203,10 +213,7 @@ public class TrainingLoopTests
         using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var dir = new TempFolder();
         var data = Corpus(50, 7);
-        var options = Options(dir.Path);
-        options.MaxSteps = 2;
-        using (var first = new LlamaForCausalLM(TinyModels.Llama())) new LanguageModelTrainer(first, options).Train(data);
-        options.MaxSteps = 4;
+        var options = CheckpointedAtStepTwo(dir.Path, data);
 
         var wider = TinyModels.Llama();
         wider.IntermediateSize = 80;
@@ -232,10 +239,7 @@ public class TrainingLoopTests
         using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
         using var dir = new TempFolder();
         var data = Corpus(50, 7);
-        var options = Options(dir.Path);
-        options.MaxSteps = 2;
-        using (var first = new LlamaForCausalLM(TinyModels.Llama())) new LanguageModelTrainer(first, options).Train(data);
-        options.MaxSteps = 4;
+        var options = CheckpointedAtStepTwo(dir.Path, data);
         options.BatchSize = 2;
         using var second = new LlamaForCausalLM(TinyModels.Llama());
         var e = Assert.Throws<InvalidOperationException>(() => new LanguageModelTrainer(second, options).Train(data));
