@@ -1,11 +1,11 @@
 namespace MLNetPeft.Training;
 
-/// <summary>Options of <see cref="LanguageModeling.LanguageModelTrainer"/>; defaults follow nanoGPT's small-model settings.</summary>
+/// <summary>Options of <see cref="Trainer"/> (and the trainers built on it); defaults follow nanoGPT's small-model settings.</summary>
 public sealed class TrainingOptions
 {
     /// <summary>Optimizer updates to take.</summary>
     public int MaxSteps { get; set; } = 1000;
-    /// <summary>Blocks per micro-batch.</summary>
+    /// <summary>Examples per micro-batch (token blocks for language modelling, texts for classification).</summary>
     public int BatchSize { get; set; } = 8;
     /// <summary>Micro-batches whose gradients are summed into one update (effective batch = BatchSize × this).</summary>
     public int GradientAccumulationSteps { get; set; } = 1;

@@ -66,6 +66,38 @@ public class SequenceClassifierTests(Xunit.Abstractions.ITestOutputHelper output
             TensorAssert.BitIdentical(expected, crowded.state_dict()[name], name);
     }
 
+    /// <summary>The classifier runs on the shared trainer: checkpoints, accumulation and exact resume come with it.</summary>
+    [Fact]
+    public void AnInterruptedClassifierRunResumesToTheWeightsOfAnUninterruptedOne()
+    {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
+        static BertForSequenceClassification Classifier(int seed)
+        {
+            var config = TinyModels.Bert();
+            config.HiddenDropoutProb = config.AttentionProbsDropoutProb = 0.1;
+            return new BertForSequenceClassification(new BertModel(config, addPoolingLayer: true), 3, SequencePooling.Cls, seed: seed);
+        }
+        TrainingOptions Options(string? folder) => new()
+        {
+            MaxSteps = 7, BatchSize = 8, GradientAccumulationSteps = 2, LearningRate = 1e-3, WarmupSteps = 2, Seed = 4, CheckpointFolder = folder,
+        };
+        var data = Task(56, 5);   // 7 batches an epoch: the run crosses two epoch boundaries, one inside a step
+        using var uninterrupted = Classifier(1);
+        new SequenceClassifierTrainer(uninterrupted, Options(null)) { GroupByLength = true }.Train(data);
+
+        using var dir = new TempFolder();
+        using var first = Classifier(1);
+        using var cts = new CancellationTokenSource();
+        Assert.ThrowsAny<OperationCanceledException>(() => new SequenceClassifierTrainer(first, Options(dir.Path)) { GroupByLength = true }
+            .Train(data, progress: SynchronousProgress.Create<TrainingProgress>(p => { if (p.Step == 3) cts.Cancel(); }), cancellationToken: cts.Token));
+        using var resumed = Classifier(9);   // other initial weights: everything must come from the checkpoint
+        var result = new SequenceClassifierTrainer(resumed, Options(dir.Path)) { GroupByLength = true }.Train(data);
+        Assert.Equal(7, result.Steps);
+        Assert.Equal(Path.Combine(dir.Path, "checkpoint-000007"), result.LastCheckpoint);
+        foreach (var (name, expected) in uninterrupted.state_dict())
+            TensorAssert.BitIdentical(expected, resumed.state_dict()[name], name);
+    }
+
     [Fact]
     public void GroupingByLengthVisitsEveryExampleOnceWithLessPadding()
     {

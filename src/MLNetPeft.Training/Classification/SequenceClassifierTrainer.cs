@@ -1,5 +1,4 @@
 using MLNetPeft.Runtime;
-using System.Diagnostics;
 using MLNetPeft.Architectures;
 using MLNetPeft.Architectures.Layers;
 using MLNetPeft.Tuners;
@@ -12,8 +11,9 @@ namespace MLNetPeft.Training.Classification;
 public sealed record ClassificationExample(IReadOnlyList<int> Ids, IReadOnlyList<int> TypeIds, int Label);
 
 /// <summary>
-/// Trains a <see cref="BertForSequenceClassification"/> with cross-entropy: AdamW over the parameters that require
-/// grad (all for full fine-tuning, an adapter's otherwise), warm-up then cosine decay, gradient clipping. Each epoch
+/// Trains a <see cref="BertForSequenceClassification"/> with cross-entropy on the library's <see cref="Trainer"/> (AdamW
+/// over the parameters that require grad: all for full fine-tuning, an adapter's and the head otherwise; warm-up then
+/// cosine decay, clipping, accumulation, checkpoints that resume exactly). Each epoch
 /// visits the examples in an order drawn from (seed, epoch), optionally grouped by length; batches are padded to their
 /// longest example.
 /// </summary>
@@ -41,63 +41,17 @@ public sealed class SequenceClassifierTrainer
     /// <summary>Optimizer steps for <paramref name="epochs"/> passes over <paramref name="examples"/> examples.</summary>
     public static int StepsFor(int examples, int batchSize, int epochs) => epochs * ((examples + batchSize - 1) / batchSize);
 
+    /// <summary>Trains on <paramref name="train"/>, evaluating on <paramref name="validation"/> when given; the model is left in eval mode.</summary>
+    /// <exception cref="TrainingDivergedException">The loss or gradient norm became NaN or infinite.</exception>
+    /// <exception cref="OperationCanceledException">Cancelled; with a checkpoint folder, a checkpoint of the last completed step was written first.</exception>
     public TrainingResult Train(IReadOnlyList<ClassificationExample> train, IReadOnlyList<ClassificationExample>? validation = null,
         IProgress<TrainingProgress>? progress = null, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(train);
         if (train.Count == 0) throw new ArgumentException("There are no training examples.", nameof(train));
-        var o = _options;
-        using var runScope = NewDisposeScope();   // see TensorLifetime: nothing of a run is left to the finalizer
-        _model.train();
-        var trainable = _model.named_parameters().Where(p => p.parameter.requires_grad).ToList();
-        using var optimizer = new AdamW(trainable, o.Beta1, o.Beta2, o.Epsilon, o.WeightDecay);
-        var schedule = new LearningRateSchedule(o.LearningRate, o.WarmupSteps, o.MaxSteps, o.MinLearningRate ?? o.LearningRate / 10);
-        int batchesPerEpoch = (train.Count + o.BatchSize - 1) / o.BatchSize;
-        var losses = new List<double>();
-        var validationHistory = new List<(int, double)>();
-        double? validationLoss = null;
-        var clock = Stopwatch.StartNew();
-        long tokens = 0;
-        List<int[]> batches = [];
-        for (int step = 0; step < o.MaxSteps; step++)
-        {
-            cancellationToken.ThrowIfCancellationRequested();
-            int epoch = step / batchesPerEpoch, batchIndex = step % batchesPerEpoch;
-            if (batchIndex == 0) batches = EpochBatches(train, o.BatchSize, GroupByLength, o.Seed * 1_000_003 + epoch);
-            var batch = batches[batchIndex].Select(i => train[i]).ToList();
-            long stepSeed = o.Seed * 7_919 + step;   // dropout depends only on (seed, step)
-            using var stepScope = NewDisposeScope();
-            optimizer.ZeroGrad();
-            double lr = schedule.At(step);
-            double loss;
-            using (StepDropout.Begin(stepSeed, Device))
-            {
-                var (ids, mask, types, labels) = Collate(batch, Device);
-                var logits = _model.Forward(ids, mask, types);
-                var value = nn.functional.cross_entropy(logits.to(ScalarType.Float32), labels);
-                loss = value.item<float>();
-                if (!double.IsFinite(loss)) throw new TrainingDivergedException(step + 1, null, $"Training diverged at step {step + 1}: the loss became {loss}. Lower the learning rate.");
-                if (_hook?.AdditionalLoss() is { } extra) value = value.Plus(extra);
-                value.backward();
-                tokens += mask.sum().item<long>();
-            }
-            if (o.MaxGradNorm > 0) nn.utils.clip_grad_norm_(trainable.Select(p => p.parameter).Where(p => p.grad is not null), o.MaxGradNorm);
-            optimizer.Step(lr);
-            _hook?.AfterOptimizerStep(step + 1);
-            losses.Add(loss);
-            bool last = step + 1 == o.MaxSteps;
-            if (validation is { Count: > 0 } && (last || (o.EvalInterval > 0 && (step + 1) % o.EvalInterval == 0)))
-            {
-                validationLoss = Evaluate(_model, validation, o.BatchSize).Loss;
-                validationHistory.Add((step + 1, validationLoss.Value));
-                _model.train();
-            }
-            var elapsed = clock.Elapsed;
-            progress?.Report(new TrainingProgress(step + 1, o.MaxSteps, loss, lr, tokens / elapsed.TotalSeconds, elapsed,
-                TimeSpan.FromSeconds(elapsed.TotalSeconds / (step + 1) * (o.MaxSteps - step - 1)), validationLoss));
-        }
+        var result = new Trainer(new CrossEntropyObjective(_model, train, validation, _options, GroupByLength), _options, _hook).Train(progress, cancellationToken);
         _model.eval();
-        return new TrainingResult(o.MaxSteps, losses.Count > 0 ? losses[^1] : double.NaN, validationLoss, null, losses, validationHistory);
+        return result;
     }
 
     /// <summary>Class probabilities [examples][classes] (softmax of the logits), in eval mode, without gradients.</summary>
@@ -176,5 +130,47 @@ public sealed class SequenceClassifierTrainer
         }
         return (tensor(ids, [batch.Count, length]).to(device), tensor(mask, [batch.Count, length]).to(device),
             tensor(types, [batch.Count, length]).to(device), tensor(batch.Select(e => (long)e.Label).ToArray()).to(device));
+    }
+
+    /// <summary>
+    /// Cross-entropy over epochs of shuffled (optionally length-grouped) batches: micro-batch m of step s is batch
+    /// s × accumulation + m of the sequence of epochs, each epoch's order drawn from (seed, epoch).
+    /// </summary>
+    private sealed class CrossEntropyObjective(BertForSequenceClassification model, IReadOnlyList<ClassificationExample> train,
+        IReadOnlyList<ClassificationExample>? validation, TrainingOptions options, bool groupByLength) : TrainingObjective
+    {
+        private readonly int _batchesPerEpoch = (train.Count + options.BatchSize - 1) / options.BatchSize;
+        private (long Epoch, List<int[]> Batches) _epoch = (-1, []);
+
+        public override PretrainedModule Model => model;
+
+        public override int ExampleCount => train.Count;
+
+        public override string DataFingerprint()
+        {
+            using var sha = System.Security.Cryptography.IncrementalHash.CreateHash(System.Security.Cryptography.HashAlgorithmName.SHA256);
+            foreach (var example in train)
+            {
+                sha.AppendData(BitConverter.GetBytes(example.Ids.Count));
+                foreach (var id in example.Ids) sha.AppendData(BitConverter.GetBytes(id));
+                foreach (var type in example.TypeIds) sha.AppendData(BitConverter.GetBytes(type));
+                sha.AppendData(BitConverter.GetBytes(example.Label));
+            }
+            return Convert.ToHexStringLower(sha.GetHashAndReset());
+        }
+
+        public override BatchLoss? Loss(int step, int micro, Random sampler)
+        {
+            long batchNumber = (long)step * options.GradientAccumulationSteps + micro;
+            long epoch = batchNumber / _batchesPerEpoch;
+            if (_epoch.Epoch != epoch) _epoch = (epoch, EpochBatches(train, options.BatchSize, groupByLength, options.Seed * 1_000_003 + epoch));
+            var batch = _epoch.Batches[(int)(batchNumber % _batchesPerEpoch)].Select(i => train[i]).ToList();
+            var device = model.parameters().First().device;
+            var (ids, mask, types, labels) = Collate(batch, device);
+            var loss = nn.functional.cross_entropy(model.Forward(ids, mask, types).to(ScalarType.Float32), labels);
+            return new BatchLoss(loss, mask.sum().item<long>());
+        }
+
+        public override double? ValidationLoss() => validation is { Count: > 0 } ? Evaluate(model, validation, options.BatchSize).Loss : null;
     }
 }

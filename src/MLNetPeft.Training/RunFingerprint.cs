@@ -2,19 +2,21 @@ using System.Security.Cryptography;
 using System.Text;
 using MLNetPeft.Architectures;
 
-namespace MLNetPeft.Training.LanguageModeling;
+namespace MLNetPeft.Training;
 
 /// <summary>
 /// What a checkpoint folder records of the run that wrote it: the model's config, the names of the parameters that
 /// train (which says the method and where it sits), and the training data. A run resumes only from its own checkpoints;
 /// another run's would load weights that silently belong elsewhere.
 /// </summary>
-public sealed record RunFingerprint(string ModelConfigSha256, int TrainableCount, string TrainableSha256, int DataBlocks, string DataSha256)
+public sealed record RunFingerprint(string ModelConfigSha256, int TrainableCount, string TrainableSha256, int DataExamples, string DataSha256)
 {
-    public static RunFingerprint Of(PretrainedModule model, IEnumerable<string> trainable, TokenBlocks data)
+    /// <param name="examples">How many examples the training data holds.</param>
+    /// <param name="dataSha256">The SHA-256 of the training data (the objective's).</param>
+    public static RunFingerprint Of(PretrainedModule model, IEnumerable<string> trainable, int examples, string dataSha256)
     {
         var names = trainable.Order(StringComparer.Ordinal).ToList();
-        return new RunFingerprint(Sha256(ArchitectureJson(model)), names.Count, Sha256(string.Join("\n", names)), data.Count, data.Fingerprint());
+        return new RunFingerprint(Sha256(ArchitectureJson(model)), names.Count, Sha256(string.Join("\n", names)), examples, dataSha256);
     }
 
     /// <summary>The config without the fields saving rewrites (the stored dtype, the writer's version).</summary>
@@ -34,8 +36,8 @@ public sealed record RunFingerprint(string ModelConfigSha256, int TrainableCount
         if (saved.ModelConfigSha256 != ModelConfigSha256) differences.Add("the model's config differs");
         if (saved.TrainableCount != TrainableCount || saved.TrainableSha256 != TrainableSha256)
             differences.Add($"other parameters train ({saved.TrainableCount} then, {TrainableCount} now: another method or other target modules)");
-        if (saved.DataBlocks != DataBlocks || saved.DataSha256 != DataSha256)
-            differences.Add($"the training data differs ({saved.DataBlocks} blocks then, {DataBlocks} now)");
+        if (saved.DataExamples != DataExamples || saved.DataSha256 != DataSha256)
+            differences.Add($"the training data differs ({saved.DataExamples} examples then, {DataExamples} now)");
         return differences;
     }
 
