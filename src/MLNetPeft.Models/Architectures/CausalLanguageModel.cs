@@ -14,6 +14,9 @@ public abstract class CausalLanguageModel : PretrainedModule, IPromptableModel
 
     public abstract int LayerCount { get; }
 
+    /// <summary>The width of the hidden states (what a head on top of the transformer reads).</summary>
+    public abstract int HiddenSize { get; }
+
     /// <summary>The most positions the model can address (GPT-2's learned n_positions); null when positions are rotary and unbounded.</summary>
     public virtual int? MaxPositions => null;
 
@@ -40,12 +43,21 @@ public abstract class CausalLanguageModel : PretrainedModule, IPromptableModel
     /// </summary>
     public Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
     {
+        using var scope = NewDisposeScope();
+        return ComputeLogits(HiddenStates(inputIds, attentionMask, positionIds, cache)).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Final hidden states [batch, seq, hidden] of the caller's tokens, as <see cref="Forward"/> computes them before the
+    /// output projection (a <see cref="VirtualPrompt"/> is put in front and its positions left out of the result).
+    /// </summary>
+    public Tensor HiddenStates(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
+    {
         CheckTokenIds(inputIds, Config.VocabSize);
         using var scope = NewDisposeScope();
         var embeds = Embed(inputIds);
         if (VirtualPrompt is { Enabled: true } prompt) return ForwardWithPrompt(prompt, embeds, attentionMask, positionIds, cache).MoveToOuterDisposeScope();
-        var hidden = ForwardHidden(embeds, attentionMask, positionIds, cache);
-        return ComputeLogits(hidden).MoveToOuterDisposeScope();
+        return ForwardHidden(embeds, attentionMask, positionIds, cache).MoveToOuterDisposeScope();
     }
 
     private Tensor ForwardWithPrompt(VirtualPrompt prompt, Tensor embeds, Tensor? attentionMask, Tensor? positionIds, KvCache? cache)
@@ -80,8 +92,7 @@ public abstract class CausalLanguageModel : PretrainedModule, IPromptableModel
         }
         // Prefix keys/values only need a cache during this call when the caller passed none (training).
         var hidden = ForwardHidden(embeds, mask, positionIds, useCache is { Length: > 0 } || cache is not null ? useCache : null);
-        var logits = ComputeLogits(hidden);
-        return prepended ? logits.narrow(1, p, length).contiguous() : logits;
+        return prepended ? hidden.narrow(1, p, length).contiguous() : hidden;
     }
 
     public KvCache CreateCache() => new(LayerCount);

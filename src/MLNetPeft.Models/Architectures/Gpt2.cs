@@ -91,6 +91,7 @@ public sealed class Gpt2ForCausalLM : CausalLanguageModel
     public override ModelConfig Config => _config;
     public Gpt2Config Gpt2Config => _config;
     public override int LayerCount => _config.NLayer;
+    public override int HiddenSize => _config.NEmbd;
     public override int? MaxPositions => _config.NPositions;
     public IReadOnlyList<Gpt2Block> Blocks => _blocks.ToArray();
 

@@ -100,6 +100,7 @@ public class LlamaForCausalLM : CausalLanguageModel
     public override ModelConfig Config => _config;
     public LlamaConfig LlamaConfig => _config;
     public override int LayerCount => _config.NumHiddenLayers;
+    public override int HiddenSize => _config.HiddenSize;
     public IReadOnlyList<LlamaDecoderLayer> Layers => _layers.ToArray();
 
     public override Tensor Embed(Tensor inputIds) => _embedTokens.call(inputIds);
