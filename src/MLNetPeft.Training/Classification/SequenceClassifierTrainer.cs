@@ -116,20 +116,9 @@ public sealed class SequenceClassifierTrainer
     private static (Tensor Ids, Tensor Mask, Tensor Types, Tensor Labels) Collate(IReadOnlyList<ClassificationExample> batch, Device device)
     {
         int length = batch.Max(e => e.Ids.Count);
-        var ids = new long[batch.Count * length];
-        var mask = new long[batch.Count * length];
-        var types = new long[batch.Count * length];
-        for (int b = 0; b < batch.Count; b++)
-        {
-            for (int t = 0; t < batch[b].Ids.Count; t++)
-            {
-                ids[b * length + t] = batch[b].Ids[t];
-                mask[b * length + t] = 1;
-                types[b * length + t] = batch[b].TypeIds[t];
-            }
-        }
-        return (tensor(ids, [batch.Count, length]).to(device), tensor(mask, [batch.Count, length]).to(device),
-            tensor(types, [batch.Count, length]).to(device), tensor(batch.Select(e => (long)e.Label).ToArray()).to(device));
+        var ids = batch.Select(e => e.Ids).ToList();
+        return (RightPadding.Values(ids, length, 0, device), RightPadding.Mask(ids, length, device),
+            RightPadding.Values(batch.Select(e => e.TypeIds).ToList(), length, 0, device), tensor(batch.Select(e => (long)e.Label).ToArray()).to(device));
     }
 
     /// <summary>

@@ -109,20 +109,8 @@ public sealed class RewardModelTrainer
     private static (Tensor Ids, Tensor Mask) Collate(IReadOnlyList<IReadOnlyList<int>> rows, CausalLmForSequenceClassification model)
     {
         int length = rows.Max(r => r.Count);
-        long pad = model.Config.PadTokenId ?? 0;
-        var ids = new long[rows.Count * length];
-        var mask = new long[rows.Count * length];
-        for (int b = 0; b < rows.Count; b++)
-        {
-            for (int t = 0; t < length; t++)
-            {
-                bool real = t < rows[b].Count;
-                ids[b * length + t] = real ? rows[b][t] : pad;
-                mask[b * length + t] = real ? 1 : 0;
-            }
-        }
         var device = model.parameters().First().device;
-        return (tensor(ids, [rows.Count, length]).to(device), tensor(mask, [rows.Count, length]).to(device));
+        return (RightPadding.Values(rows, length, model.Config.PadTokenId ?? 0, device), RightPadding.Mask(rows, length, device));
     }
 
     private sealed class PairwiseObjective(RewardModelTrainer trainer, PreferencePairs train, PreferencePairs? validation) : TrainingObjective
