@@ -1,5 +1,6 @@
 using MLNetPeft.Architectures;
 using MLNetPeft.Training.RewardModeling;
+using MLNetPeft.Tuners;
 using MLNetPeft.Tuners.Lora;
 using static TorchSharp.torch;
 
@@ -59,25 +60,46 @@ public class RewardModelTrainerTests(Xunit.Abstractions.ITestOutputHelper output
     }
 
     [Theory]
-    [InlineData(false)]
-    [InlineData(true)]
-    public void ARewardModelLearnsWhichResponseIsPreferredWithFullFineTuningOrLora(bool lora)
+    [InlineData("llama", false)]
+    [InlineData("llama", true)]
+    [InlineData("bert", true)]
+    public void ARewardModelLearnsWhichResponseIsPreferredWithFullFineTuningOrLora(string family, bool lora)
     {
         using var testScope = NewDisposeScope();   // no test tensor is left to the finalizer
-        using var model = new CausalLmForSequenceClassification(new LlamaForCausalLM(TinyModels.Llama()), numLabels: 1, padTokenId: 0, seed: 1);
-        using var adapter = lora ? LoraModel.Apply(model, new LoraConfig { R = 4, LoraAlpha = 8, TargetModules = ["q_proj", "v_proj"] }, seed: 1) : null;
-        if (lora) model.get_parameter("score.weight")!.requires_grad = true;   // the head trains in full (PEFT's modules_to_save)
+        using SequenceClassificationModel model = family == "bert"
+            ? new BertForSequenceClassification(new BertModel(TinyModels.Bert(), addPoolingLayer: true), numLabels: 1, SequencePooling.Cls, seed: 1)
+            : new CausalLmForSequenceClassification(new LlamaForCausalLM(TinyModels.Llama()), numLabels: 1, padTokenId: 0, seed: 1);
+        string head = family == "bert" ? "classifier" : "score";
+        using var adapter = lora
+            ? LoraModel.Apply(model, new LoraConfig { R = 4, LoraAlpha = 8, TargetModules = family == "bert" ? ["query", "value"] : ["q_proj", "v_proj"] }, seed: 1)
+            : null;
+        adapter?.SaveModulesWhole(head);   // the head trains in full and is saved whole (PEFT's modules_to_save)
         var train = Preferences(200, 1);
         var heldOut = Preferences(100, 2);
         var before = RewardModelTrainer.Evaluate(model, heldOut);
         var options = new TrainingOptions { MaxSteps = 60, BatchSize = 8, LearningRate = lora ? 1e-2 : 3e-3, WarmupSteps = 5, WeightDecay = 0, Seed = 3 };
         var result = new RewardModelTrainer(model, options, centerRewardsCoefficient: 0.01).Train(train, heldOut);
         var after = RewardModelTrainer.Evaluate(model, heldOut, centerRewardsCoefficient: 0.01);
-        output.WriteLine($"lora={lora}: held-out accuracy {before.Accuracy:P0} -> {after.Accuracy:P0}, loss {before.Loss:F4} -> {after.Loss:F5}, margin {after.MeanMargin:F2}, rewards {after.RewardMean:F2} ± {after.RewardStd:F2}");
+        output.WriteLine($"{family} lora={lora}: held-out accuracy {before.Accuracy:P0} -> {after.Accuracy:P0}, loss {before.Loss:F4} -> {after.Loss:F5}, margin {after.MeanMargin:F2}, rewards {after.RewardMean:F2} ± {after.RewardStd:F2}");
         Assert.True(after.Accuracy >= 0.9, $"accuracy {before.Accuracy:P0} -> {after.Accuracy:P0}");
         Assert.True(after.Loss < before.Loss * 0.5, $"loss {before.Loss:F3} -> {after.Loss:F3}");
         Assert.True(after.MeanMargin > 0);
         Assert.Equal(after.Loss, result.ValidationLoss!.Value, 4);
+        if (adapter is null) return;
+
+        // The adapter file holds the trained head whole, under PEFT's modules_to_save key, and names it in its config.
+        var folder = Directory.CreateTempSubdirectory("reward-adapter").FullName;
+        try
+        {
+            PeftAdapterFiles.Save(folder, adapter, taskType: "SEQ_CLS");
+            using var file = MLNetPeft.Checkpoints.SafetensorsFile.Open(Path.Combine(folder, "adapter_model.safetensors"));
+            Assert.Contains($"base_model.model.{head}.weight", file.TensorNames);
+            Assert.Contains($"\"{head}\"", File.ReadAllText(Path.Combine(folder, "adapter_config.json")));
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
     }
 
     [Fact]

@@ -216,17 +216,21 @@ public enum SequencePooling
 
 /// <summary>
 /// A BERT encoder with a classification head: dropout, then a linear layer from the pooled vector to one logit per
-/// class. Parameters are named as in HF's BertForSequenceClassification (<c>bert.…</c>, <c>classifier.weight</c>).
+/// class. Parameters are named as in HF's BertForSequenceClassification (<c>bert.…</c>, <c>classifier.weight</c>,
+/// <c>classifier.bias</c>), and so is its config (architectures, id2label). With one label it is a reward model
+/// (HF's regression head), scoring each text from its pooled output.
 /// </summary>
-public sealed class BertForSequenceClassification : PretrainedModule, IPromptableModel
+public sealed class BertForSequenceClassification : SequenceClassificationModel, IPromptableModel
 {
     private readonly BertModel _bert;
     private readonly Linear _classifier;
+    private readonly ModelConfig _config;
 
+    /// <param name="numLabels">Classes of the head; 1 for a reward (or regression) model.</param>
     public BertForSequenceClassification(BertModel bert, int numLabels, SequencePooling pooling, long seed = 0) : base(nameof(BertForSequenceClassification))
     {
         ArgumentNullException.ThrowIfNull(bert);
-        if (numLabels < 2) throw new ArgumentOutOfRangeException(nameof(numLabels), numLabels, "a classifier needs at least two classes");
+        if (numLabels is < 1 or > 100_000) throw new ArgumentOutOfRangeException(nameof(numLabels), numLabels, "must be in [1, 100000] (1 for a reward model)");
         _bert = bert;
         NumLabels = numLabels;
         Pooling = pooling;
@@ -241,12 +245,13 @@ public sealed class BertForSequenceClassification : PretrainedModule, IPromptabl
         register_module("bert", bert);
         register_module("classifier", _classifier);
         SourceFolder = bert.SourceFolder;
+        _config = ClassifierConfig(bert.Config, nameof(BertForSequenceClassification), numLabels, padTokenId: null);
     }
 
     public BertModel Bert => _bert;
-    public int NumLabels { get; }
+    public override int NumLabels { get; }
     public SequencePooling Pooling { get; }
-    public override ModelConfig Config => _bert.Config;
+    public override ModelConfig Config => _config;
 
     /// <summary>The encoder's virtual prompt (prompt learning on a classifier prompts its encoder, as in PEFT).</summary>
     public VirtualPrompt? VirtualPrompt { get => _bert.VirtualPrompt; set => _bert.VirtualPrompt = value; }
@@ -254,7 +259,10 @@ public sealed class BertForSequenceClassification : PretrainedModule, IPromptabl
     public Tensor Embed(Tensor inputIds) => _bert.Embed(inputIds);
 
     /// <summary>Logits [batch, classes] for token ids [batch, seq] with their attention mask (1 = real token).</summary>
-    public Tensor Forward(Tensor inputIds, Tensor attentionMask, Tensor? tokenTypeIds = null)
+    public override Tensor Forward(Tensor inputIds, Tensor attentionMask) => Forward(inputIds, attentionMask, null);
+
+    /// <summary>Logits [batch, classes] for token ids [batch, seq] with their attention mask and segment ids.</summary>
+    public Tensor Forward(Tensor inputIds, Tensor attentionMask, Tensor? tokenTypeIds)
     {
         using var scope = NewDisposeScope();
         using var encoded = _bert.Forward(inputIds, attentionMask, tokenTypeIds);

@@ -1,5 +1,3 @@
-using System.Text.Json;
-using System.Text.Json.Nodes;
 using MLNetPeft.Runtime;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -16,7 +14,7 @@ namespace MLNetPeft.Architectures;
 /// padding give the same scores and a pad token equal to eos is never mistaken for the end of a row (HF finds the last
 /// token that is not the pad id; the two agree whenever a row does not end in the pad token).
 /// </summary>
-public sealed class CausalLmForSequenceClassification : PretrainedModule, IPromptableModel
+public sealed class CausalLmForSequenceClassification : SequenceClassificationModel, IPromptableModel
 {
     private readonly CausalLanguageModel _backbone;
     private readonly Linear _score;
@@ -39,13 +37,13 @@ public sealed class CausalLmForSequenceClassification : PretrainedModule, IPromp
         _score = nn.Linear(backbone.HiddenSize, numLabels, hasBias: false, dtype: reference.dtype, device: reference.device);
         using (no_grad()) _score.weight!.normal_(0, backbone.Config.InitializerRange, new Generator(unchecked((ulong)seed)));
         register_module("score", _score);
-        _config = SequenceClassificationConfig(backbone.Config, numLabels, padTokenId);
+        _config = ClassifierConfig(backbone.Config, ArchitectureName(backbone.Config.ModelType), numLabels, padTokenId);
         SourceFolder = backbone.SourceFolder;
     }
 
     /// <summary>The language model underneath (its modules are this model's).</summary>
     public CausalLanguageModel Backbone => _backbone;
-    public int NumLabels { get; }
+    public override int NumLabels { get; }
     public override ModelConfig Config => _config;
 
     /// <summary>The backbone's virtual prompt (prompt learning on the backbone prompts this model too).</summary>
@@ -54,7 +52,7 @@ public sealed class CausalLmForSequenceClassification : PretrainedModule, IPromp
     public Tensor Embed(Tensor inputIds) => _backbone.Embed(inputIds);
 
     /// <summary>Logits [batch, num_labels] of token ids [batch, seq] with their attention mask (1 = real token, any padding side).</summary>
-    public Tensor Forward(Tensor inputIds, Tensor attentionMask)
+    public override Tensor Forward(Tensor inputIds, Tensor attentionMask)
     {
         ArgumentNullException.ThrowIfNull(attentionMask);
         if (!attentionMask.shape.SequenceEqual(inputIds.shape))
@@ -86,22 +84,4 @@ public sealed class CausalLmForSequenceClassification : PretrainedModule, IPromp
         "qwen2" => "Qwen2ForSequenceClassification",
         _ => throw new NotSupportedException($"model_type '{modelType}' has no sequence-classification class here; supported: {string.Join(", ", PretrainedModels.CausalModelTypes)}."),
     };
-
-    /// <summary>The backbone's config as HF writes it for the classifier: its architecture, and id2label/label2id of num_labels entries.</summary>
-    private static ModelConfig SequenceClassificationConfig(ModelConfig backbone, int numLabels, int? padTokenId)
-    {
-        var json = JsonNode.Parse(backbone.ToJson())!.AsObject();
-        json["architectures"] = new JsonArray(ArchitectureName(backbone.ModelType));
-        var id2label = new JsonObject();
-        var label2id = new JsonObject();
-        for (int i = 0; i < numLabels; i++)
-        {
-            id2label[i.ToString(System.Globalization.CultureInfo.InvariantCulture)] = $"LABEL_{i}";
-            label2id[$"LABEL_{i}"] = i;
-        }
-        json["id2label"] = id2label;
-        json["label2id"] = label2id;
-        if (padTokenId is { } pad) json["pad_token_id"] = pad;
-        return (ModelConfig)JsonSerializer.Deserialize(json.ToJsonString(), backbone.GetType(), ModelConfig.JsonOptions)!;
-    }
 }

@@ -11,14 +11,15 @@ public sealed record RewardMetrics(int Pairs, double Loss, double Accuracy, doub
 
 /// <summary>
 /// Pairwise reward modelling as TRL's <c>RewardTrainer</c> defines it, on the library's <see cref="Trainer"/>: a
-/// <see cref="CausalLmForSequenceClassification"/> with one label scores the chosen and the rejected side of each pair
-/// (both in one forward pass), and the loss is −log σ(r_chosen − r_rejected − margin), plus
+/// <see cref="SequenceClassificationModel"/> with one label (a causal LM's <see cref="CausalLmForSequenceClassification"/>,
+/// read at each row's last real token, or a <see cref="BertForSequenceClassification"/>, read from its pooled output)
+/// scores the chosen and the rejected side of each pair (both in one forward pass), and the loss is −log σ(r_chosen − r_rejected − margin), plus
 /// center_rewards_coefficient · mean((r_chosen + r_rejected)²) when a coefficient is given. A micro-batch is
 /// <see cref="TrainingOptions.BatchSize"/> pairs drawn at random from (seed, step).
 /// </summary>
 public sealed class RewardModelTrainer
 {
-    private readonly CausalLmForSequenceClassification _model;
+    private readonly SequenceClassificationModel _model;
     private readonly TrainingOptions _options;
     private readonly double? _centerRewardsCoefficient;
     private readonly ITrainingStepHook? _hook;
@@ -27,7 +28,7 @@ public sealed class RewardModelTrainer
     /// <param name="options">The training loop's settings.</param>
     /// <param name="centerRewardsCoefficient">TRL's center_rewards_coefficient (e.g. 0.01): pulls the rewards' mean towards 0; null leaves it free.</param>
     /// <param name="hook">A tuning method that takes part in each step (AdaLoRA).</param>
-    public RewardModelTrainer(CausalLmForSequenceClassification model, TrainingOptions options, double? centerRewardsCoefficient = null, ITrainingStepHook? hook = null)
+    public RewardModelTrainer(SequenceClassificationModel model, TrainingOptions options, double? centerRewardsCoefficient = null, ITrainingStepHook? hook = null)
     {
         _model = model ?? throw new ArgumentNullException(nameof(model));
         if (model.NumLabels != 1) throw new ArgumentException($"A reward model has one output (num_labels = 1); this model has {model.NumLabels}.", nameof(model));
@@ -65,7 +66,7 @@ public sealed class RewardModelTrainer
     }
 
     /// <summary>Rewards [pairs] of the chosen and the rejected sides, from one forward pass over both.</summary>
-    public static (Tensor Chosen, Tensor Rejected) Rewards(CausalLmForSequenceClassification model, IReadOnlyList<PreferencePair> pairs)
+    public static (Tensor Chosen, Tensor Rejected) Rewards(SequenceClassificationModel model, IReadOnlyList<PreferencePair> pairs)
     {
         using var scope = NewDisposeScope();
         var (ids, mask) = Collate([.. pairs.Select(p => p.Chosen), .. pairs.Select(p => p.Rejected)], model);
@@ -74,7 +75,7 @@ public sealed class RewardModelTrainer
     }
 
     /// <summary>Loss, accuracy, mean margin and reward statistics over every pair, in eval mode, without gradients.</summary>
-    public static RewardMetrics Evaluate(CausalLmForSequenceClassification model, PreferencePairs pairs, int batchSize = 16, double? centerRewardsCoefficient = null)
+    public static RewardMetrics Evaluate(SequenceClassificationModel model, PreferencePairs pairs, int batchSize = 16, double? centerRewardsCoefficient = null)
     {
         ArgumentNullException.ThrowIfNull(pairs);
         bool wasTraining = model.training;
@@ -106,11 +107,11 @@ public sealed class RewardModelTrainer
         batch.Any(p => p.Margin != 0) ? tensor(batch.Select(p => p.Margin).ToArray()).to(device) : null;
 
     /// <summary>Right-padded ids and attention mask [rows, longest]; the padding id is the config's pad_token_id (or 0), which the mask hides.</summary>
-    private static (Tensor Ids, Tensor Mask) Collate(IReadOnlyList<IReadOnlyList<int>> rows, CausalLmForSequenceClassification model)
+    private static (Tensor Ids, Tensor Mask) Collate(IReadOnlyList<IReadOnlyList<int>> rows, SequenceClassificationModel model)
     {
         int length = rows.Max(r => r.Count);
         var device = model.parameters().First().device;
-        return (RightPadding.Values(rows, length, model.Config.PadTokenId ?? 0, device), RightPadding.Mask(rows, length, device));
+        return (RightPadding.Values(rows, length, model.PaddingId, device), RightPadding.Mask(rows, length, device));
     }
 
     private sealed class PairwiseObjective(RewardModelTrainer trainer, PreferencePairs train, PreferencePairs? validation) : TrainingObjective
