@@ -91,7 +91,7 @@ public sealed class Trainer
             }
             int step = state.Step;
             double lr = schedule.At(step);
-            var (loss, stepTokens) = TrainStep(optimizer, trainable, step, lr, lastCheckpoint);
+            var (loss, stepTokens, metrics) = TrainStep(optimizer, trainable, step, lr, lastCheckpoint);
             tokens += stepTokens;
             state.Step = step + 1;
             state.LossHistory.Add(loss);
@@ -111,13 +111,13 @@ public sealed class Trainer
             var elapsed = clock.Elapsed;
             int done = state.Step - startStep;
             progress?.Report(new TrainingProgress(state.Step, o.MaxSteps, loss, lr, tokens / elapsed.TotalSeconds, elapsed,
-                TimeSpan.FromSeconds(elapsed.TotalSeconds / done * (o.MaxSteps - state.Step)), validationLoss));
+                TimeSpan.FromSeconds(elapsed.TotalSeconds / done * (o.MaxSteps - state.Step)), validationLoss, metrics));
         }
         return new TrainingResult(state.Step, state.LossHistory.Count > 0 ? state.LossHistory[^1] : double.NaN, validationLoss, lastCheckpoint,
             state.LossHistory, state.ValidationHistory.Select(v => (v.Step, v.Loss)).ToList());
     }
 
-    private (double Loss, long Tokens) TrainStep(AdamW optimizer, IReadOnlyList<(string name, Parameter parameter)> trainable, int step, double lr, string? lastCheckpoint)
+    private (double Loss, long Tokens, IReadOnlyDictionary<string, double>? Metrics) TrainStep(AdamW optimizer, IReadOnlyList<(string name, Parameter parameter)> trainable, int step, double lr, string? lastCheckpoint)
     {
         var o = _options;
         using var stepScope = NewDisposeScope();
@@ -129,6 +129,7 @@ public sealed class Trainer
         double total = 0;
         long tokens = 0;
         bool learned = false;
+        Dictionary<string, double>? metrics = null;
         for (int micro = 0; micro < o.GradientAccumulationSteps; micro++)
         {
             using var scope = NewDisposeScope();
@@ -141,9 +142,15 @@ public sealed class Trainer
             loss.Over(o.GradientAccumulationSteps).backward();
             total += value / o.GradientAccumulationSteps;
             tokens += batch.Tokens;
+            if (batch.Metrics is not null)
+            {
+                // A step's metrics are the mean over its micro-batches, as its loss is.
+                metrics ??= [];
+                foreach (var (name, v) in batch.Metrics) metrics[name] = metrics.GetValueOrDefault(name) + v / o.GradientAccumulationSteps;
+            }
             learned = true;
         }
-        if (!learned) return (double.NaN, 0); // no micro-batch had anything to learn: no update (weight decay included)
+        if (!learned) return (double.NaN, 0, null); // no micro-batch had anything to learn: no update (weight decay included)
         if (o.MaxGradNorm > 0)
         {
             double norm = nn.utils.clip_grad_norm_(trainable.Select(p => p.parameter).Where(p => p.grad is not null), o.MaxGradNorm);
@@ -151,7 +158,7 @@ public sealed class Trainer
         }
         optimizer.Step(lr);
         _hook?.AfterOptimizerStep(step + 1);
-        return (total, tokens);
+        return (total, tokens, metrics);
     }
 
     private static TrainingDivergedException Diverged(int step, string what, string? lastCheckpoint) =>

@@ -32,5 +32,8 @@ public abstract class TrainingObjective
     public virtual double? ValidationLoss() => null;
 }
 
-/// <summary>A micro-batch's loss (a float scalar that backpropagates) and how many tokens the batch held.</summary>
-public sealed record BatchLoss(Tensor Loss, long Tokens);
+/// <summary>
+/// A micro-batch's loss (a float scalar that backpropagates), how many tokens the batch held, and the method's own
+/// figures of the batch (e.g. DPO's rewards/margins), which the trainer averages over a step's micro-batches.
+/// </summary>
+public sealed record BatchLoss(Tensor Loss, long Tokens, IReadOnlyDictionary<string, double>? Metrics = null);

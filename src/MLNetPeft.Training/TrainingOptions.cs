@@ -58,9 +58,9 @@ public sealed class TrainingOptions
     }
 }
 
-/// <summary>Reported after every optimizer step.</summary>
+/// <summary>Reported after every optimizer step; <paramref name="Metrics"/> are the method's own figures of the step (null when it has none).</summary>
 public sealed record TrainingProgress(int Step, int TotalSteps, double Loss, double LearningRate, double TokensPerSecond,
-    TimeSpan Elapsed, TimeSpan Eta, double? ValidationLoss);
+    TimeSpan Elapsed, TimeSpan Eta, double? ValidationLoss, IReadOnlyDictionary<string, double>? Metrics = null);
 
 /// <summary>What a training run did.</summary>
 public sealed record TrainingResult(int Steps, double FinalLoss, double? ValidationLoss, string? LastCheckpoint,

@@ -1,7 +1,11 @@
-namespace MLNetPeft.Training.RewardModeling;
+namespace MLNetPeft.Training;
 
-/// <summary>One comparison: the token ids of prompt + chosen response and of prompt + rejected response, and the margin by which chosen should win.</summary>
-public sealed record PreferencePair(IReadOnlyList<int> Chosen, IReadOnlyList<int> Rejected, float Margin = 0);
+/// <summary>
+/// One comparison: the token ids of prompt + chosen response and of prompt + rejected response, the margin by which
+/// chosen should win, and how many leading ids of each side are prompt (DPO scores only the response tokens).
+/// </summary>
+public sealed record PreferencePair(IReadOnlyList<int> Chosen, IReadOnlyList<int> Rejected, float Margin = 0,
+    int ChosenPromptLength = 0, int RejectedPromptLength = 0);
 
 /// <summary>
 /// Preference pairs ready for training, each side at most <see cref="MaxLength"/> tokens. A side that is too long keeps
@@ -36,25 +40,25 @@ public sealed class PreferencePairs
             if (chosen.Count == 0 || rejected.Count == 0)
                 throw new ArgumentException($"Pair {index}: the {(chosen.Count == 0 ? "chosen" : "rejected")} response has no tokens.", nameof(examples));
             if (!float.IsFinite(margin)) throw new ArgumentException($"Pair {index}: the margin is {margin}.", nameof(examples));
-            var (c, cutChosen) = Fit(prompt, chosen, maxLength);
-            var (r, cutRejected) = Fit(prompt, rejected, maxLength);
+            var (c, chosenPrompt, cutChosen) = Fit(prompt, chosen, maxLength);
+            var (r, rejectedPrompt, cutRejected) = Fit(prompt, rejected, maxLength);
             if (cutChosen || cutRejected) truncated++;
-            pairs.Add(new PreferencePair(c, r, margin));
+            pairs.Add(new PreferencePair(c, r, margin, chosenPrompt, rejectedPrompt));
             index++;
         }
         if (pairs.Count == 0) throw new ArgumentException("There are no preference pairs.", nameof(examples));
         return new PreferencePairs(pairs, maxLength, truncated);
     }
 
-    /// <summary>Prompt + response in at most <paramref name="maxLength"/> tokens: the prompt loses its start first.</summary>
-    private static (int[] Ids, bool Cut) Fit(IReadOnlyList<int> prompt, IReadOnlyList<int> response, int maxLength)
+    /// <summary>Prompt + response in at most <paramref name="maxLength"/> tokens (the prompt loses its start first), and the prompt tokens kept.</summary>
+    private static (int[] Ids, int PromptLength, bool Cut) Fit(IReadOnlyList<int> prompt, IReadOnlyList<int> response, int maxLength)
     {
-        if (prompt.Count + response.Count <= maxLength) return ([.. prompt, .. response], false);
+        if (prompt.Count + response.Count <= maxLength) return ([.. prompt, .. response], prompt.Count, false);
         int keepPrompt = Math.Max(0, maxLength - response.Count);
-        return ([.. prompt.Skip(prompt.Count - keepPrompt), .. response.Take(maxLength - keepPrompt)], true);
+        return ([.. prompt.Skip(prompt.Count - keepPrompt), .. response.Take(maxLength - keepPrompt)], keepPrompt, true);
     }
 
-    /// <summary>SHA-256 of every pair (ids and margin): what a checkpoint records of its data.</summary>
+    /// <summary>SHA-256 of every pair (ids, prompt lengths and margin): what a checkpoint records of its data.</summary>
     public string Fingerprint()
     {
         using var sha = System.Security.Cryptography.IncrementalHash.CreateHash(System.Security.Cryptography.HashAlgorithmName.SHA256);
@@ -66,6 +70,8 @@ public sealed class PreferencePairs
                 foreach (var id in side) sha.AppendData(BitConverter.GetBytes(id));
             }
             sha.AppendData(BitConverter.GetBytes(pair.Margin));
+            sha.AppendData(BitConverter.GetBytes(pair.ChosenPromptLength));
+            sha.AppendData(BitConverter.GetBytes(pair.RejectedPromptLength));
         }
         return Convert.ToHexStringLower(sha.GetHashAndReset());
     }
