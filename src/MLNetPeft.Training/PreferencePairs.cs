@@ -40,8 +40,8 @@ public sealed class PreferencePairs
             if (chosen.Count == 0 || rejected.Count == 0)
                 throw new ArgumentException($"Pair {index}: the {(chosen.Count == 0 ? "chosen" : "rejected")} response has no tokens.", nameof(examples));
             if (!float.IsFinite(margin)) throw new ArgumentException($"Pair {index}: the margin is {margin}.", nameof(examples));
-            var (c, chosenPrompt, cutChosen) = Fit(prompt, chosen, maxLength);
-            var (r, rejectedPrompt, cutRejected) = Fit(prompt, rejected, maxLength);
+            var (c, chosenPrompt, cutChosen) = FitToLength(prompt, chosen, maxLength);
+            var (r, rejectedPrompt, cutRejected) = FitToLength(prompt, rejected, maxLength);
             if (cutChosen || cutRejected) truncated++;
             pairs.Add(new PreferencePair(c, r, margin, chosenPrompt, rejectedPrompt));
             index++;
@@ -51,7 +51,7 @@ public sealed class PreferencePairs
     }
 
     /// <summary>Prompt + response in at most <paramref name="maxLength"/> tokens (the prompt loses its start first), and the prompt tokens kept.</summary>
-    private static (int[] Ids, int PromptLength, bool Cut) Fit(IReadOnlyList<int> prompt, IReadOnlyList<int> response, int maxLength)
+    public static (int[] Ids, int PromptLength, bool Cut) FitToLength(IReadOnlyList<int> prompt, IReadOnlyList<int> response, int maxLength)
     {
         if (prompt.Count + response.Count <= maxLength) return ([.. prompt, .. response], prompt.Count, false);
         int keepPrompt = Math.Max(0, maxLength - response.Count);

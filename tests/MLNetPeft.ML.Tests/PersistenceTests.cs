@@ -133,8 +133,8 @@ public class PersistenceTests(Xunit.Abstractions.ITestOutputHelper output)
             // The zip holds the base quantised: about 4.13 bits per linear weight instead of 32.
             using var zip = ZipFile.OpenRead(path);
             long stored = zip.Entries.Single(e => e.Name == "File.model.safetensors").Length;
-            output.WriteLine($"quantised base in the zip: {stored:N0} bytes vs {CausalLmPackage.WeightBytes(model):N0} in float32");
-            Assert.True(stored < CausalLmPackage.WeightBytes(model) / 2, $"{stored:N0} bytes");
+            output.WriteLine($"quantised base in the zip: {stored:N0} bytes vs {ModelPackage.WeightBytes(model):N0} in float32");
+            Assert.True(stored < ModelPackage.WeightBytes(model) / 2, $"{stored:N0} bytes");
         }
         var loaded = new MLContext(seed: 2).Model.Load(path, out _);
         Assert.Equal(FreshProcess.Columns(tuned.Transform(data), ["GeneratedText", "LogLikelihood"]),
@@ -205,10 +205,10 @@ public class PersistenceTests(Xunit.Abstractions.ITestOutputHelper output)
         Assert.Contains("MergeAdapter", Assert.Throws<ArgumentException>(() => ml.Transforms.Text.FineTuneCausalLm(model, BundledBaseModel.LoadTokenizer(), merged)).Message);
 
         using var ch = ((IHostEnvironment)ml).Start("test");
-        Assert.Equal(BaseModelStorage.Embed, CausalLmPackage.Resolve(BaseModelStorage.Auto, CausalLmPackage.EmbedLimitBytes, baseUnchanged: true, ch));
-        Assert.Equal(BaseModelStorage.Reference, CausalLmPackage.Resolve(BaseModelStorage.Auto, CausalLmPackage.EmbedLimitBytes + 1, baseUnchanged: true, ch));
-        Assert.Equal(BaseModelStorage.Embed, CausalLmPackage.Resolve(BaseModelStorage.Auto, CausalLmPackage.EmbedLimitBytes + 1, baseUnchanged: false, ch));
-        Assert.Equal(4_656_384L * 4, CausalLmPackage.WeightBytes(model));
+        Assert.Equal(BaseModelStorage.Embed, ModelPackage.Resolve(BaseModelStorage.Auto, ModelPackage.EmbedLimitBytes, baseUnchanged: true, ch));
+        Assert.Equal(BaseModelStorage.Reference, ModelPackage.Resolve(BaseModelStorage.Auto, ModelPackage.EmbedLimitBytes + 1, baseUnchanged: true, ch));
+        Assert.Equal(BaseModelStorage.Embed, ModelPackage.Resolve(BaseModelStorage.Auto, ModelPackage.EmbedLimitBytes + 1, baseUnchanged: false, ch));
+        Assert.Equal(4_656_384L * 4, ModelPackage.WeightBytes(model));
     }
 
     [Fact]

@@ -12,6 +12,9 @@ public sealed record InstructionExample(string Instruction, string Response, str
     public string Completion => " " + Response;
 }
 
+/// <summary>A prompt with a preferred and a dispreferred completion (each with its leading space), about <paramref name="Subject"/>.</summary>
+public sealed record PreferenceExample(string Prompt, string Chosen, string Rejected, string Subject);
+
 /// <summary>
 /// Instruction-following tasks over the facts of a <see cref="SyntheticWorld"/>, in an instruction layout the
 /// pretraining corpus never uses, so the base model knows the facts but not how to answer in this form. People are
@@ -33,6 +36,45 @@ public static class InstructionTasks
         var random = new Random(seed);
         return people.SelectMany(p => Enumerable.Range(0, perPerson).Select(_ => Ask(p, random.Next(6)))).ToList();
     }
+
+    /// <summary>
+    /// Preference pairs over the same questions: chosen is the correct fact in the requested form; rejected is, with
+    /// even odds, another person's fact of the same kind (wrong) or the right fact buried in rambling. Wrong facts are
+    /// drawn from <paramref name="people"/> too, so training and held-out pairs never mention each other's people.
+    /// </summary>
+    public static IReadOnlyList<PreferenceExample> GeneratePreferences(IReadOnlyList<Person> people, int perPerson, int seed)
+    {
+        if (people.Count < 2) throw new ArgumentException("Wrong facts are drawn from other people; give at least two.", nameof(people));
+        var random = new Random(seed);
+        var pairs = new List<PreferenceExample>(people.Count * perPerson);
+        foreach (var p in people)
+        {
+            for (int i = 0; i < perPerson; i++)
+            {
+                int kind = random.Next(6);
+                var asked = Ask(p, kind);
+                string rejected;
+                if (random.Next(2) == 0)
+                {
+                    do rejected = Ask(people[random.Next(people.Count)], kind).Response;
+                    while (rejected == asked.Response);
+                }
+                else
+                {
+                    rejected = Rambling[random.Next(Rambling.Length)].Replace("{0}", asked.Response, StringComparison.Ordinal);
+                }
+                pairs.Add(new PreferenceExample(asked.Prompt, asked.Completion, " " + rejected, asked.Subject));
+            }
+        }
+        return pairs;
+    }
+
+    private static readonly string[] Rambling =
+    [
+        "well, let me think about that for a while, it could be {0} or so",
+        "hmm, I am not sure, people say many things, maybe {0}",
+        "that is a good question and the answer, I believe, is {0} probably",
+    ];
 
     private static InstructionExample Ask(Person p, int kind) => kind switch
     {

@@ -63,7 +63,7 @@ public sealed class PeftTextClassificationEstimator : IEstimator<PeftTextClassif
             bool encoderUnchanged = keepAdapter && o.Method != FineTuningMethod.QLora;
             var storage = o.BaseModelStorage == BaseModelStorage.Auto && o.BaseModel is null && encoderUnchanged
                 ? BaseModelStorage.Reference   // the bundled encoder is on every machine that has the package: refer to it
-                : CausalLmPackage.Resolve(o.BaseModelStorage, CausalLmPackage.WeightBytes(encoder), encoderUnchanged, ch);
+                : ModelPackage.Resolve(o.BaseModelStorage, ModelPackage.WeightBytes(encoder), encoderUnchanged, ch);
             var like = ModelLoadOptions.Like(encoder);
             var placement = new ModelLoadOptions { DType = o.DType ?? like.DType, Device = o.Device ?? like.Device };
             return ModelFiles.WithTempFolder(work =>

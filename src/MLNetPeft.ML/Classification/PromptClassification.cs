@@ -112,7 +112,7 @@ public sealed class PromptClassificationEstimator : IEstimator<PromptClassificat
         var package = ModelFiles.WithTempFolder(folder =>
         {
             _model.SavePretrained(folder);
-            return CausalLmPackage.Embed(folder);
+            return ModelPackage.Embed(folder);
         });
         // The caller's model: it stays the caller's to dispose.
         return new PromptClassificationTransformer(_env, _model, _tokenizer, package, o, classes, words, demonstrations, demonstrationInputs, ownsModel: false);
@@ -127,7 +127,7 @@ public sealed class PromptClassificationTransformer : RowToRowTransformerBase, I
 
     private readonly CausalLanguageModel _model;
     private readonly TextTokenizer _tokenizer;
-    private readonly CausalLmPackage _package;
+    private readonly ModelPackage _package;
     private readonly Settings _settings;
     private readonly bool _ownsModel;
     private readonly object _lock = new();
@@ -137,13 +137,13 @@ public sealed class PromptClassificationTransformer : RowToRowTransformerBase, I
         AnswerAggregation Aggregation, List<string> Classes, List<List<string>> Words, List<string> Demonstrations, string Separator,
         List<string>? DemonstrationInputs = null);
 
-    internal PromptClassificationTransformer(IHostEnvironment env, CausalLanguageModel model, TextTokenizer tokenizer, CausalLmPackage package,
+    internal PromptClassificationTransformer(IHostEnvironment env, CausalLanguageModel model, TextTokenizer tokenizer, ModelPackage package,
         PromptClassificationOptions o, IReadOnlyList<string> classes, IReadOnlyList<IReadOnlyList<string>> words, IReadOnlyList<string> demonstrations,
         IReadOnlyList<string> demonstrationInputs, bool ownsModel)
         : this(env, model, tokenizer, package, new Settings(o.Sentence1ColumnName, o.Sentence2ColumnName, o.ScoreColumnName, o.PredictedLabelColumnName,
             o.Template, o.Aggregation, [.. classes], words.Select(w => w.ToList()).ToList(), [.. demonstrations], o.DemonstrationSeparator, [.. demonstrationInputs]), ownsModel) { }
 
-    private PromptClassificationTransformer(IHostEnvironment env, CausalLanguageModel model, TextTokenizer tokenizer, CausalLmPackage package, Settings settings, bool ownsModel)
+    private PromptClassificationTransformer(IHostEnvironment env, CausalLanguageModel model, TextTokenizer tokenizer, ModelPackage package, Settings settings, bool ownsModel)
         : base(Contracts.CheckRef(env, nameof(env)).Register(nameof(PromptClassificationTransformer)))
     {
         _ownsModel = ownsModel;
@@ -218,7 +218,7 @@ public sealed class PromptClassificationTransformer : RowToRowTransformerBase, I
         if (settings.Classes is null || settings.Words is null || settings.Demonstrations is null || string.IsNullOrEmpty(settings.Template) ||
             settings.Classes.Count is < 2 or > ClassifierColumns.MaxClasses || settings.Words.Count != settings.Classes.Count || settings.Words.Any(w => w is not { Count: > 0 }))
             throw new InvalidDataException("The model zip's prompt classification settings are inconsistent; it is corrupt.");
-        var package = CausalLmPackage.Load(ctx);
+        var package = ModelPackage.Load(ctx);
         try
         {
             var (model, tokenizer) = package.LoadModel();

@@ -7,7 +7,6 @@ using MLNetPeft.ML.Persistence;
 using MLNetPeft.Tokenization;
 using MLNetPeft.Training.LanguageModeling;
 using MLNetPeft.Tuners;
-using MLNetPeft.Tuners.QLora;
 
 namespace MLNetPeft.ML.FineTuning;
 
@@ -59,69 +58,11 @@ public sealed class CausalLmFineTuningEstimator : IEstimator<TextGenerationTrans
         ch.Info($"Fine-tuning ({o.Method}) on {examples.Count} rows in {blocks.Count} blocks, {blocks.TargetTokens} target tokens, {o.Training.MaxSteps} steps" +
             (validation is null ? "." : $"; {validation.Count} validation blocks."));
 
-        bool keepAdapter = o.Method != FineTuningMethod.Full && (!o.MergeAdapter || o.CannotMerge);
-        if (o.CannotMerge && o.MergeAdapter) ch.Info($"{o.Method} cannot be merged into the weights; the adapter is kept apart.");
-        var storage = CausalLmPackage.Resolve(o.BaseModelStorage, CausalLmPackage.WeightBytes(_model), baseUnchanged: keepAdapter && o.Method != FineTuningMethod.QLora, ch);
-        // The copy trains, and the tuned model then runs, where the model given runs (or where the options say).
-        var like = ModelLoadOptions.Like(_model);
-        var placement = new ModelLoadOptions { DType = o.DType ?? like.DType, Device = o.Device ?? like.Device };
-        return ModelFiles.WithTempFolder(work =>
+        return CausalLmTuning.TuneCopy(_env, _model, _tokenizer, o, ch, GenerationInput, o.ScoreResponses ? o.ResponseColumnName : null, run =>
         {
-            // Train a copy, so the caller's model stays as it was. A referenced base is the checkpoint on disk.
-            var reference = storage == BaseModelStorage.Reference ? BaseModelReference.Of(_model.SourceFolder!) : null;
-            var baseFolder = reference?.Folder ?? Path.Combine(work, "base");
-            if (reference is null) _model.SavePretrained(baseFolder);
-            CausalLmPackage package;
-            using (var tuned = PretrainedModels.LoadCausalLM(baseFolder, placement))
-            {
-                tuned.train();
-                Nf4Model? quantized = null;
-                if (o.Method == FineTuningMethod.QLora)
-                {
-                    quantized = PeftMethods.Quantize(tuned, o.Quantization, ch);
-                    if (keepAdapter)
-                    {
-                        // The frozen quantised base is what the zip stores, so save it before adapters are attached.
-                        baseFolder = Path.Combine(work, "quantized-base");
-                        Nf4Checkpoint.Save(baseFolder, tuned, quantized);
-                    }
-                }
-                var peft = PeftMethods.Apply(o.Method, tuned, o, _tokenizer, o.Seed);
-                if (peft is not null)
-                {
-                    var (trainable, total) = peft.ParameterCounts();
-                    ch.Info($"{o.Method}: {trainable:N0} of {total:N0} parameters train ({100.0 * trainable / total:F2} %).");
-                }
-                var result = new LanguageModelTrainer(tuned, o.Training, peft as ITrainingStepHook).Train(blocks, validation, o.Progress, o.CancellationToken);
-                ch.Info($"Final training loss {result.FinalLoss:F4} after {result.Steps} steps" +
-                    (result.ValidationLoss is { } v ? $"; validation loss {v:F4} (perplexity {Math.Exp(v):F3})." : "."));
-                if (keepAdapter)
-                {
-                    var adapterFolder = Path.Combine(work, "adapter");
-                    PeftAdapterFiles.Save(adapterFolder, peft!, baseModelNameOrPath: reference?.Folder);
-                    package = reference is null ? CausalLmPackage.Embed(baseFolder, adapterFolder) : CausalLmPackage.Reference(reference, adapterFolder);
-                }
-                else
-                {
-                    quantized?.Dequantize();
-                    peft?.MergeAndUnload();
-                    var tunedFolder = Path.Combine(work, "tuned");
-                    tuned.SavePretrained(tunedFolder);
-                    package = CausalLmPackage.Embed(tunedFolder);
-                }
-            }
-            // The transformer runs exactly what the zip holds, so a saved and reloaded model behaves the same.
-            try
-            {
-                var (model, tokenizer) = package.LoadModel(placement);
-                return new TextGenerationTransformer(_env, model, tokenizer, package, o.OutputColumnName, GenerationInput, o.Generation,
-                    o.ScoreResponses ? o.ResponseColumnName : null, ownsModel: true);
-            }
-            catch
-            {
-                package.Dispose();
-                throw;
-            }
+            var result = new LanguageModelTrainer(run.Model, o.Training, run.Adapter as ITrainingStepHook).Train(blocks, validation, o.Progress, o.CancellationToken);
+            if (result.ValidationLoss is { } v) ch.Info($"Validation perplexity {Math.Exp(v):F3}.");
+            return result;
         });
     }
 

@@ -15,32 +15,32 @@ namespace MLNetPeft.ML.FineTuning;
 /// <summary>How the parameters are adapted.</summary>
 public enum FineTuningMethod
 {
-    /// <summary>LoRA adapters on the target layers (the default); merged into the weights at the end unless <see cref="CausalLmFineTuningOptions.MergeAdapter"/> is false.</summary>
+    /// <summary>LoRA adapters on the target layers (the default); merged into the weights at the end unless <see cref="CausalLmTuningOptions.MergeAdapter"/> is false.</summary>
     Lora,
     /// <summary>Every parameter trains.</summary>
     Full,
-    /// <summary>AdaLoRA: LoRA in SVD form whose rank budget shrinks by importance (<see cref="CausalLmFineTuningOptions.AdaLora"/>).</summary>
+    /// <summary>AdaLoRA: LoRA in SVD form whose rank budget shrinks by importance (<see cref="CausalLmTuningOptions.AdaLora"/>).</summary>
     AdaLora,
-    /// <summary>IA3 rescaling vectors on keys, values and the feed-forward activation (<see cref="CausalLmFineTuningOptions.Ia3"/>).</summary>
+    /// <summary>IA3 rescaling vectors on keys, values and the feed-forward activation (<see cref="CausalLmTuningOptions.Ia3"/>).</summary>
     Ia3,
     /// <summary>BitFit: only the bias terms train (needs a model with biases, e.g. GPT-2).</summary>
     BitFit,
     /// <summary>LayerNorm tuning: only the normalisation layers' scales (and biases) train.</summary>
     LayerNorm,
     /// <summary>
-    /// QLoRA: the linear layers are NF4-quantised (<see cref="CausalLmFineTuningOptions.Quantization"/>) and frozen,
-    /// LoRA (<see cref="CausalLmFineTuningOptions.Lora"/>) trains on top; unmerged, the zip stores the quantised base.
+    /// QLoRA: the linear layers are NF4-quantised (<see cref="CausalLmTuningOptions.Quantization"/>) and frozen,
+    /// LoRA (<see cref="CausalLmTuningOptions.Lora"/>) trains on top; unmerged, the zip stores the quantised base.
     /// </summary>
     QLora,
-    /// <summary>Prompt tuning: trainable virtual token embeddings before the input (<see cref="CausalLmFineTuningOptions.PromptTuning"/>); never merged.</summary>
+    /// <summary>Prompt tuning: trainable virtual token embeddings before the input (<see cref="CausalLmTuningOptions.PromptTuning"/>); never merged.</summary>
     PromptTuning,
-    /// <summary>P-Tuning: virtual token embeddings from a trainable MLP or LSTM encoder (<see cref="CausalLmFineTuningOptions.PTuning"/>); never merged.</summary>
+    /// <summary>P-Tuning: virtual token embeddings from a trainable MLP or LSTM encoder (<see cref="CausalLmTuningOptions.PTuning"/>); never merged.</summary>
     PTuning,
-    /// <summary>Prefix tuning: trainable keys and values before every layer (<see cref="CausalLmFineTuningOptions.PrefixTuning"/>, with PrefixProjection); never merged.</summary>
+    /// <summary>Prefix tuning: trainable keys and values before every layer (<see cref="CausalLmTuningOptions.PrefixTuning"/>, with PrefixProjection); never merged.</summary>
     PrefixTuning,
-    /// <summary>P-Tuning v2: prefix tuning without the reparameterisation MLP (<see cref="CausalLmFineTuningOptions.PrefixTuning"/>'s other settings); never merged.</summary>
+    /// <summary>P-Tuning v2: prefix tuning without the reparameterisation MLP (<see cref="CausalLmTuningOptions.PrefixTuning"/>'s other settings); never merged.</summary>
     PTuningV2,
-    /// <summary>Adapter tuning (Houlsby): bottlenecks after the attention and feed-forward blocks (<see cref="CausalLmFineTuningOptions.AdapterTuning"/>); never merged.</summary>
+    /// <summary>Adapter tuning (Houlsby): bottlenecks after the attention and feed-forward blocks (<see cref="CausalLmTuningOptions.AdapterTuning"/>); never merged.</summary>
     AdapterTuning,
 }
 
@@ -53,18 +53,15 @@ public enum BadRowHandling
     Fail,
 }
 
-/// <summary>Options of <see cref="CausalLmFineTuningEstimator"/>.</summary>
-public sealed class CausalLmFineTuningOptions : IPeftMethodSettings
+/// <summary>
+/// What every estimator that tunes a copy of a causal language model shares (supervised fine-tuning, DPO): the method
+/// and its settings, the training loop, how the result is stored and where it runs, and the generation settings of
+/// the <see cref="Generation.TextGenerationTransformer"/> it returns.
+/// </summary>
+public abstract class CausalLmTuningOptions : IPeftMethodSettings
 {
     /// <summary>Text column with the prompt (instruction); the default is "Prompt".</summary>
     public string PromptColumnName { get; set; } = "Prompt";
-    /// <summary>Text column with the response to learn; the default is "Response".</summary>
-    public string ResponseColumnName { get; set; } = "Response";
-    /// <summary>
-    /// One text column to learn whole instead of prompt/response pairs (continued pretraining); when set, the prompt
-    /// and response columns are not read and the fitted transformer continues this column's text.
-    /// </summary>
-    public string? TextColumnName { get; set; }
     /// <summary>Column the fitted transformer adds with generated text; the default is "GeneratedText".</summary>
     public string OutputColumnName { get; set; } = "GeneratedText";
 
@@ -85,15 +82,8 @@ public sealed class CausalLmFineTuningOptions : IPeftMethodSettings
     public AdaLoraConfig AdaLora { get; set; } = new();
     /// <summary>IA3 settings (PEFT's defaults: keys, values and the FFN output projection of the family).</summary>
     public Ia3Config Ia3 { get; set; } = new();
-    /// <summary>Learn only the response tokens (TRL's completion-only loss; the default) or the whole text.</summary>
-    public bool CompletionOnlyLoss { get; set; } = true;
     /// <summary>Longest prompt + response in tokens; longer rows are handled by <see cref="LongRows"/>.</summary>
     public int MaxLength { get; set; } = 128;
-    /// <summary>
-    /// Concatenate rows into blocks of <see cref="MaxLength"/> tokens (TRL's packing: no padding, long rows continue in
-    /// the next block instead of being cut) instead of one right-padded block per row.
-    /// </summary>
-    public bool Packing { get; set; }
     /// <summary>
     /// Rows (same columns as the training data) whose loss is computed after the last step and every
     /// <see cref="TrainingOptions.EvalInterval"/> steps; reported in the progress and the log.
@@ -112,8 +102,6 @@ public sealed class CausalLmFineTuningOptions : IPeftMethodSettings
 
     /// <summary>Optimizer steps, batch size, learning rate and the rest of the training loop (see <see cref="TrainingOptions"/>).</summary>
     public TrainingOptions Training { get; set; } = new() { MaxSteps = 200, BatchSize = 8, LearningRate = 1e-3, WarmupSteps = 10, WeightDecay = 0 };
-    /// <summary>Whether the fitted transformer also scores each row's response (columns LogLikelihood and Perplexity).</summary>
-    public bool ScoreResponses { get; set; }
     /// <summary>Generation settings of the fitted transformer.</summary>
     public GenerationOptions Generation { get; set; } = new();
     /// <summary>Seed of the adapter initialisation (the training seed is <see cref="TrainingOptions.Seed"/>).</summary>
@@ -131,15 +119,13 @@ public sealed class CausalLmFineTuningOptions : IPeftMethodSettings
     /// <summary>Whether the method adds virtual tokens or nonlinear layers (and so cannot be merged into the weights).</summary>
     internal bool CannotMerge => PeftMethods.CannotMerge(Method);
 
-    internal void Validate()
+    /// <summary>The options' column names, each of which must name a column.</summary>
+    internal abstract IEnumerable<(string Option, string? Value)> ColumnOptions { get; }
+
+    internal virtual void Validate()
     {
-        var columns = TextColumnName is null
-            ? new[] { (nameof(PromptColumnName), PromptColumnName), (nameof(ResponseColumnName), ResponseColumnName), (nameof(OutputColumnName), OutputColumnName) }
-            : [(nameof(TextColumnName), TextColumnName), (nameof(OutputColumnName), OutputColumnName)];
-        foreach (var (name, value) in columns)
+        foreach (var (name, value) in ColumnOptions)
             if (string.IsNullOrWhiteSpace(value)) throw new ArgumentException($"{name} must name a column.", name);
-        if (TextColumnName is not null && ScoreResponses)
-            throw new ArgumentException("ScoreResponses scores a response column, which continued pretraining on TextColumnName does not have.", nameof(ScoreResponses));
         if (BaseModelStorage == BaseModelStorage.Reference && (Method == FineTuningMethod.Full || (MergeAdapter && !CannotMerge)))
             throw new ArgumentException("BaseModelStorage.Reference keeps the base model outside the zip, so its weights must stay as loaded: " +
                 "use a PEFT method with MergeAdapter = false, or BaseModelStorage.Embed.", nameof(BaseModelStorage));
@@ -157,5 +143,37 @@ public sealed class CausalLmFineTuningOptions : IPeftMethodSettings
             AdaLora.TotalStep ??= Training.MaxSteps;
             AdaLora.Validate();
         }
+    }
+}
+
+/// <summary>Options of <see cref="CausalLmFineTuningEstimator"/>.</summary>
+public sealed class CausalLmFineTuningOptions : CausalLmTuningOptions
+{
+    /// <summary>Text column with the response to learn; the default is "Response".</summary>
+    public string ResponseColumnName { get; set; } = "Response";
+    /// <summary>
+    /// One text column to learn whole instead of prompt/response pairs (continued pretraining); when set, the prompt
+    /// and response columns are not read and the fitted transformer continues this column's text.
+    /// </summary>
+    public string? TextColumnName { get; set; }
+    /// <summary>Learn only the response tokens (TRL's completion-only loss; the default) or the whole text.</summary>
+    public bool CompletionOnlyLoss { get; set; } = true;
+    /// <summary>
+    /// Concatenate rows into blocks of <see cref="CausalLmTuningOptions.MaxLength"/> tokens (TRL's packing: no padding,
+    /// long rows continue in the next block instead of being cut) instead of one right-padded block per row.
+    /// </summary>
+    public bool Packing { get; set; }
+    /// <summary>Whether the fitted transformer also scores each row's response (columns LogLikelihood and Perplexity).</summary>
+    public bool ScoreResponses { get; set; }
+
+    internal override IEnumerable<(string Option, string? Value)> ColumnOptions => TextColumnName is null
+        ? [(nameof(PromptColumnName), PromptColumnName), (nameof(ResponseColumnName), ResponseColumnName), (nameof(OutputColumnName), OutputColumnName)]
+        : [(nameof(TextColumnName), TextColumnName), (nameof(OutputColumnName), OutputColumnName)];
+
+    internal override void Validate()
+    {
+        if (TextColumnName is not null && ScoreResponses)
+            throw new ArgumentException("ScoreResponses scores a response column, which continued pretraining on TextColumnName does not have.", nameof(ScoreResponses));
+        base.Validate();
     }
 }

@@ -41,12 +41,12 @@ public sealed class TextGenerationEstimator : IEstimator<TextGenerationTransform
         ModelFiles.CheckTokenizerMatchesCheckpoint(_model, _tokenizer, input.GetColumn<string>(_inputColumnName).Take(16).Where(t => t is not null));
         using var ch = _env.Start("Text generation");
         // The transformer keeps the checkpoint (its files, or where they are) so that it can be saved into an ML.NET model zip.
-        var package = CausalLmPackage.Resolve(_storage, CausalLmPackage.WeightBytes(_model), baseUnchanged: true, ch) == BaseModelStorage.Reference
-            ? CausalLmPackage.Reference(BaseModelReference.Of(_model.SourceFolder!))
+        var package = ModelPackage.Resolve(_storage, ModelPackage.WeightBytes(_model), baseUnchanged: true, ch) == BaseModelStorage.Reference
+            ? ModelPackage.Reference(BaseModelReference.Of(_model.SourceFolder!))
             : ModelFiles.WithTempFolder(folder =>
             {
                 _model.SavePretrained(folder);
-                return CausalLmPackage.Embed(folder);
+                return ModelPackage.Embed(folder);
             });
         // The caller's model: it stays the caller's to dispose.
         return new TextGenerationTransformer(_env, _model, _tokenizer, package, _outputColumnName, _inputColumnName, _options, _scoredResponseColumnName, ownsModel: false);

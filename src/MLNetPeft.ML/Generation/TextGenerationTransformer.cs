@@ -24,10 +24,12 @@ public sealed class TextGenerationTransformer : RowToRowTransformerBase, IDispos
     private readonly CausalLanguageModel _model;
     private readonly TextGenerator _generator;
     private readonly TextTokenizer _tokenizer;
-    private readonly CausalLmPackage _package;
+    private readonly ModelPackage _package;
     private readonly bool _ownsModel;
     private readonly object _lock = new();
 
+    /// <summary>The language model it runs (owned by this transformer when it was fitted or loaded).</summary>
+    public CausalLanguageModel Model => _model;
     public string InputColumnName { get; }
     public string OutputColumnName { get; }
     public GenerationOptions Options { get; }
@@ -39,14 +41,11 @@ public sealed class TextGenerationTransformer : RowToRowTransformerBase, IDispos
     /// <summary>Whether the model carries an adapter that is kept apart from the base weights (saved in PEFT's adapter format).</summary>
     public bool HasUnmergedAdapter => _package.AdapterFiles is not null;
 
-    /// <summary>The model the transformer runs (tests check its dtype and device).</summary>
-    internal CausalLanguageModel Model => _model;
-
     public const string LogLikelihoodColumnName = "LogLikelihood";
     public const string PerplexityColumnName = "Perplexity";
 
     internal TextGenerationTransformer(IHostEnvironment env, CausalLanguageModel model, TextTokenizer tokenizer,
-        CausalLmPackage package, string outputColumnName, string inputColumnName, GenerationOptions options,
+        ModelPackage package, string outputColumnName, string inputColumnName, GenerationOptions options,
         string? scoredResponseColumnName, bool ownsModel)
         : base(Contracts.CheckRef(env, nameof(env)).Register(nameof(TextGenerationTransformer)))
     {
@@ -77,7 +76,7 @@ public sealed class TextGenerationTransformer : RowToRowTransformerBase, IDispos
         try { options.Validate(); }
         catch (ArgumentException e) { throw new InvalidDataException($"The model zip's generation options are out of range: {e.Message}", e); }
         var (output, input, scored) = (settings.Output, settings.Input, settings.Scored);
-        var package = CausalLmPackage.Load(ctx);
+        var package = ModelPackage.Load(ctx);
         try
         {
             var (model, tokenizer) = package.LoadModel();

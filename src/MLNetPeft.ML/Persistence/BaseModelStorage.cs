@@ -4,7 +4,7 @@ namespace MLNetPeft.ML;
 public enum BaseModelStorage
 {
     /// <summary>
-    /// Embed models under 100 MB (<see cref="Persistence.CausalLmPackage.EmbedLimitBytes"/>); reference larger ones
+    /// Embed models under 100 MB (<see cref="Persistence.ModelPackage.EmbedLimitBytes"/>); reference larger ones
     /// by folder and SHA-256 when the base weights stay as they were loaded (generation only, or an unmerged adapter),
     /// and embed them otherwise.
     /// </summary>

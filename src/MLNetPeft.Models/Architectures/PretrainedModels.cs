@@ -97,6 +97,34 @@ public static class PretrainedModels
             : throw new NotSupportedException($"Checkpoint '{folder}' is a '{config.ModelType}' model, not a BERT encoder."));
 
     /// <summary>
+    /// Loads an HF sequence-classification checkpoint (<c>BertForSequenceClassification</c>, or
+    /// <c>LlamaForSequenceClassification</c> and the other causal families' classes): a folder whose config names such a
+    /// class in <c>architectures</c>, with <c>num_labels</c> from its <c>id2label</c> (HF's default of 2 when absent).
+    /// </summary>
+    /// <param name="pooling">How a BERT classifier pools its last hidden state; null: its pooler when it has one (HF's), else the mean.</param>
+    public static SequenceClassificationModel LoadSequenceClassifier(string folder, ModelLoadOptions? options = null, SequencePooling? pooling = null) =>
+        Load<SequenceClassificationModel>(folder, options, (config, checkpoint) =>
+        {
+            var architecture = config.Architectures?.FirstOrDefault() ?? "";
+            if (!architecture.EndsWith("ForSequenceClassification", StringComparison.Ordinal))
+                throw new InvalidDataException($"Checkpoint '{folder}' is a '{(architecture.Length == 0 ? config.ModelType : architecture)}', not a sequence classifier " +
+                    "(its config.json names no …ForSequenceClassification class in architectures).");
+            int labels = 2;
+            if (config.Extra?.TryGetValue("id2label", out var id2label) == true)
+            {
+                if (id2label.ValueKind != System.Text.Json.JsonValueKind.Object) throw new InvalidDataException($"Checkpoint '{folder}': id2label in config.json is not an object.");
+                labels = id2label.EnumerateObject().Count();
+                if (labels is < 1 or > 100_000) throw new InvalidDataException($"Checkpoint '{folder}': id2label has {labels} entries; expected 1 to 100000.");
+            }
+            if (config is BertConfig bert)
+            {
+                bool pooler = checkpoint.TensorNames.Any(n => n.Contains("pooler.dense.", StringComparison.Ordinal));
+                return new BertForSequenceClassification(new BertModel(bert, addPoolingLayer: pooler), labels, pooling ?? (pooler ? SequencePooling.Cls : SequencePooling.Mean));
+            }
+            return new CausalLmForSequenceClassification(CreateCausalLM(config), labels);
+        });
+
+    /// <summary>
     /// Before any tensor is allocated: the config's sizes must fit the weights on disk (a config claiming a larger model
     /// than its checkpoint holds would otherwise make us allocate it, and only then fail).
     /// </summary>

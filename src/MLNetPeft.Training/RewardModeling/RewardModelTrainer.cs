@@ -7,7 +7,23 @@ using static TorchSharp.torch;
 namespace MLNetPeft.Training.RewardModeling;
 
 /// <summary>A reward model's figures on preference pairs: loss, accuracy (chosen scored strictly higher), margin and reward statistics.</summary>
-public sealed record RewardMetrics(int Pairs, double Loss, double Accuracy, double MeanMargin, double RewardMean, double RewardStd);
+public sealed record RewardMetrics(int Pairs, double Loss, double Accuracy, double MeanMargin, double RewardMean, double RewardStd)
+{
+    /// <summary>The figures of the rewards of each pair's chosen and rejected side; the loss is −mean log σ(chosen − rejected).</summary>
+    public static RewardMetrics Of(IReadOnlyList<float> chosen, IReadOnlyList<float> rejected)
+    {
+        ArgumentNullException.ThrowIfNull(chosen);
+        ArgumentNullException.ThrowIfNull(rejected);
+        if (chosen.Count != rejected.Count || chosen.Count == 0) throw new ArgumentException($"{chosen.Count} chosen and {rejected.Count} rejected rewards; give one of each per pair.", nameof(rejected));
+        var differences = chosen.Zip(rejected, (c, r) => (double)c - r).ToList();
+        var all = chosen.Concat(rejected).Select(v => (double)v).ToList();
+        double mean = all.Average();
+        // −log σ(d) = log(1 + e^−d), computed without overflow for large |d|.
+        double loss = differences.Average(d => d >= 0 ? Math.Log(1 + Math.Exp(-d)) : -d + Math.Log(1 + Math.Exp(d)));
+        return new RewardMetrics(chosen.Count, loss, differences.Count(d => d > 0) / (double)chosen.Count, differences.Average(),
+            mean, Math.Sqrt(all.Sum(v => (v - mean) * (v - mean)) / all.Count));
+    }
+}
 
 /// <summary>
 /// Pairwise reward modelling as TRL's <c>RewardTrainer</c> defines it, on the library's <see cref="Trainer"/>: a
@@ -69,9 +85,18 @@ public sealed class RewardModelTrainer
     public static (Tensor Chosen, Tensor Rejected) Rewards(SequenceClassificationModel model, IReadOnlyList<PreferencePair> pairs)
     {
         using var scope = NewDisposeScope();
-        var (ids, mask) = Collate([.. pairs.Select(p => p.Chosen), .. pairs.Select(p => p.Rejected)], model);
-        var rewards = model.Forward(ids, mask).squeeze(-1).to(ScalarType.Float32);
+        var rewards = Rewards(model, [.. pairs.Select(p => p.Chosen), .. pairs.Select(p => p.Rejected)]);
         return (rewards.narrow(0, 0, pairs.Count).MoveToOuterDisposeScope(), rewards.narrow(0, pairs.Count, pairs.Count).MoveToOuterDisposeScope());
+    }
+
+    /// <summary>The reward [rows] (float32) of each token sequence, right-padded into one batch, in the model's current mode.</summary>
+    public static Tensor Rewards(SequenceClassificationModel model, IReadOnlyList<IReadOnlyList<int>> sequences)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        if (sequences.Count == 0 || sequences.Any(s => s.Count == 0)) throw new ArgumentException("Every sequence to score needs at least one token.", nameof(sequences));
+        using var scope = NewDisposeScope();
+        var (ids, mask) = Collate(sequences, model);
+        return model.Forward(ids, mask).squeeze(-1).to(ScalarType.Float32).MoveToOuterDisposeScope();
     }
 
     /// <summary>Loss, accuracy, mean margin and reward statistics over every pair, in eval mode, without gradients.</summary>
@@ -95,12 +120,8 @@ public sealed class RewardModelTrainer
             rejected.AddRange(r.cpu().data<float>().ToArray());
         }
         if (wasTraining) model.train();
-        var all = chosen.Concat(rejected).Select(v => (double)v).ToList();
-        double mean = all.Average();
-        return new RewardMetrics(pairs.Count, lossSum / pairs.Count,
-            chosen.Zip(rejected).Count(p => p.First > p.Second) / (double)pairs.Count,
-            chosen.Zip(rejected).Average(p => (double)p.First - p.Second),
-            mean, Math.Sqrt(all.Sum(v => (v - mean) * (v - mean)) / all.Count));
+        // The loss is the training objective's (margins and centring included).
+        return RewardMetrics.Of(chosen, rejected) with { Loss = lossSum / pairs.Count };
     }
 
     private static Tensor? Margins(IReadOnlyList<PreferencePair> batch, Device device) =>

@@ -8,17 +8,17 @@ using MLNetPeft.Tuners.QLora;
 namespace MLNetPeft.ML.Persistence;
 
 /// <summary>
-/// What a transformer saves of its language model: the base checkpoint, embedded in the zip or referenced by folder
+/// What a transformer saves of its model (a causal LM, or a sequence classifier such as a reward model): the base checkpoint, embedded in the zip or referenced by folder
 /// and SHA-256, and optionally an unmerged adapter in PEFT's adapter format, attached again on load. The embedded
 /// files are kept on disk (<see cref="StoredFolder"/>), not in memory, and stream into and out of the zip.
 /// </summary>
-internal sealed class CausalLmPackage : IDisposable
+internal sealed class ModelPackage : IDisposable
 {
     /// <summary>Base models up to this size are embedded by <see cref="BaseModelStorage.Auto"/>.</summary>
     public const long EmbedLimitBytes = 100_000_000;
     private const string BaseStreams = "File.", AdapterStreams = "Adapter.";
 
-    private CausalLmPackage(StoredFolder? baseFiles, BaseModelReference? reference, StoredFolder? adapterFiles)
+    private ModelPackage(StoredFolder? baseFiles, BaseModelReference? reference, StoredFolder? adapterFiles)
     {
         BaseFiles = baseFiles;
         BaseReference = reference;
@@ -31,11 +31,23 @@ internal sealed class CausalLmPackage : IDisposable
     public BaseModelStorage Storage => BaseReference is null ? BaseModelStorage.Embed : BaseModelStorage.Reference;
 
     /// <summary>The base checkpoint files in <paramref name="folder"/> (moved, not copied) go into the zip; the adapter files, if any, too.</summary>
-    public static CausalLmPackage Embed(string folder, string? adapterFolder = null) =>
+    public static ModelPackage Embed(string folder, string? adapterFolder = null) =>
         new(StoredFolder.Take(folder), null, adapterFolder is null ? null : StoredFolder.Take(adapterFolder));
 
+    /// <summary>
+    /// Folds the trained method into <paramref name="model"/>'s weights (dequantising a QLoRA base first), saves the
+    /// plain model to <paramref name="folder"/> and embeds it.
+    /// </summary>
+    public static ModelPackage MergeAndEmbed(PretrainedModule model, Nf4Model? quantized, PeftModel? peft, string folder)
+    {
+        quantized?.Dequantize();
+        peft?.MergeAndUnload();
+        model.SavePretrained(folder);
+        return Embed(folder);
+    }
+
     /// <summary>The zip names <paramref name="reference"/>'s folder; the adapter files, if any, go into it.</summary>
-    public static CausalLmPackage Reference(BaseModelReference reference, string? adapterFolder = null) =>
+    public static ModelPackage Reference(BaseModelReference reference, string? adapterFolder = null) =>
         new(null, reference, adapterFolder is null ? null : StoredFolder.Take(adapterFolder));
 
     /// <summary>
@@ -73,13 +85,13 @@ internal sealed class CausalLmPackage : IDisposable
         AdapterFiles?.Save(ctx, AdapterStreams);
     }
 
-    public static CausalLmPackage Load(ModelLoadContext ctx)
+    public static ModelPackage Load(ModelLoadContext ctx)
     {
         var (files, reference) = BaseModelReference.LoadBase(ctx, BaseStreams, "base model");
         try
         {
             var adapter = ctx.Reader.ReadBoolean() ? StoredFolder.Load(ctx, AdapterStreams, "adapter") : null;
-            return new CausalLmPackage(files, reference, adapter);
+            return new ModelPackage(files, reference, adapter);
         }
         catch
         {
@@ -98,6 +110,24 @@ internal sealed class CausalLmPackage : IDisposable
         var folder = BaseReference?.ResolvedFolder ?? BaseFiles!.Path;
         options ??= ModelLoadOptions.AsStored(folder);
         var model = LoadBase(folder, options);
+        return WithTokenizerAndAdapter(model, folder);
+    }
+
+    /// <summary>
+    /// Loads the checkpoint as a sequence classifier (HF's …ForSequenceClassification folder) and its tokenizer, and
+    /// attaches the adapter (whose modules_to_save carry the trained head), as <see cref="LoadModel"/> does for a causal LM.
+    /// </summary>
+    public (SequenceClassificationModel Model, TextTokenizer Tokenizer) LoadSequenceClassifier(SequencePooling? pooling, ModelLoadOptions? options = null)
+    {
+        if (BaseReference is { } reference) reference.Verify();
+        var folder = BaseReference?.ResolvedFolder ?? BaseFiles!.Path;
+        var model = PretrainedModels.LoadSequenceClassifier(folder, options ?? ModelLoadOptions.AsStored(folder), pooling);
+        return WithTokenizerAndAdapter(model, folder);
+    }
+
+    /// <summary>The model's tokenizer (from its folder) and the adapter attached; the model disposed if either fails.</summary>
+    private (T Model, TextTokenizer Tokenizer) WithTokenizerAndAdapter<T>(T model, string folder) where T : PretrainedModule
+    {
         try
         {
             var tokenizer = TextTokenizer.FromPretrained(folder);
