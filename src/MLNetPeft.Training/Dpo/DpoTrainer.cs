@@ -130,7 +130,7 @@ public sealed class DpoTrainer
         var losses = options.LossType switch
         {
             DpoLossType.Sigmoid => nn.functional.logsigmoid(scaled).Times(-(1 - epsilon)) - nn.functional.logsigmoid(scaled.neg()).Times(epsilon),
-            DpoLossType.Robust => (nn.functional.logsigmoid(scaled).Times(-(1 - epsilon)) + nn.functional.logsigmoid(scaled.neg()).Times(epsilon)).Over(1 - 2 * epsilon),
+            DpoLossType.Robust => nn.functional.logsigmoid(scaled).Times(-(1 - epsilon)).Plus(nn.functional.logsigmoid(scaled.neg()).Times(epsilon)).Over(1 - 2 * epsilon),
             DpoLossType.Hinge => scaled.neg().Plus(1.0).relu(),
             DpoLossType.Ipo => Square(h.Plus(-1 / (2 * beta))),
             _ => throw new ArgumentOutOfRangeException(nameof(options), options.LossType, "unknown DPO loss"),
