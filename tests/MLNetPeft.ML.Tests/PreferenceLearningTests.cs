@@ -100,8 +100,9 @@ public class PreferenceLearningTests(Xunit.Abstractions.ITestOutputHelper output
     };
 
     [Fact]
-    public void DpoThroughTheEstimatorRaisesTheImplicitRewardAccuracyAndTheRightAnswers()
+    public async Task DpoThroughTheEstimatorRaisesTheImplicitRewardAccuracyAndTheRightAnswersAndReloadsInAFreshProcess()
     {
+        using var dir = new TempFolder();
         var ml = new MLContext(seed: 1);
         var train = ml.Data.LoadFromEnumerable(Pairs(heldOut: false, seed: 1));
         var heldOutPairs = Pairs(heldOut: true, seed: 2);
@@ -123,6 +124,13 @@ public class PreferenceLearningTests(Xunit.Abstractions.ITestOutputHelper output
         Assert.True(metrics.RewardsAccuracy >= 0.9, $"implicit-reward accuracy {metrics.RewardsAccuracy:P1}");
         Assert.True(metrics.RewardsMargin > 0);
         Assert.True(after >= 0.8 && after > before, $"greedy matches {before:P1} -> {after:P1}");
+
+        // The tuned model generates the same answers in a process that only loads the zip.
+        var rows = heldOutPairs.Take(12).Select(p => new FreshProcess.Row(p.Text, p.Chosen)).ToList();
+        var expected = FreshProcess.Columns(tuned.Transform(ml.Data.LoadFromEnumerable(rows)), ["GeneratedText"]);
+        var path = dir.File("dpo.zip");
+        ml.Model.Save(tuned, heldOut.Schema, path);
+        Assert.Equal(expected, await FreshProcess.RunAsync(path, rows, ["GeneratedText"], dir.Path));
     }
 
     [Fact]
