@@ -37,14 +37,15 @@ internal static class SyntheticWorldBenchmark
         var tokenizer = BundledBaseModel.LoadTokenizer();
 
         // Reward model: the step budget and learning rate are chosen on the validation persons.
-        Console.WriteLine("| reward model (LoRA r 8 all-linear, batch 8) | validation accuracy | held-out accuracy | wrong-fact pairs | rambling pairs | train time |");
+        Console.WriteLine("| reward model (batch 8) | validation accuracy | held-out accuracy | wrong-fact pairs | rambling pairs | train time |");
         Console.WriteLine("|---|---|---|---|---|---|");
         (double Validation, string Line) best = (-1, "");
-        foreach (var (steps, lr) in new[] { (150, 1e-3), (150, 3e-3), (400, 1e-3), (400, 3e-3) })
+        foreach (var (method, steps, lr) in new[] { (FineTuningMethod.Lora, 150, 1e-3), (FineTuningMethod.Lora, 150, 3e-3), (FineTuningMethod.Lora, 400, 1e-3),
+                     (FineTuningMethod.Lora, 400, 3e-3), (FineTuningMethod.Full, 400, 1e-4), (FineTuningMethod.Full, 400, 3e-4) })
         {
             var options = new RewardModelOptions
             {
-                MaxLength = 64, Seed = 1, Lora = new LoraConfig { R = 8, LoraAlpha = 16, TargetModules = [LoraConfig.AllLinear] },
+                Method = method, MaxLength = 64, Seed = 1, Lora = new LoraConfig { R = 8, LoraAlpha = 16, TargetModules = [LoraConfig.AllLinear] },
                 Training = new TrainingOptions { MaxSteps = steps, BatchSize = 8, LearningRate = lr, WarmupSteps = 10, WeightDecay = 0, Seed = 1 },
             };
             var clock = Stopwatch.StartNew();
@@ -59,7 +60,7 @@ internal static class SyntheticWorldBenchmark
             }
             static bool Rambling(PreferenceRow r) => r.Rejected.Contains(r.Chosen.Trim(), StringComparison.Ordinal);
             double val = Accuracy(validation);
-            var line = $"| {steps} steps, lr {lr} | {val:P1} | {Accuracy(heldOut):P1} | {Accuracy(heldOut, r => !Rambling(r)):P1} | {Accuracy(heldOut, Rambling):P1} | {TimeSpan.FromSeconds(seconds):mm\\:ss} |";
+            var line = $"| {(method == FineTuningMethod.Full ? "full" : "LoRA r 8 all-linear")}, {steps} steps, lr {lr} | {val:P1} | {Accuracy(heldOut):P1} | {Accuracy(heldOut, r => !Rambling(r)):P1} | {Accuracy(heldOut, Rambling):P1} | {TimeSpan.FromSeconds(seconds):mm\\:ss} |";
             Console.WriteLine(line);
             if (val > best.Validation) best = (val, line);
         }
