@@ -3,14 +3,6 @@ using MLNetPeft.Architectures;
 using MLNetPeft.ML.FineTuning;
 using MLNetPeft.Tokenization;
 using MLNetPeft.Training;
-using MLNetPeft.Tuners.AdaLora;
-using MLNetPeft.Tuners.Houlsby;
-using MLNetPeft.Tuners.Ia3;
-using MLNetPeft.Tuners.Lora;
-using MLNetPeft.Tuners.PrefixTuning;
-using MLNetPeft.Tuners.PromptTuning;
-using MLNetPeft.Tuners.PTuning;
-using MLNetPeft.Tuners.QLora;
 
 namespace MLNetPeft.ML.Classification;
 
@@ -18,7 +10,7 @@ namespace MLNetPeft.ML.Classification;
 /// Options of the PEFT text classification trainers. Column options and names mirror ML.NET's
 /// <c>TextClassificationTrainer</c> (Microsoft.ML.TorchSharp), so ours is a drop-in; the method and base model are ours.
 /// </summary>
-public sealed class PeftTextClassificationOptions : IPeftMethodSettings
+public sealed class PeftTextClassificationOptions : PeftMethodOptions
 {
     /// <summary>The label: a key column for multiclass (use MapValueToKey), a Boolean column for binary.</summary>
     public string LabelColumnName { get; set; } = "Label";
@@ -46,18 +38,13 @@ public sealed class PeftTextClassificationOptions : IPeftMethodSettings
     public IDataView? ValidationSet { get; set; }
     public int EvalInterval { get; set; }
 
-    /// <summary>How the parameters are adapted; LoRA on the attention's query and value by default.</summary>
-    public FineTuningMethod Method { get; set; } = FineTuningMethod.Lora;
-    /// <summary>LoRA settings (r 8, alpha 16, query and value; the classification head always trains, as PEFT's modules_to_save).</summary>
-    public LoraConfig Lora { get; set; } = new() { R = 8, LoraAlpha = 16, TargetModules = ["query", "value"] };
-    public AdaLoraConfig AdaLora { get; set; } = new() { TargetModules = ["query", "value"] };
-    public Ia3Config Ia3 { get; set; } = new();
-    public HoulsbyConfig AdapterTuning { get; set; } = new();
-    public PromptTuningConfig PromptTuning { get; set; } = new();
-    public PTuningConfig PTuning { get; set; } = new();
-    public PrefixTuningConfig PrefixTuning { get; set; } = new() { PrefixProjection = true };
-    /// <summary>QLoRA: how the encoder's linear layers are quantised to NF4 before LoRA is attached.</summary>
-    public Nf4QuantizationConfig Quantization { get; set; } = new();
+    /// <summary>LoRA and AdaLoRA on the attention's query and value (LoRA r 8, alpha 16); the classification head always trains, as PEFT's modules_to_save.</summary>
+    public PeftTextClassificationOptions()
+    {
+        Lora = new() { R = 8, LoraAlpha = 16, TargetModules = ["query", "value"] };
+        AdaLora = new() { TargetModules = ["query", "value"] };
+    }
+
     /// <summary>
     /// Whether a mergeable adapter is folded into the encoder at the end. Off by default: the adapter stays apart (PEFT's
     /// format), so the encoder is unchanged and a saved model can refer to it instead of embedding it.

@@ -1,14 +1,6 @@
 using Microsoft.ML;
 using MLNetPeft.Generation;
 using MLNetPeft.Training;
-using MLNetPeft.Tuners.AdaLora;
-using MLNetPeft.Tuners.Houlsby;
-using MLNetPeft.Tuners.Ia3;
-using MLNetPeft.Tuners.Lora;
-using MLNetPeft.Tuners.PrefixTuning;
-using MLNetPeft.Tuners.PromptTuning;
-using MLNetPeft.Tuners.PTuning;
-using MLNetPeft.Tuners.QLora;
 
 namespace MLNetPeft.ML.FineTuning;
 
@@ -19,28 +11,28 @@ public enum FineTuningMethod
     Lora,
     /// <summary>Every parameter trains.</summary>
     Full,
-    /// <summary>AdaLoRA: LoRA in SVD form whose rank budget shrinks by importance (<see cref="CausalLmTuningOptions.AdaLora"/>).</summary>
+    /// <summary>AdaLoRA: LoRA in SVD form whose rank budget shrinks by importance (<see cref="PeftMethodOptions.AdaLora"/>).</summary>
     AdaLora,
-    /// <summary>IA3 rescaling vectors on keys, values and the feed-forward activation (<see cref="CausalLmTuningOptions.Ia3"/>).</summary>
+    /// <summary>IA3 rescaling vectors on keys, values and the feed-forward activation (<see cref="PeftMethodOptions.Ia3"/>).</summary>
     Ia3,
     /// <summary>BitFit: only the bias terms train (needs a model with biases, e.g. GPT-2).</summary>
     BitFit,
     /// <summary>LayerNorm tuning: only the normalisation layers' scales (and biases) train.</summary>
     LayerNorm,
     /// <summary>
-    /// QLoRA: the linear layers are NF4-quantised (<see cref="CausalLmTuningOptions.Quantization"/>) and frozen,
-    /// LoRA (<see cref="CausalLmTuningOptions.Lora"/>) trains on top; unmerged, the zip stores the quantised base.
+    /// QLoRA: the linear layers are NF4-quantised (<see cref="PeftMethodOptions.Quantization"/>) and frozen,
+    /// LoRA (<see cref="PeftMethodOptions.Lora"/>) trains on top; unmerged, the zip stores the quantised base.
     /// </summary>
     QLora,
-    /// <summary>Prompt tuning: trainable virtual token embeddings before the input (<see cref="CausalLmTuningOptions.PromptTuning"/>); never merged.</summary>
+    /// <summary>Prompt tuning: trainable virtual token embeddings before the input (<see cref="PeftMethodOptions.PromptTuning"/>); never merged.</summary>
     PromptTuning,
-    /// <summary>P-Tuning: virtual token embeddings from a trainable MLP or LSTM encoder (<see cref="CausalLmTuningOptions.PTuning"/>); never merged.</summary>
+    /// <summary>P-Tuning: virtual token embeddings from a trainable MLP or LSTM encoder (<see cref="PeftMethodOptions.PTuning"/>); never merged.</summary>
     PTuning,
-    /// <summary>Prefix tuning: trainable keys and values before every layer (<see cref="CausalLmTuningOptions.PrefixTuning"/>, with PrefixProjection); never merged.</summary>
+    /// <summary>Prefix tuning: trainable keys and values before every layer (<see cref="PeftMethodOptions.PrefixTuning"/>, with PrefixProjection); never merged.</summary>
     PrefixTuning,
-    /// <summary>P-Tuning v2: prefix tuning without the reparameterisation MLP (<see cref="CausalLmTuningOptions.PrefixTuning"/>'s other settings); never merged.</summary>
+    /// <summary>P-Tuning v2: prefix tuning without the reparameterisation MLP (<see cref="PeftMethodOptions.PrefixTuning"/>'s other settings); never merged.</summary>
     PTuningV2,
-    /// <summary>Adapter tuning (Houlsby): bottlenecks after the attention and feed-forward blocks (<see cref="CausalLmTuningOptions.AdapterTuning"/>); never merged.</summary>
+    /// <summary>Adapter tuning (Houlsby): bottlenecks after the attention and feed-forward blocks (<see cref="PeftMethodOptions.AdapterTuning"/>); never merged.</summary>
     AdapterTuning,
 }
 
@@ -58,30 +50,13 @@ public enum BadRowHandling
 /// and its settings, the training loop, how the result is stored and where it runs, and the generation settings of
 /// the <see cref="Generation.TextGenerationTransformer"/> it returns.
 /// </summary>
-public abstract class CausalLmTuningOptions : IPeftMethodSettings
+public abstract class CausalLmTuningOptions : PeftMethodOptions
 {
     /// <summary>Text column with the prompt (instruction); the default is "Prompt".</summary>
     public string PromptColumnName { get; set; } = "Prompt";
     /// <summary>Column the fitted transformer adds with generated text; the default is "GeneratedText".</summary>
     public string OutputColumnName { get; set; } = "GeneratedText";
 
-    public FineTuningMethod Method { get; set; } = FineTuningMethod.Lora;
-    /// <summary>LoRA settings (PEFT's defaults: r 8, alpha 8, the family's query/value projections).</summary>
-    public LoraConfig Lora { get; set; } = new();
-    /// <summary>4-bit quantisation of the base for QLoRA (NF4, blocks of 64, double quantisation).</summary>
-    public Nf4QuantizationConfig Quantization { get; set; } = new();
-    /// <summary>Prompt tuning settings (20 virtual tokens, RANDOM init unless set).</summary>
-    public PromptTuningConfig PromptTuning { get; set; } = new();
-    /// <summary>P-Tuning settings (20 virtual tokens, MLP encoder).</summary>
-    public PTuningConfig PTuning { get; set; } = new();
-    /// <summary>Prefix tuning and P-Tuning v2 settings (20 virtual tokens).</summary>
-    public PrefixTuningConfig PrefixTuning { get; set; } = new() { PrefixProjection = true };
-    /// <summary>Houlsby adapter settings (reduction factor 16, ReLU).</summary>
-    public HoulsbyConfig AdapterTuning { get; set; } = new();
-    /// <summary>AdaLoRA settings (init_r 12 → target_r 8); total_step defaults to <see cref="TrainingOptions.MaxSteps"/>.</summary>
-    public AdaLoraConfig AdaLora { get; set; } = new();
-    /// <summary>IA3 settings (PEFT's defaults: keys, values and the FFN output projection of the family).</summary>
-    public Ia3Config Ia3 { get; set; } = new();
     /// <summary>Longest prompt + response in tokens; longer rows are handled by <see cref="LongRows"/>.</summary>
     public int MaxLength { get; set; } = 128;
     /// <summary>
@@ -131,18 +106,12 @@ public abstract class CausalLmTuningOptions : IPeftMethodSettings
                 "use a PEFT method with MergeAdapter = false, or BaseModelStorage.Embed.", nameof(BaseModelStorage));
         if (BaseModelStorage == BaseModelStorage.Reference && Method == FineTuningMethod.QLora)
             throw new ArgumentException("QLoRA stores its quantised base inside the zip; BaseModelStorage.Reference is not available for it.", nameof(BaseModelStorage));
-        if (!Enum.IsDefined(Method)) throw new ArgumentOutOfRangeException(nameof(Method), Method, "not a FineTuningMethod value");
         if (MaxLength <= 1) throw new ArgumentOutOfRangeException(nameof(MaxLength), MaxLength, "must be at least 2 tokens");
         ArgumentNullException.ThrowIfNull(Training, nameof(Training));
         ArgumentNullException.ThrowIfNull(Generation, nameof(Generation));
         Training.Validate();
         Generation.Validate();
-        PeftMethods.Validate(Method, this);
-        if (Method == FineTuningMethod.AdaLora)
-        {
-            AdaLora.TotalStep ??= Training.MaxSteps;
-            AdaLora.Validate();
-        }
+        ValidateMethod(Training.MaxSteps);
     }
 }
 

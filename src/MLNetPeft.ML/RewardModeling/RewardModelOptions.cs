@@ -2,19 +2,12 @@ using Microsoft.ML;
 using MLNetPeft.Architectures;
 using MLNetPeft.ML.FineTuning;
 using MLNetPeft.Training;
-using MLNetPeft.Tuners.AdaLora;
-using MLNetPeft.Tuners.Houlsby;
-using MLNetPeft.Tuners.Ia3;
-using MLNetPeft.Tuners.Lora;
-using MLNetPeft.Tuners.PrefixTuning;
-using MLNetPeft.Tuners.PromptTuning;
-using MLNetPeft.Tuners.PTuning;
-using MLNetPeft.Tuners.QLora;
 
 namespace MLNetPeft.ML.RewardModeling;
 
 /// <summary>Options of <see cref="RewardModelEstimator"/> (TRL's <c>RewardConfig</c> where it has the setting).</summary>
-public sealed class RewardModelOptions : IPeftMethodSettings
+/// <remarks>The method adapts the backbone; the scalar head always trains in full (PEFT's modules_to_save). QLoRA quantises only the backbone.</remarks>
+public sealed class RewardModelOptions : PeftMethodOptions
 {
     /// <summary>Text column with the prompt (the conversation so far); the default is "Prompt".</summary>
     public string PromptColumnName { get; set; } = "Prompt";
@@ -32,18 +25,6 @@ public sealed class RewardModelOptions : IPeftMethodSettings
     public string ChosenScoreColumnName { get; set; } = "ChosenScore";
     public string RejectedScoreColumnName { get; set; } = "RejectedScore";
 
-    /// <summary>How the backbone is adapted (the scalar head always trains in full, as PEFT's modules_to_save); LoRA by default.</summary>
-    public FineTuningMethod Method { get; set; } = FineTuningMethod.Lora;
-    /// <summary>LoRA settings (PEFT's defaults: r 8, alpha 8, the family's query/value projections).</summary>
-    public LoraConfig Lora { get; set; } = new();
-    public AdaLoraConfig AdaLora { get; set; } = new();
-    public Ia3Config Ia3 { get; set; } = new();
-    public HoulsbyConfig AdapterTuning { get; set; } = new();
-    public PromptTuningConfig PromptTuning { get; set; } = new();
-    public PTuningConfig PTuning { get; set; } = new();
-    public PrefixTuningConfig PrefixTuning { get; set; } = new() { PrefixProjection = true };
-    /// <summary>QLoRA: how the backbone's linear layers are quantised to NF4 before LoRA is attached (the head stays in full precision).</summary>
-    public Nf4QuantizationConfig Quantization { get; set; } = new();
     /// <summary>TRL's center_rewards_coefficient (e.g. 0.01): pulls the rewards' mean towards 0; null leaves it free (TRL's default).</summary>
     public double? CenterRewardsCoefficient { get; set; }
     /// <summary>Longest prompt + response in tokens; longer sides keep their response and lose the start of the prompt.</summary>
@@ -73,17 +54,11 @@ public sealed class RewardModelOptions : IPeftMethodSettings
                      (nameof(ChosenScoreColumnName), ChosenScoreColumnName), (nameof(RejectedScoreColumnName), RejectedScoreColumnName) })
             if (string.IsNullOrWhiteSpace(value)) throw new ArgumentException($"{name} must name a column.", name);
         if (MarginColumnName is { } margin && string.IsNullOrWhiteSpace(margin)) throw new ArgumentException($"{nameof(MarginColumnName)} must name a column or be null.", nameof(MarginColumnName));
-        if (!Enum.IsDefined(Method)) throw new ArgumentOutOfRangeException(nameof(Method), Method, "not a FineTuningMethod value");
         if (MaxLength < 2) throw new ArgumentOutOfRangeException(nameof(MaxLength), MaxLength, "must be at least 2 tokens");
         if (CenterRewardsCoefficient is { } c && !(c >= 0 && double.IsFinite(c)))
             throw new ArgumentOutOfRangeException(nameof(CenterRewardsCoefficient), c, "must be a finite number ≥ 0");
         ArgumentNullException.ThrowIfNull(Training, nameof(Training));
         Training.Validate();
-        PeftMethods.Validate(Method, this);
-        if (Method == FineTuningMethod.AdaLora)
-        {
-            AdaLora.TotalStep ??= Training.MaxSteps;
-            AdaLora.Validate();
-        }
+        ValidateMethod(Training.MaxSteps);
     }
 }
