@@ -2,6 +2,8 @@ using Microsoft.ML.OnnxRuntime;
 using Microsoft.ML.OnnxRuntime.Tensors;
 using MLNetPeft.Checkpoints;
 using MLNetPeft.MiniLM;
+using Microsoft.Extensions.AI;
+using MLNetPeft.Retrieval.Embeddings;
 using static TorchSharp.torch;
 
 namespace MLNetPeft.MiniLM.Tests;
@@ -77,6 +79,49 @@ public class AllMiniLmL6V2Tests(Xunit.Abstractions.ITestOutputHelper output)
             Assert.True(diff < 1e-4, $"'{sentence}': largest difference {diff:E2}");
         }
         output.WriteLine($"{Sentences.Length} sentences, largest element difference {worst:E2}");
+    }
+
+    [Fact]
+    public async Task TheSentenceEmbedderAndItsEmbeddingGeneratorGiveOnnxRuntimesVectorsInPaddedBatches()
+    {
+        // No test-wide dispose scope: the test awaits, and a scope belongs to one thread (the embedder scopes its own work).
+        using var model = AllMiniLmL6V2.Load();
+        var embedder = new SentenceEmbedder(model, AllMiniLmL6V2.LoadTokenizer(), new SentenceEmbedderOptions { BatchSize = 7 });
+        using var session = new InferenceSession(AllMiniLmL6V2.OnnxModel());
+        // Batches of 7 rows of different lengths: padding and the attention mask must not change a vector.
+        var vectors = embedder.Embed(Sentences);
+        using IEmbeddingGenerator<string, Embedding<float>> generator = new SentenceEmbeddingGenerator(embedder, "all-MiniLM-L6-v2");
+        var generated = await generator.GenerateAsync(Sentences.Reverse());
+        double worst = 0;
+        for (int i = 0; i < Sentences.Length; i++)
+        {
+            var reference = OnnxEmbedding(session, embedder.Tokenize(Sentences[i]).Select(t => (long)t).ToArray());
+            double diff = vectors[i].Zip(reference).Max(x => Math.Abs(x.First - x.Second));
+            worst = Math.Max(worst, diff);
+            Assert.True(diff < 1e-4, $"'{Sentences[i]}': largest difference {diff:E2}");
+            // In reverse order the batches hold other rows (other padded lengths): equal up to float rounding.
+            Assert.True(vectors[i].Zip(generated[Sentences.Length - 1 - i].Vector.ToArray()).Max(x => Math.Abs(x.First - x.Second)) < 1e-5);
+            Assert.Equal(1.0, Math.Sqrt(vectors[i].Sum(v => (double)v * v)), 5);
+        }
+        Assert.Equal(384, embedder.Dimension);
+        Assert.Equal(384, generator.GetService<EmbeddingGeneratorMetadata>()!.DefaultModelDimensions);
+        Assert.True(generated.Usage!.InputTokenCount > Sentences.Length * 2);
+        await Assert.ThrowsAsync<ArgumentException>(() => generator.GenerateAsync(["x"], new EmbeddingGenerationOptions { Dimensions = 128 }));
+        output.WriteLine($"{Sentences.Length} sentences in batches of 7, largest element difference {worst:E2}");
+    }
+
+    [Fact]
+    public void LongTextsAreCutToTheMaximumLengthWithSepKeptLast()
+    {
+        using var testScope = TorchSharp.torch.NewDisposeScope();
+        using var model = AllMiniLmL6V2.Load();
+        var tokenizer = AllMiniLmL6V2.LoadTokenizer();
+        var embedder = new SentenceEmbedder(model, tokenizer, new SentenceEmbedderOptions { MaxLength = 16 });
+        var ids = embedder.Tokenize(string.Join(" ", Enumerable.Repeat("word", 100)));
+        Assert.Equal(16, ids.Count);
+        Assert.Equal(tokenizer.TokenToId("[CLS]"), ids[0]);
+        Assert.Equal(tokenizer.TokenToId("[SEP]"), ids[^1]);
+        Assert.Equal("MaxLength", Assert.Throws<ArgumentOutOfRangeException>(() => new SentenceEmbedder(model, tokenizer, new SentenceEmbedderOptions { MaxLength = 1000 })).ParamName);
     }
 
     private static float[] OnnxEmbedding(InferenceSession session, long[] ids)
