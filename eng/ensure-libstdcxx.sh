@@ -16,37 +16,8 @@ set -euo pipefail
 required=GLIBCXX_3.4.32
 msg() { echo "ensure-libstdcxx: $*" >&2; }
 
-# The URI of the Debian archive this system's own apt sources use for its release (a local mirror stays in use);
-# deb.debian.org only when none is configured. Reads deb822 .sources files and one-line sources.list entries,
-# skipping our own trixie entry and the security archive (which has no trixie main suite under the same path).
-debian_mirror() {
-  local etc=${MLNETPEFT_APT_ETC:-/etc/apt} codename uri="" f
-  codename=${MLNETPEFT_DEBIAN_CODENAME:-$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")}
-  codename=${codename:-bookworm}
-  for f in "$etc"/sources.list.d/*.sources; do
-    [ -f "$f" ] || continue
-    case "$f" in */mlnetpeft-trixie.sources) continue ;; esac
-    uri=$(awk -v want="$codename" '
-      function flush() { if (deb && suite_ok && uris != "" && !found) { print uris; found = 1 } deb = 0; suite_ok = 0; uris = "" }
-      /^[[:space:]]*$/ { flush(); next }
-      /^[[:space:]]*#/ { next }
-      tolower($1) == "types:"  { for (i = 2; i <= NF; i++) if ($i == "deb") deb = 1 }
-      tolower($1) == "uris:"   { for (i = 2; i <= NF; i++) if ($i !~ /security/) { uris = $i; break } }
-      tolower($1) == "suites:" { for (i = 2; i <= NF; i++) if ($i == want) suite_ok = 1 }
-      END { flush() }' "$f")
-    [ -n "$uri" ] && { echo "$uri"; return; }
-  done
-  for f in "$etc"/sources.list "$etc"/sources.list.d/*.list; do
-    [ -f "$f" ] || continue
-    uri=$(awk -v want="$codename" '
-      $1 == "deb" {
-        i = 2; if ($i ~ /^\[/) { while (i <= NF && $i !~ /\]$/) i++; i++ }
-        if ($(i + 1) == want && $i !~ /security/) { print $i; exit }
-      }' "$f")
-    [ -n "$uri" ] && { echo "$uri"; return; }
-  done
-  echo "http://deb.debian.org/debian"
-}
+# shellcheck source=eng/debian-trixie.sh
+. "$(dirname "${BASH_SOURCE[0]}")/debian-trixie.sh"
 
 if [ "${1:-}" = --print-mirror ]; then debian_mirror; exit 0; fi
 
@@ -71,15 +42,8 @@ runtime_ok() {
 if runtime_ok; then exit 0; fi
 [ "${1:-}" = --check ] && { msg "libstdc++ lacks $required"; exit 1; }
 
-if [ ! -f /etc/debian_version ] || ! command -v apt-get >/dev/null; then
-  msg "libstdc++ lacks $required, which TorchSharp's native library needs; this is not a Debian-based"
-  msg "system, so install GCC 13's (or newer) libstdc++ with your package manager."
-  exit 0
-fi
-if [ "$(id -u)" != 0 ]; then
-  msg "libstdc++ lacks $required, which TorchSharp needs. Run this script as root once: sudo $0"
-  exit 0
-fi
+can_install_from_trixie "libstdc++ lacks $required, which TorchSharp's native library needs" \
+  "install GCC 13's (or newer) libstdc++ with your package manager." || exit 0
 
 # Builds of several projects may start this at once; one installs, the others wait and re-check.
 exec 9>/var/lock/mlnetpeft-ensure-libstdcxx.lock
@@ -88,21 +52,7 @@ if runtime_ok; then exit 0; fi
 
 msg "libstdc++ lacks $required (needed by TorchSharp 0.107). Installing libstdc++6 from Debian 13"
 msg "(trixie) with apt pin priority 100; this upgrades libc6 too and takes about 30 s."
-mirror=$(debian_mirror)
-msg "using the Debian mirror this system already uses: $mirror"
-cat > /etc/apt/sources.list.d/mlnetpeft-trixie.sources <<SRC
-Types: deb
-URIs: $mirror
-Suites: trixie
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-cat > /etc/apt/preferences.d/mlnetpeft-trixie <<'PIN'
-# Added by MLNetPeft eng/ensure-libstdcxx.sh: take packages from trixie only when asked for.
-Package: *
-Pin: release n=trixie
-Pin-Priority: 100
-PIN
+add_trixie_source
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq -o Dpkg::Use-Pty=0 >&2
 apt-get install -y -qq -o Dpkg::Use-Pty=0 -t trixie libstdc++6 >&2

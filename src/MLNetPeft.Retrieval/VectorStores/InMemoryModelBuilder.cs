@@ -15,8 +15,6 @@ internal sealed class InMemoryModelBuilder() : CollectionModelBuilder(new Collec
     SupportsMultipleVectors = true,
 })
 {
-    public const string SupportedVectorTypes = "ReadOnlyMemory<float>, float[], Embedding<float>";
-
     public static bool IsNativeVectorType(Type type) =>
         type == typeof(ReadOnlyMemory<float>) || type == typeof(ReadOnlyMemory<float>?) || type == typeof(float[]) || type == typeof(Embedding<float>);
 
@@ -34,7 +32,7 @@ internal sealed class InMemoryModelBuilder() : CollectionModelBuilder(new Collec
 
     protected override bool IsVectorPropertyTypeValid(Type type, [System.Diagnostics.CodeAnalysis.NotNullWhen(false)] out string? supportedTypes)
     {
-        supportedTypes = SupportedVectorTypes;
+        supportedTypes = VectorInputs.SupportedVectorTypes;
         return IsNativeVectorType(type);
     }
 }
