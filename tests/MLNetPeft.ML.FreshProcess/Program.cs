@@ -13,9 +13,12 @@ var rows = JsonSerializer.Deserialize<Input[]>(File.ReadAllText(args[1]))!;
 var transformed = model.Transform(ml.Data.LoadFromEnumerable(rows));
 foreach (var column in args.Skip(2))
 {
-    object values = transformed.Schema[column].Type is TextDataViewType
-        ? transformed.GetColumn<string>(column).ToList()
-        : transformed.GetColumn<float>(column).ToList();
+    object values = transformed.Schema[column].Type switch
+    {
+        TextDataViewType => transformed.GetColumn<string>(column).ToList(),
+        VectorDataViewType => transformed.GetColumn<float[]>(column).ToList(),
+        _ => transformed.GetColumn<float>(column).ToList(),
+    };
     Console.WriteLine(JsonSerializer.Serialize(values));
 }
 return 0;

@@ -15,9 +15,12 @@ internal static class FreshProcess
 
     /// <summary>The columns' values as JSON arrays, the way the helper prints them.</summary>
     public static IReadOnlyList<string> Columns(IDataView transformed, IEnumerable<string> columns) =>
-        columns.Select(c => transformed.Schema[c].Type is TextDataViewType
-            ? JsonSerializer.Serialize(transformed.GetColumn<string>(c).ToList())
-            : JsonSerializer.Serialize(transformed.GetColumn<float>(c).ToList())).ToList();
+        columns.Select(c => transformed.Schema[c].Type switch
+        {
+            TextDataViewType => JsonSerializer.Serialize(transformed.GetColumn<string>(c).ToList()),
+            VectorDataViewType => JsonSerializer.Serialize(transformed.GetColumn<float[]>(c).ToList()),
+            _ => JsonSerializer.Serialize(transformed.GetColumn<float>(c).ToList()),
+        }).ToList();
 
     public static async Task<IReadOnlyList<string>> RunAsync(string modelPath, IReadOnlyList<Row> rows, IReadOnlyList<string> columns, string scratchFolder)
     {

@@ -125,6 +125,14 @@ internal sealed class ModelPackage : IDisposable
         return WithTokenizerAndAdapter(model, folder);
     }
 
+    /// <summary>Loads the checkpoint as a BERT encoder (an embedder's) and its tokenizer, with the adapter attached, as <see cref="LoadModel"/> does for a causal LM.</summary>
+    public (BertModel Model, TextTokenizer Tokenizer) LoadEncoder(ModelLoadOptions? options = null)
+    {
+        if (BaseReference is { } reference) reference.Verify();
+        var folder = BaseReference?.ResolvedFolder ?? BaseFiles!.Path;
+        return WithTokenizerAndAdapter(PretrainedModels.LoadBert(folder, options ?? ModelLoadOptions.AsStored(folder)), folder);
+    }
+
     /// <summary>The model's tokenizer (from its folder) and the adapter attached; the model disposed if either fails.</summary>
     private (T Model, TextTokenizer Tokenizer) WithTokenizerAndAdapter<T>(T model, string folder) where T : PretrainedModule
     {
