@@ -20,11 +20,11 @@ using MLNetPeft.Tuners.Lora;
 //   dotnet run -c Release --project tests/MLNetPeft.HhRlhfBenchmark -- ../shared/data/hh_rlhf_helpful
 //       [--models minilm-lora,minilm-full,base-lora] [--steps 250] [--batch 8] [--max-length 256] [--curve 250,500,1000]
 //       [--lr X] [--no-baseline]
-//   dotnet run -c Release --project tests/MLNetPeft.HhRlhfBenchmark -- --synthetic-world [--per-person 4]   (SyntheticWorldBenchmark.cs)
+//   dotnet run -c Release --project tests/MLNetPeft.HhRlhfBenchmark -- --synthetic-world [--per-person 4] [--reward-from-sft]   (SyntheticWorldBenchmark.cs)
 
 if (args.Contains("--synthetic-world"))
 {
-    SyntheticWorldBenchmark.Run(int.Parse(args.SkipWhile(a => a != "--per-person").Skip(1).DefaultIfEmpty("4").First()));
+    SyntheticWorldBenchmark.Run(int.Parse(args.SkipWhile(a => a != "--per-person").Skip(1).DefaultIfEmpty("4").First()), args.Contains("--reward-from-sft"));
     return 0;
 }
 if (args.Length == 0 || args[0].StartsWith("--", StringComparison.Ordinal))

@@ -12,18 +12,21 @@ using MLNetPeft.ML.RewardModeling;
 using MLNetPeft.Training;
 using MLNetPeft.Training.RewardModeling;
 using MLNetPeft.Tuners.Lora;
+using MLNetPeft.Architectures;
+using MLNetPeft.Training.Dpo;
 
 /// <summary>
 /// Preference learning where the truth is known: pairs from the bundled base model's world (chosen: the right fact;
 /// rejected: another person's fact or the right fact in rambling). Persons 0–249 train, 250–299 validate (settings are
 /// chosen there), 300–399 are held out. A reward model on the bundled LM; DPO (with and without RPO's SFT term) against
 /// SFT on the chosen responses at the same step budget, by the rate at which greedy answers equal the chosen one.
+/// With <c>rewardFromSft</c> the reward model starts from the SFT model (InstructGPT's recipe) instead of the base model.
 /// </summary>
 internal static class SyntheticWorldBenchmark
 {
     private static readonly GenerationOptions Answer = new() { MaxNewTokens = 6, StopStrings = ["\n"] };
 
-    public static void Run(int perPerson)
+    public static void Run(int perPerson, bool rewardFromSft)
     {
         var ml = new MLContext(seed: 1);
         var world = BaseModelRecipe.World();
@@ -35,13 +38,41 @@ internal static class SyntheticWorldBenchmark
         Console.WriteLine($"Synthetic world: {train.Length} training pairs (persons 0–249, {perPerson} per person), {validation.Length} validation (250–299), {heldOut.Length} held-out (300–399).");
         using var model = BundledBaseModel.Load();
         var tokenizer = BundledBaseModel.LoadTokenizer();
+        var trainView = ml.Data.LoadFromEnumerable(train);
+        const int budget = 60;
+        var lora = new LoraConfig { R = 8, LoraAlpha = 16, TargetModules = [LoraConfig.AllLinear] };
+        TrainingOptions Loop() => new() { MaxSteps = budget, BatchSize = 8, LearningRate = 3e-3, WarmupSteps = 5, WeightDecay = 0, Seed = 1 };
+        TextGenerationTransformer Sft()
+        {
+            var sft = ml.Data.LoadFromEnumerable(train.Select(r => new SftRow { Prompt = r.Prompt, Response = r.Chosen }));
+            var options = new CausalLmFineTuningOptions { MaxLength = 64, Seed = 1, Lora = lora, Generation = Answer, Training = Loop() };
+            return ml.Transforms.Text.FineTuneCausalLm(model, tokenizer, options).Fit(sft);
+        }
 
         // Reward model: the step budget and learning rate are chosen on the validation persons.
-        Console.WriteLine("| reward model (batch 8) | validation accuracy | held-out accuracy | wrong-fact pairs | rambling pairs | train time |");
+        using var sftForReward = rewardFromSft ? Sft() : null;
+        var backbone = sftForReward?.Model ?? model;   // the LoRA is merged into the SFT model's weights
+        // Does the language model itself know? log p(chosen | prompt) against log p(rejected | prompt) on the wrong-fact pairs.
+        var wrongFacts = heldOut.Where(r => !Rambling(r)).ToArray();
+        var wrongPairs = PreferencePairs.FromExamples(wrongFacts.Select(r => ((IReadOnlyList<int>)tokenizer.Encode(r.Prompt),
+            (IReadOnlyList<int>)tokenizer.Encode(r.Chosen, addSpecialTokens: false), (IReadOnlyList<int>)tokenizer.Encode(r.Rejected, addSpecialTokens: false), 0f)), 64);
+        foreach (var (name, lm) in new[] { ("base", (CausalLanguageModel)model), ("SFT", sftForReward?.Model) })
+        {
+            if (lm is null) continue;
+            lm.eval();
+            using var _ = TorchSharp.torch.no_grad();
+            var (c, r, nll) = DpoTrainer.ResponseLogProbs(lm, wrongPairs.Pairs);
+            using (c) using (r) using (nll)
+                Console.WriteLine($"{name} model: log p(chosen) > log p(rejected) on {c.data<float>().ToArray().Zip(r.data<float>().ToArray()).Count(x => x.First > x.Second)} of {wrongFacts.Length} held-out wrong-fact pairs");
+        }
+        Console.WriteLine($"| reward model from the {(rewardFromSft ? "SFT" : "base")} model (batch 8) | validation accuracy | held-out accuracy | wrong-fact pairs | rambling pairs | train time |");
         Console.WriteLine("|---|---|---|---|---|---|");
         (double Validation, string Line) best = (-1, "");
-        foreach (var (method, steps, lr) in new[] { (FineTuningMethod.Lora, 150, 1e-3), (FineTuningMethod.Lora, 150, 3e-3), (FineTuningMethod.Lora, 400, 1e-3),
-                     (FineTuningMethod.Lora, 400, 3e-3), (FineTuningMethod.Full, 400, 1e-4), (FineTuningMethod.Full, 400, 3e-4) })
+        var grid = rewardFromSft
+            ? new[] { (FineTuningMethod.Lora, 400, 1e-3), (FineTuningMethod.Lora, 1000, 3e-4), (FineTuningMethod.Full, 400, 1e-4), (FineTuningMethod.Full, 1500, 1e-4) }
+            : new[] { (FineTuningMethod.Lora, 150, 1e-3), (FineTuningMethod.Lora, 150, 3e-3), (FineTuningMethod.Lora, 400, 1e-3),
+                (FineTuningMethod.Lora, 400, 3e-3), (FineTuningMethod.Full, 400, 1e-4), (FineTuningMethod.Full, 400, 3e-4) };
+        foreach (var (method, steps, lr) in grid)
         {
             var options = new RewardModelOptions
             {
@@ -49,7 +80,7 @@ internal static class SyntheticWorldBenchmark
                 Training = new TrainingOptions { MaxSteps = steps, BatchSize = 8, LearningRate = lr, WarmupSteps = 10, WeightDecay = 0, Seed = 1 },
             };
             var clock = Stopwatch.StartNew();
-            using var reward = ml.Transforms.Text.TrainRewardModel(model, tokenizer, options).Fit(ml.Data.LoadFromEnumerable(train));
+            using var reward = ml.Transforms.Text.TrainRewardModel(backbone, tokenizer, options).Fit(trainView);
             double seconds = clock.Elapsed.TotalSeconds;
             double Accuracy(PreferenceRow[] rows, Func<PreferenceRow, bool>? where = null)
             {
@@ -58,7 +89,6 @@ internal static class SyntheticWorldBenchmark
                 var kept = Enumerable.Range(0, rows.Length).Where(i => where?.Invoke(rows[i]) ?? true).ToList();
                 return RewardMetrics.Of(kept.Select(i => chosen[i]).ToList(), kept.Select(i => rejected[i]).ToList()).Accuracy;
             }
-            static bool Rambling(PreferenceRow r) => r.Rejected.Contains(r.Chosen.Trim(), StringComparison.Ordinal);
             double val = Accuracy(validation);
             var line = $"| {(method == FineTuningMethod.Full ? "full" : "LoRA r 8 all-linear")}, {steps} steps, lr {lr} | {val:P1} | {Accuracy(heldOut):P1} | {Accuracy(heldOut, r => !Rambling(r)):P1} | {Accuracy(heldOut, Rambling):P1} | {TimeSpan.FromSeconds(seconds):mm\\:ss} |";
             Console.WriteLine(line);
@@ -74,10 +104,6 @@ internal static class SyntheticWorldBenchmark
         using (var untouched = ml.Transforms.Text.GenerateText(model, tokenizer, options: Answer).Fit(heldOutView))
             Console.WriteLine($"| held-out greedy answer = chosen, base model | {Matches(untouched):P1} |");
         Console.WriteLine("|---|---|");
-        const int budget = 60;
-        var lora = new LoraConfig { R = 8, LoraAlpha = 16, TargetModules = [LoraConfig.AllLinear] };
-        TrainingOptions Loop() => new() { MaxSteps = budget, BatchSize = 8, LearningRate = 3e-3, WarmupSteps = 5, WeightDecay = 0, Seed = 1 };
-        var trainView = ml.Data.LoadFromEnumerable(train);
         foreach (var rpo in new double?[] { null, 1.0 })
         {
             var options = new CausalLmDpoOptions { MaxLength = 64, Seed = 1, Lora = lora, Generation = Answer, Training = Loop() };
@@ -87,13 +113,13 @@ internal static class SyntheticWorldBenchmark
             Console.WriteLine($"| DPO sigmoid β 0.1{(rpo is { } a ? $" + RPO α {a}" : "")}, {budget} steps ({clock.Elapsed:mm\\:ss}) | {Matches(tuned):P1} |");
         }
         {
-            var sft = ml.Data.LoadFromEnumerable(train.Select(r => new SftRow { Prompt = r.Prompt, Response = r.Chosen }));
-            var options = new CausalLmFineTuningOptions { MaxLength = 64, Seed = 1, Lora = lora, Generation = Answer, Training = Loop() };
             var clock = Stopwatch.StartNew();
-            using var tuned = ml.Transforms.Text.FineTuneCausalLm(model, tokenizer, options).Fit(sft);
+            using var tuned = Sft();
             Console.WriteLine($"| SFT on the chosen responses, {budget} steps ({clock.Elapsed:mm\\:ss}) | {Matches(tuned):P1} |");
         }
     }
+
+    private static bool Rambling(PreferenceRow r) => r.Rejected.Contains(r.Chosen.Trim(), StringComparison.Ordinal);
 
     private sealed class SftRow
     {
