@@ -16,6 +16,7 @@ foreach (var column in args.Skip(2))
     object values = transformed.Schema[column].Type switch
     {
         TextDataViewType => transformed.GetColumn<string>(column).ToList(),
+        VectorDataViewType { ItemType: TextDataViewType } => transformed.GetColumn<string[]>(column).ToList(),
         VectorDataViewType => transformed.GetColumn<float[]>(column).ToList(),
         _ => transformed.GetColumn<float>(column).ToList(),
     };

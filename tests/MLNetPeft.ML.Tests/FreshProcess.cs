@@ -18,6 +18,7 @@ internal static class FreshProcess
         columns.Select(c => transformed.Schema[c].Type switch
         {
             TextDataViewType => JsonSerializer.Serialize(transformed.GetColumn<string>(c).ToList()),
+            VectorDataViewType { ItemType: TextDataViewType } => JsonSerializer.Serialize(transformed.GetColumn<string[]>(c).ToList()),
             VectorDataViewType => JsonSerializer.Serialize(transformed.GetColumn<float[]>(c).ToList()),
             _ => JsonSerializer.Serialize(transformed.GetColumn<float>(c).ToList()),
         }).ToList();

@@ -3,7 +3,6 @@ using Microsoft.ML.Data;
 using Microsoft.ML.Runtime;
 using MLNetPeft.Architectures;
 using MLNetPeft.ML.Persistence;
-using MLNetPeft.MiniLM;
 using MLNetPeft.Retrieval.Embeddings;
 using MLNetPeft.Tokenization;
 
@@ -23,7 +22,7 @@ public sealed class TextEmbeddingEstimator : IEstimator<TextEmbeddingTransformer
         SentenceEmbedderOptions? options, BaseModelStorage storage)
     {
         _env = env;
-        if ((encoder is null) != (tokenizer is null)) throw new ArgumentException("Give both the encoder and its tokenizer, or neither (all-MiniLM-L6-v2).", encoder is null ? nameof(encoder) : nameof(tokenizer));
+        EmbedderPackage.CheckPair(encoder, tokenizer);
         _encoder = encoder;
         _tokenizer = tokenizer;
         _outputColumnName = string.IsNullOrWhiteSpace(outputColumnName) ? throw new ArgumentException("The output column needs a name.", nameof(outputColumnName)) : outputColumnName;
@@ -37,32 +36,8 @@ public sealed class TextEmbeddingEstimator : IEstimator<TextEmbeddingTransformer
         ArgumentNullException.ThrowIfNull(input);
         TextEmbeddingTransformer.CheckInput(input.Schema, _inputColumnName, _env);
         using var ch = _env.Start("Text embedding");
-        var settings = new TextEmbeddingTransformer.Settings(_outputColumnName, _inputColumnName, _options.MaxLength, _options.BatchSize, _options.Pooling, _options.Normalize);
-        if (_encoder is null)
-        {
-            // The bundled all-MiniLM-L6-v2: the zip names its package version and files' SHA-256; the transformer owns the encoder it loads.
-            var encoder = AllMiniLmL6V2.Load();
-            try
-            {
-                var embedder = new SentenceEmbedder(encoder, AllMiniLmL6V2.LoadTokenizer(), _options);
-                return new TextEmbeddingTransformer(_env, embedder, ModelPackage.Reference(BaseModelReference.OfBundledMiniLm()), settings, ownsEncoder: true);
-            }
-            catch
-            {
-                encoder.Dispose();
-                throw;
-            }
-        }
-        var given = new SentenceEmbedder(_encoder, _tokenizer!, _options);
-        ModelFiles.RequireCheckpointFolder(_encoder);
-        var package = ModelPackage.Resolve(_storage, ModelPackage.WeightBytes(_encoder), baseUnchanged: true, ch) == BaseModelStorage.Reference
-            ? ModelPackage.Reference(BaseModelReference.Of(_encoder.SourceFolder!))
-            : ModelFiles.WithTempFolder(folder =>
-            {
-                _encoder.SavePretrained(folder);
-                return ModelPackage.Embed(folder);
-            });
-        return new TextEmbeddingTransformer(_env, given, package, settings, ownsEncoder: false);
+        var (embedder, package, owns) = EmbedderPackage.Create(_encoder, _tokenizer, _options, _storage, ch);
+        return new TextEmbeddingTransformer(_env, embedder, package, new TextEmbeddingTransformer.Settings(_outputColumnName, _inputColumnName, EmbedderSettings.Of(_options)), owns);
     }
 
     public SchemaShape GetOutputSchema(SchemaShape inputSchema) =>

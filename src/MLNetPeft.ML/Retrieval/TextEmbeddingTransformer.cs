@@ -38,7 +38,7 @@ public sealed class TextEmbeddingTransformer : RowToRowTransformerBase, ITransfo
         _ownsEncoder = ownsEncoder;
     }
 
-    internal sealed record Settings(string Output, string Input, int MaxLength, int BatchSize, EmbeddingPooling Pooling, bool Normalize);
+    internal sealed record Settings(string Output, string Input, EmbedderSettings Embedder);
 
     public string OutputColumnName => _settings.Output;
     public string InputColumnName => _settings.Input;
@@ -86,14 +86,12 @@ public sealed class TextEmbeddingTransformer : RowToRowTransformerBase, ITransfo
         Contracts.CheckValue(env, nameof(env));
         ctx.CheckAtModel(GetVersionInfo());
         var s = CheckedSettings.Read<Settings>(ctx, "text embedding");
-        if (s.MaxLength is < 2 or > 1 << 16 || s.BatchSize is < 1 or > 1 << 16 || !Enum.IsDefined(s.Pooling) || string.IsNullOrEmpty(s.Output) || string.IsNullOrEmpty(s.Input))
+        if (s.Embedder is not { IsValid: true } || string.IsNullOrEmpty(s.Output) || string.IsNullOrEmpty(s.Input))
             throw new InvalidDataException("The model zip's text embedding settings are out of range; it is corrupt.");
         var package = ModelPackage.Load(ctx);
         try
         {
-            var (encoder, tokenizer) = package.LoadEncoder();
-            var embedder = new SentenceEmbedder(encoder, tokenizer, new SentenceEmbedderOptions { MaxLength = s.MaxLength, BatchSize = s.BatchSize, Pooling = s.Pooling, Normalize = s.Normalize });
-            return new TextEmbeddingTransformer(env, embedder, package, s, ownsEncoder: true);
+            return new TextEmbeddingTransformer(env, EmbedderPackage.Load(package, s.Embedder), package, s, ownsEncoder: true);
         }
         catch
         {

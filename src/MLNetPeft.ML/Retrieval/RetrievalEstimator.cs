@@ -1,0 +1,93 @@
+using Microsoft.ML;
+using Microsoft.ML.Data;
+using Microsoft.ML.Runtime;
+using MLNetPeft.Retrieval.Chunking;
+using MLNetPeft.Retrieval.Retrievers;
+
+namespace MLNetPeft.ML.Retrieval;
+
+/// <summary>
+/// Builds a knowledge base from a corpus (a data view of document ids and texts) at <c>Fit</c> (chunking, embedding,
+/// indexing) and returns a <see cref="RetrievalTransformer"/> that retrieves from it for each query row.
+/// </summary>
+public sealed class RetrievalEstimator : IEstimator<RetrievalTransformer>
+{
+    private readonly IHostEnvironment _env;
+    private readonly IDataView _corpus;
+    private readonly RetrievalOptions _options;
+
+    internal RetrievalEstimator(IHostEnvironment env, IDataView corpus, RetrievalOptions? options)
+    {
+        _env = env;
+        _corpus = corpus ?? throw new ArgumentNullException(nameof(corpus));
+        _options = options ?? new RetrievalOptions();
+        _options.Validate();
+    }
+
+    public RetrievalTransformer Fit(IDataView input)
+    {
+        ArgumentNullException.ThrowIfNull(input);
+        var o = _options;
+        RetrievalTransformer.CheckText(input.Schema, o.QueryColumnName, "query", _env);
+        RetrievalTransformer.CheckText(_corpus.Schema, o.DocumentIdColumnName, "corpus document id", _env);
+        RetrievalTransformer.CheckText(_corpus.Schema, o.DocumentTextColumnName, "corpus document text", _env);
+        using var ch = _env.Start("Retrieval");
+        var documents = _corpus.GetColumn<string>(o.DocumentIdColumnName).Zip(_corpus.GetColumn<string>(o.DocumentTextColumnName),
+            (id, text) => (id ?? "", text ?? "")).ToList();
+        if (documents.Count == 0)
+            throw new ArgumentException($"The corpus is empty: its '{o.DocumentTextColumnName}' column has no rows, so there is nothing to retrieve.", "corpus");
+        var (embedder, package, ownsEncoder) = EmbedderPackage.Create(o.Encoder, o.Tokenizer, o.Embedding, o.EncoderStorage, ch);
+        KnowledgeBase? knowledgeBase = null;
+        try
+        {
+            var chunker = o.ChunkTokens is { } tokens ? new TokenChunker(embedder.Tokenizer, tokens, o.ChunkOverlap) : null;
+            knowledgeBase = KnowledgeBase.Build(embedder, documents, chunker);
+            ch.Info($"Knowledge base: {documents.Count} documents, {knowledgeBase.Count} passages, {embedder.Dimension}-dimensional vectors.");
+            var files = RetrievalTransformer.Store(knowledgeBase);
+            var settings = new RetrievalTransformer.Settings(o.QueryColumnName, o.PassagesColumnName, o.PassageIdsColumnName, o.ScoresColumnName, o.Top, o.Mode,
+                EmbedderSettings.Of(o.Embedding));
+            return new RetrievalTransformer(_env, knowledgeBase, package, files, settings, ownsEncoder);
+        }
+        catch
+        {
+            knowledgeBase?.Dispose();
+            package.Dispose();
+            if (ownsEncoder) embedder.Encoder.Dispose();
+            throw;
+        }
+    }
+
+    public SchemaShape GetOutputSchema(SchemaShape inputSchema)
+    {
+        ArgumentNullException.ThrowIfNull(inputSchema);
+        var o = _options;
+        if (!inputSchema.TryFindColumn(o.QueryColumnName, out var q)) throw _env.ExceptSchemaMismatch(nameof(inputSchema), "query", o.QueryColumnName);
+        if (q.Kind != SchemaShape.Column.VectorKind.Scalar || q.ItemType is not TextDataViewType)
+            throw _env.ExceptSchemaMismatch(nameof(inputSchema), "query", o.QueryColumnName, "String", q.GetTypeString());
+        var columns = inputSchema.ToDictionary(c => c.Name);
+        columns[o.PassagesColumnName] = new SchemaShape.Column(o.PassagesColumnName, SchemaShape.Column.VectorKind.VariableVector, TextDataViewType.Instance, false);
+        columns[o.PassageIdsColumnName] = new SchemaShape.Column(o.PassageIdsColumnName, SchemaShape.Column.VectorKind.VariableVector, TextDataViewType.Instance, false);
+        columns[o.ScoresColumnName] = new SchemaShape.Column(o.ScoresColumnName, SchemaShape.Column.VectorKind.VariableVector, NumberDataViewType.Single, false);
+        return new SchemaShape(columns.Values);
+    }
+}
+
+/// <summary><c>mlContext.Retrieval()</c>: the retrieval stage of RAG.</summary>
+public sealed class RetrievalCatalog
+{
+    private readonly MLContext _mlContext;
+
+    internal RetrievalCatalog(MLContext mlContext) => _mlContext = mlContext;
+
+    /// <summary>
+    /// Retrieves passages of <paramref name="corpus"/> (columns Id and Text by default) for each row's query (column
+    /// Query): dense all-MiniLM-L6-v2 search by default, or BM25, or both fused (<see cref="RetrievalOptions.Mode"/>).
+    /// </summary>
+    public RetrievalEstimator Retrieve(IDataView corpus, RetrievalOptions? options = null) => new(_mlContext, corpus, options);
+}
+
+public static class RetrievalCatalogExtensions
+{
+    /// <summary>The retrieval catalog: <c>mlContext.Retrieval().Retrieve(corpus, options)</c>.</summary>
+    public static RetrievalCatalog Retrieval(this MLContext mlContext) => new(mlContext ?? throw new ArgumentNullException(nameof(mlContext)));
+}
