@@ -152,11 +152,7 @@ public sealed class TextGenerationTransformer : RowToRowTransformerBase, IDispos
         return new SchemaShape(columns.Values);
     }
 
-    internal static void CheckInput(DataViewSchema schema, string column, IExceptionContext ectx)
-    {
-        var col = schema.GetColumnOrNull(column) ?? throw ectx.ExceptSchemaMismatch(nameof(schema), "prompt", column);
-        if (col.Type is not TextDataViewType) throw ectx.ExceptSchemaMismatch(nameof(schema), "prompt", column, "String", col.Type.ToString());
-    }
+    internal static void CheckInput(DataViewSchema schema, string column, IExceptionContext ectx) => TextColumns.Require(schema, column, "prompt", ectx);
 
     /// <summary>Disposes the model if this transformer created or loaded it (a model the caller passed in stays the caller's), and its stored files.</summary>
     public void Dispose()

@@ -28,9 +28,9 @@ public sealed class RetrievalEstimator : IEstimator<RetrievalTransformer>
     {
         ArgumentNullException.ThrowIfNull(input);
         var o = _options;
-        RetrievalTransformer.CheckText(input.Schema, o.QueryColumnName, "query", _env);
-        RetrievalTransformer.CheckText(_corpus.Schema, o.DocumentIdColumnName, "corpus document id", _env);
-        RetrievalTransformer.CheckText(_corpus.Schema, o.DocumentTextColumnName, "corpus document text", _env);
+        TextColumns.Require(input.Schema, o.QueryColumnName, "query", _env);
+        TextColumns.Require(_corpus.Schema, o.DocumentIdColumnName, "corpus document id", _env);
+        TextColumns.Require(_corpus.Schema, o.DocumentTextColumnName, "corpus document text", _env);
         using var ch = _env.Start("Retrieval");
         var documents = _corpus.GetColumn<string>(o.DocumentIdColumnName).Zip(_corpus.GetColumn<string>(o.DocumentTextColumnName),
             (id, text) => (id ?? "", text ?? "")).ToList();
@@ -61,9 +61,7 @@ public sealed class RetrievalEstimator : IEstimator<RetrievalTransformer>
     {
         ArgumentNullException.ThrowIfNull(inputSchema);
         var o = _options;
-        if (!inputSchema.TryFindColumn(o.QueryColumnName, out var q)) throw _env.ExceptSchemaMismatch(nameof(inputSchema), "query", o.QueryColumnName);
-        if (q.Kind != SchemaShape.Column.VectorKind.Scalar || q.ItemType is not TextDataViewType)
-            throw _env.ExceptSchemaMismatch(nameof(inputSchema), "query", o.QueryColumnName, "String", q.GetTypeString());
+        TextColumns.Require(inputSchema, o.QueryColumnName, "query", _env);
         var columns = inputSchema.ToDictionary(c => c.Name);
         columns[o.PassagesColumnName] = new SchemaShape.Column(o.PassagesColumnName, SchemaShape.Column.VectorKind.VariableVector, TextDataViewType.Instance, false);
         columns[o.PassageIdsColumnName] = new SchemaShape.Column(o.PassageIdsColumnName, SchemaShape.Column.VectorKind.VariableVector, TextDataViewType.Instance, false);

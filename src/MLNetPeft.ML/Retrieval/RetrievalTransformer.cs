@@ -51,12 +51,6 @@ public sealed class RetrievalTransformer : RowToRowTransformerBase, IDisposable
         return StoredFolder.Take(folder);
     });
 
-    internal static void CheckText(DataViewSchema schema, string column, string role, IExceptionContext ectx)
-    {
-        if (schema.GetColumnOrNull(column) is not { } c) throw ectx.ExceptSchemaMismatch(nameof(schema), role, column);
-        if (c.Type is not TextDataViewType) throw ectx.ExceptSchemaMismatch(nameof(schema), role, column, "String", c.Type.ToString());
-    }
-
     private static VersionInfo GetVersionInfo() =>
         new(ModelSignature, verWrittenCur: 0x00010001, verReadableCur: 0x00010001, verWeCanReadBack: 0x00010001,
             loaderAssemblyName: typeof(RetrievalTransformer).Assembly.FullName, loaderSignature: LoaderSignature);
@@ -122,7 +116,7 @@ public sealed class RetrievalTransformer : RowToRowTransformerBase, IDisposable
         public Mapper(RetrievalTransformer owner, DataViewSchema schema) : base(owner.Host, schema, owner)
         {
             _owner = owner;
-            CheckText(schema, owner._settings.Query, "query", Host);
+            TextColumns.Require(schema, owner._settings.Query, "query", Host);
             _query = schema[owner._settings.Query].Index;
         }
 

@@ -53,17 +53,11 @@ public sealed class TextEmbeddingTransformer : RowToRowTransformerBase, ITransfo
         return new RowToRowMapperTransform(Host, input, new Mapper(this, input.Schema, input), schema => new Mapper(this, schema, null));
     }
 
-    internal static void CheckInput(DataViewSchema schema, string column, IExceptionContext ectx)
-    {
-        if (schema.GetColumnOrNull(column) is not { } c) throw ectx.ExceptSchemaMismatch(nameof(schema), "text", column);
-        if (c.Type is not TextDataViewType) throw ectx.ExceptSchemaMismatch(nameof(schema), "text", column, "String", c.Type.ToString());
-    }
+    internal static void CheckInput(DataViewSchema schema, string column, IExceptionContext ectx) => TextColumns.Require(schema, column, "text", ectx);
 
     internal static SchemaShape OutputShape(SchemaShape input, string inputColumn, string outputColumn, IExceptionContext ectx)
     {
-        if (!input.TryFindColumn(inputColumn, out var c)) throw ectx.ExceptSchemaMismatch(nameof(input), "text", inputColumn);
-        if (c.Kind != SchemaShape.Column.VectorKind.Scalar || c.ItemType is not TextDataViewType)
-            throw ectx.ExceptSchemaMismatch(nameof(input), "text", inputColumn, "String", c.GetTypeString());
+        TextColumns.Require(input, inputColumn, "text", ectx);
         var columns = input.ToDictionary(x => x.Name);
         columns[outputColumn] = new SchemaShape.Column(outputColumn, SchemaShape.Column.VectorKind.Vector, NumberDataViewType.Single, false);
         return new SchemaShape(columns.Values);
