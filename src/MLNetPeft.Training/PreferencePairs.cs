@@ -61,18 +61,9 @@ public sealed class PreferencePairs
     /// <summary>SHA-256 of every pair (ids, prompt lengths and margin): what a checkpoint records of its data.</summary>
     public string Fingerprint()
     {
-        using var sha = System.Security.Cryptography.IncrementalHash.CreateHash(System.Security.Cryptography.HashAlgorithmName.SHA256);
+        using var hash = new DataFingerprint();
         foreach (var pair in Pairs)
-        {
-            foreach (var side in new[] { pair.Chosen, pair.Rejected })
-            {
-                sha.AppendData(BitConverter.GetBytes(side.Count));
-                foreach (var id in side) sha.AppendData(BitConverter.GetBytes(id));
-            }
-            sha.AppendData(BitConverter.GetBytes(pair.Margin));
-            sha.AppendData(BitConverter.GetBytes(pair.ChosenPromptLength));
-            sha.AppendData(BitConverter.GetBytes(pair.RejectedPromptLength));
-        }
-        return Convert.ToHexStringLower(sha.GetHashAndReset());
+            hash.Add(pair.Chosen).Add(pair.Rejected).Add(pair.Margin).Add(pair.ChosenPromptLength).Add(pair.RejectedPromptLength);
+        return hash.Finish();
     }
 }
