@@ -18,6 +18,12 @@ using MLNetPeft.Tuners.Lora;
 // --tune: all-MiniLM-L6-v2 with LoRA, trained on the training queries' judged pairs with in-batch negatives
 // (MultipleNegativesRankingLoss), its settings fixed in advance (not searched on test).
 // Document embeddings are cached on disk, keyed by encoder, settings and corpus hash.
+//   dotnet run -c Release --project tests/MLNetPeft.RetrievalBenchmark -- --scaling 10000,100000,1000000   (ScalingBenchmark.cs)
+if (args is ["--scaling", var sizes])
+{
+    await ScalingBenchmark.Run(sizes.Split(',').Select(int.Parse).ToList());
+    return 0;
+}
 if (args.Length == 0 || args[0].StartsWith("--", StringComparison.Ordinal))
 {
     Console.Error.WriteLine("usage: MLNetPeft.RetrievalBenchmark <scifact folder> [--no-pgvector]");

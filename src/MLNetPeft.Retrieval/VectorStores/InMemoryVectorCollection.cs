@@ -308,15 +308,17 @@ public sealed class InMemoryVectorCollection<TKey, TRecord> : VectorStoreCollect
         lock (_gate)
         {
             RequireExists();
-            var candidates = Enumerable.Range(0, _records.Count).Where(i => predicate?.Invoke(_records[i]) ?? true).ToArray();
+            // Without a filter every row is a candidate (null: no index to gather by).
+            var candidates = predicate is null ? null : Enumerable.Range(0, _records.Count).Where(i => predicate(_records[i])).ToArray();
+            int available = candidates?.Length ?? _records.Count;
             var results = new List<IReadOnlyList<VectorSearchResult<TRecord>>>(queries.Count);
-            if (candidates.Length == 0 || queries.Count == 0)
+            if (available == 0 || queries.Count == 0)
             {
                 for (int i = 0; i < queries.Count; i++) results.Add([]);
                 return results;
             }
-            int k = Math.Min(top + skip, candidates.Length);
-            var (scores, rows) = column.Top(queries, candidates.Length == _records.Count ? null : candidates, _records.Count, k);
+            int k = Math.Min(top + skip, available);
+            var (scores, rows) = column.Top(queries, candidates, _records.Count, k);
             for (int q = 0; q < queries.Count; q++)
             {
                 var hits = new List<VectorSearchResult<TRecord>>(top);
@@ -341,8 +343,10 @@ public sealed class InMemoryVectorCollection<TKey, TRecord> : VectorStoreCollect
     /// <summary>One vector property's matrix [capacity, d] (rows beyond the count unused) and which rows hold a vector.</summary>
     private sealed class VectorColumn(VectorPropertyModel property) : IDisposable
     {
-        // Long-lived: detached from whatever dispose scope the caller is in.
+        // Long-lived: detached from whatever dispose scope the caller is in. The rows' L2 norms are kept beside them,
+        // so a cosine search reads the matrix once (one product), not twice.
         private Tensor _matrix = zeros(InitialCapacity, property.Dimensions, ScalarType.Float32).DetachFromDisposeScope();
+        private Tensor _norms = zeros(InitialCapacity, ScalarType.Float32).DetachFromDisposeScope();
         private bool[] _present = new bool[InitialCapacity];
 
         public VectorPropertyModel Property { get; } = property;
@@ -359,12 +363,23 @@ public sealed class InMemoryVectorCollection<TKey, TRecord> : VectorStoreCollect
             var target = _matrix[row];
             if (vector is { } v) target.copy_(tensor(v.ToArray()));
             else target.zero_();
+            using var norm = Scalars.Owned(vector is { } w ? Norm(w.Span) : 0.0);   // a value per row: not one for the cache
+            _norms[row].fill_(norm);
+        }
+
+        // Computed the same way when a vector is set and when a file is loaded, so a loaded collection scores bit for bit alike.
+        private static double Norm(ReadOnlySpan<float> v)
+        {
+            double sum = 0;
+            foreach (var x in v) sum += (double)x * x;
+            return (float)Math.Sqrt(sum);
         }
 
         public void MoveRow(int from, int to)
         {
             using var scope = NewDisposeScope();
             _matrix[to].copy_(_matrix[from]);
+            _norms[to].copy_(_norms[from]);
             _present[to] = _present[from];
             _present[from] = false;
         }
@@ -379,8 +394,14 @@ public sealed class InMemoryVectorCollection<TKey, TRecord> : VectorStoreCollect
         public void Replace(Tensor matrix, int count)
         {
             _matrix.Dispose();
+            _norms.Dispose();
             _matrix = matrix.DetachFromDisposeScope();
             if (count == 0) { _matrix.Dispose(); _matrix = zeros(InitialCapacity, Property.Dimensions, ScalarType.Float32).DetachFromDisposeScope(); }
+            var values = _matrix.data<float>().ToArray();
+            int d = Property.Dimensions;
+            var norms = new float[_matrix.shape[0]];
+            for (int r = 0; r < norms.Length; r++) norms[r] = (float)Norm(values.AsSpan(r * d, d));
+            _norms = tensor(norms).DetachFromDisposeScope();
             _present = new bool[Math.Max(count, InitialCapacity)];
             Array.Fill(_present, true, 0, count);
         }
@@ -400,11 +421,13 @@ public sealed class InMemoryVectorCollection<TKey, TRecord> : VectorStoreCollect
             for (int q = 0; q < queries.Count; q++) queries[q].Span.CopyTo(flat.AsSpan(q * d, d));
             var query = tensor(flat, [queries.Count, d]);
             var rows = _matrix.narrow(0, 0, count);
+            var norms = _norms.narrow(0, 0, count);
             var present = tensor(_present.AsSpan(0, count).ToArray());
             if (candidates is not null)
             {
                 var index = tensor(candidates.Select(c => (long)c).ToArray());
                 rows = rows.index_select(0, index);
+                norms = norms.index_select(0, index);
                 present = present.index_select(0, index);
             }
             // One product for the whole batch; similarities are turned into the distance function's score.
@@ -412,9 +435,9 @@ public sealed class InMemoryVectorCollection<TKey, TRecord> : VectorStoreCollect
             Tensor score = Distance switch
             {
                 DistanceFunction.DotProductSimilarity => dot,
-                DistanceFunction.CosineSimilarity => dot / Norms(query).unsqueeze(1).mul(Norms(rows).unsqueeze(0)).clamp_min(Scalars.Of(1e-12)),
-                DistanceFunction.CosineDistance => (dot / Norms(query).unsqueeze(1).mul(Norms(rows).unsqueeze(0)).clamp_min(Scalars.Of(1e-12))).neg().Plus(1.0),
-                DistanceFunction.EuclideanDistance => query.mul(query).sum(1, keepdim: true).Plus(rows.mul(rows).sum(1).unsqueeze(0)).sub(dot.Times(2.0)).clamp_min(Scalars.Of(0.0)).sqrt(),
+                DistanceFunction.CosineSimilarity => dot / Norms(query).unsqueeze(1).mul(norms.unsqueeze(0)).clamp_min(Scalars.Of(1e-12)),
+                DistanceFunction.CosineDistance => (dot / Norms(query).unsqueeze(1).mul(norms.unsqueeze(0)).clamp_min(Scalars.Of(1e-12))).neg().Plus(1.0),
+                DistanceFunction.EuclideanDistance => query.mul(query).sum(1, keepdim: true).Plus(norms.mul(norms).unsqueeze(0)).sub(dot.Times(2.0)).clamp_min(Scalars.Of(0.0)).sqrt(),
                 _ => throw new NotSupportedException($"Distance function '{Distance}' of vector property '{Property.ModelName}'; supported: {DistanceFunction.CosineSimilarity}, {DistanceFunction.CosineDistance}, {DistanceFunction.DotProductSimilarity}, {DistanceFunction.EuclideanDistance}."),
             };
             // Rows without a vector never rank.
@@ -444,13 +467,24 @@ public sealed class InMemoryVectorCollection<TKey, TRecord> : VectorStoreCollect
             if (needed <= _present.Length) return;
             int capacity = Math.Max(needed, _present.Length * 2);
             var larger = zeros(capacity, Property.Dimensions, ScalarType.Float32).DetachFromDisposeScope();
-            using (var scope = NewDisposeScope()) larger.narrow(0, 0, _present.Length).copy_(_matrix);
+            var largerNorms = zeros(capacity, ScalarType.Float32).DetachFromDisposeScope();
+            using (var scope = NewDisposeScope())
+            {
+                larger.narrow(0, 0, _present.Length).copy_(_matrix);
+                largerNorms.narrow(0, 0, _present.Length).copy_(_norms);
+            }
             _matrix.Dispose();
+            _norms.Dispose();
             _matrix = larger;
+            _norms = largerNorms;
             Array.Resize(ref _present, capacity);
         }
 
-        public void Dispose() => _matrix.Dispose();
+        public void Dispose()
+        {
+            _matrix.Dispose();
+            _norms.Dispose();
+        }
     }
 }
 
