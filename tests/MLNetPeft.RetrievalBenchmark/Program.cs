@@ -34,7 +34,7 @@ var data = BeirDataset.Load(folder);
 var test = BeirDataset.LoadJudgements(folder, "test");
 var train = BeirDataset.LoadJudgements(folder, "train");
 Console.WriteLine($"SciFact: {data.Corpus.Count} documents, {test.Count} test queries ({test.Values.Sum(q => q.Count)} judgements), {train.Count} training queries; threads {TorchSharp.torch.get_num_threads()}");
-const int Depth = 100;
+const int Depth = 100;   // documents ranked per query
 var rows = new List<string>();
 string Row(string name, RetrievalReport r, string note = "") => $"| {name} | {r[10].Ndcg:F3} | {r[100].Recall:F3} | {r[10].Mrr:F3} | {note} |";
 
@@ -58,13 +58,15 @@ clock.Restart();
 var queryVectors = embedder.Embed(queryIds.Select(q => data.Queries[q]).ToList());
 double queriesPerSecond = queryIds.Count / clock.Elapsed.TotalSeconds;
 var vectorOf = queryIds.Select((q, i) => (q, i)).ToDictionary(x => x.q, x => queryVectors[x.i]);
-async Task<Dictionary<string, IReadOnlyList<RankedDocument>>> Dense(ICollection<string> ids)
+// Each query's ranking of the collection's documents (one batched exact search).
+static async Task<Dictionary<string, IReadOnlyList<RankedDocument>>> Search(InMemoryVectorCollection<string, DocumentVector> collection,
+    Dictionary<string, float[]> vectors, ICollection<string> ids)
 {
-    var results = await documents.SearchBatchAsync(ids.Select(q => (ReadOnlyMemory<float>)vectorOf[q]).ToList(), Depth);
+    var results = await collection.SearchBatchAsync(ids.Select(q => (ReadOnlyMemory<float>)vectors[q]).ToList(), Depth);
     return ids.Zip(results).ToDictionary(x => x.First, x => (IReadOnlyList<RankedDocument>)x.Second.Select(r => new RankedDocument(r.Record.Id, r.Score!.Value)).ToList());
 }
-var denseTest = await Dense(test.Keys.ToList());
-var denseTrain = await Dense(train.Keys.ToList());
+var denseTest = await Search(documents, vectorOf, test.Keys.ToList());
+var denseTrain = await Search(documents, vectorOf, train.Keys.ToList());
 rows.Add(Row("dense all-MiniLM-L6-v2 (exact cosine)", RetrievalMetrics.Evaluate(test, denseTest, 10, 100),
     cached ? "document vectors from the cache" : $"corpus embedded in {embedSeconds:F0} s ({data.Corpus.Count / embedSeconds:F1} docs/s)"));
 
@@ -99,13 +101,8 @@ if (args.Contains("--tune"))
         $"all-MiniLM-L6-v2+lora-r{lora.R}-a{lora.LoraAlpha}-{string.Join('.', lora.TargetModules)}-{trainingOptions.MaxSteps}x{batch}-lr{trainingOptions.LearningRate}-seed{trainingOptions.Seed}");
     var tunedQueries = tuned.Embed(queryIds.Select(q => data.Queries[q]).ToList());
     var tunedVectorOf = queryIds.Select((q, i) => (q, i)).ToDictionary(x => x.q, x => tunedQueries[x.i]);
-    async Task<Dictionary<string, IReadOnlyList<RankedDocument>>> TunedDense(ICollection<string> ids)
-    {
-        var results = await tunedDocuments.SearchBatchAsync(ids.Select(q => (ReadOnlyMemory<float>)tunedVectorOf[q]).ToList(), Depth);
-        return ids.Zip(results).ToDictionary(x => x.First, x => (IReadOnlyList<RankedDocument>)x.Second.Select(r => new RankedDocument(r.Record.Id, r.Score!.Value)).ToList());
-    }
-    var tunedTest = await TunedDense(test.Keys.ToList());
-    var tunedTrain = await TunedDense(train.Keys.ToList());
+    var tunedTest = await Search(tunedDocuments, tunedVectorOf, test.Keys.ToList());
+    var tunedTrain = await Search(tunedDocuments, tunedVectorOf, train.Keys.ToList());
     rows.Add(Row($"dense, all-MiniLM-L6-v2 + LoRA r {lora.R} (MNRL on train, {trainingOptions.MaxSteps} steps)", RetrievalMetrics.Evaluate(test, tunedTest, 10, 100),
         $"tuning {tuneTime:mm\\:ss}" + (tunedCached ? "" : $", corpus {tunedEmbedSeconds:F0} s")));
     rows.Add(Row("hybrid RRF, tuned dense + BM25", RetrievalMetrics.Evaluate(test, Rrf(bm25Test, tunedTest), 10, 100)));
