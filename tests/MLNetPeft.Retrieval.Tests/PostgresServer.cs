@@ -28,9 +28,11 @@ public sealed class PostgresServer : IDisposable
         _bin = FindBinFolder() ?? throw new InvalidOperationException(
             "No PostgreSQL server with pgvector was found under /usr/lib/postgresql/*/bin. The build of this test project runs eng/ensure-pgvector.sh, " +
             "which installs it on Debian as root; run it by hand (sudo eng/ensure-pgvector.sh), or set MLNetPeftSkipPgvector=true to skip these tests.");
+        _runAs = Environment.UserName == "root" ? "postgres" : null;
+        StopOrphans();
         _folder = Path.Combine(Path.GetTempPath(), $"mlnetpeft-pg-{Guid.NewGuid():N}");
         Directory.CreateDirectory(_folder);
-        _runAs = Environment.UserName == "root" ? "postgres" : null;
+        File.WriteAllText(Path.Combine(_folder, OwnerFile), Environment.ProcessId.ToString(System.Globalization.CultureInfo.InvariantCulture));
         if (_runAs is not null) Run("chown", ["-R", _runAs, _folder], asServerUser: false);
         Port = FreePort();
         var data = Path.Combine(_folder, "data");
@@ -65,6 +67,31 @@ public sealed class PostgresServer : IDisposable
         if (_folder.Length > 0 && Directory.Exists(_folder)) Directory.Delete(_folder, recursive: true);
     }
 
+    private const string OwnerFile = "owner.pid";
+
+    /// <summary>Servers left by test processes that died before disposing them (a killed run): stopped, their folders removed.</summary>
+    private void StopOrphans()
+    {
+        foreach (var folder in Directory.GetDirectories(Path.GetTempPath(), "mlnetpeft-pg-*"))
+        {
+            var owner = Path.Combine(folder, OwnerFile);
+            if (!File.Exists(owner) || !int.TryParse(File.ReadAllText(owner), out var pid) || IsAlive(pid)) continue;
+            try
+            {
+                if (File.Exists(Path.Combine(folder, "data", "postmaster.pid")))
+                    Run(Path.Combine(_bin, "pg_ctl"), ["-D", Path.Combine(folder, "data"), "-m", "immediate", "-w", "stop"]);
+            }
+            catch (InvalidOperationException) { /* not running any more */ }
+            try { Directory.Delete(folder, recursive: true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+        }
+    }
+
+    private static bool IsAlive(int pid)
+    {
+        try { return !Process.GetProcessById(pid).HasExited; }
+        catch (ArgumentException) { return false; }
+    }
+
     private static string? FindBinFolder()
     {
         if (!Directory.Exists("/usr/lib/postgresql")) return null;
@@ -87,7 +114,7 @@ public sealed class PostgresServer : IDisposable
             ? new ProcessStartInfo("runuser", ["-u", _runAs, "--", program, .. arguments])
             : new ProcessStartInfo(program, arguments);
         start.RedirectStandardOutput = start.RedirectStandardError = true;
-        start.WorkingDirectory = _folder.Length > 0 ? _folder : Path.GetTempPath();
+        start.WorkingDirectory = string.IsNullOrEmpty(_folder) || !Directory.Exists(_folder) ? Path.GetTempPath() : _folder;
         using var process = Process.Start(start)!;
         var output = process.StandardOutput.ReadToEndAsync();
         var error = process.StandardError.ReadToEndAsync();
