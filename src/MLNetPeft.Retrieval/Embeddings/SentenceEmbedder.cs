@@ -78,10 +78,16 @@ public sealed class SentenceEmbedder
         ArgumentNullException.ThrowIfNull(texts);
         for (int i = 0; i < texts.Count; i++)
             if (texts[i] is null) throw new ArgumentException($"Text {i} is null.", nameof(texts));
-        var tokenized = texts.Select(Tokenize).ToList();
-        var result = new float[texts.Count][];
+        return EmbedTokenized(texts.Select(Tokenize).ToList(), cancellationToken);
+    }
+
+    /// <summary>One vector per text already tokenized by <see cref="Tokenize"/>, in the order given.</summary>
+    public float[][] EmbedTokenized(IReadOnlyList<IReadOnlyList<int>> tokenized, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(tokenized);
+        var result = new float[tokenized.Count][];
         // Rows of similar length share a batch, so little of each batch is padding.
-        var order = Enumerable.Range(0, texts.Count).OrderBy(i => tokenized[i].Count).ToArray();
+        var order = Enumerable.Range(0, tokenized.Count).OrderBy(i => tokenized[i].Count).ToArray();
         lock (_gate)
         {
             bool wasTraining = Encoder.training;

@@ -30,14 +30,18 @@ public sealed class SentenceEmbeddingGenerator : IEmbeddingGenerator<string, Emb
         if (options?.Dimensions is { } dimensions && dimensions != Embedder.Dimension)
             throw new ArgumentException($"EmbeddingGenerationOptions.Dimensions is {dimensions}; this encoder gives {Embedder.Dimension}-dimensional vectors.", nameof(options));
         var texts = values.ToList();
+        for (int i = 0; i < texts.Count; i++)
+            if (texts[i] is null) throw new ArgumentException($"Value {i} is null.", nameof(values));
         // The forward passes are CPU-bound: run them off the caller's thread, as a remote client would not block it.
         return Task.Run(() =>
         {
-            var vectors = Embedder.Embed(texts, cancellationToken);
+            // Tokenized once: for the vectors and for the usage count.
+            var tokenized = texts.Select(Embedder.Tokenize).ToList();
+            var vectors = Embedder.EmbedTokenized(tokenized, cancellationToken);
             var created = DateTimeOffset.UtcNow;
             return new GeneratedEmbeddings<Embedding<float>>(vectors.Select(v => new Embedding<float>(v) { ModelId = ModelId, CreatedAt = created }))
             {
-                Usage = new UsageDetails { InputTokenCount = texts.Sum(t => (long)Embedder.Tokenize(t).Count) },
+                Usage = new UsageDetails { InputTokenCount = tokenized.Sum(t => (long)t.Count) },
             };
         }, cancellationToken);
     }
