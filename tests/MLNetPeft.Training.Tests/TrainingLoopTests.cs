@@ -72,6 +72,27 @@ public class TrainingLoopTests
     }
 
     [Fact]
+    public void TrimmedBatchesEndAtTheLastTargetAndGiveTheSameLoss()
+    {
+        using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer
+        var blocks = TokenBlocks.FromExamples([([5, 6], [7]), ([8], [9, 10, 11])], blockSize: 12, padId: 1, eosId: 0);
+        var (trimmedInputs, trimmedTargets) = blocks.Batch([0, 1], trimPadding: true);
+        // The longer row is 8 9 10 11 0: its last target (eos) is predicted at position 3, so 4 columns are kept.
+        Assert.Equal(new long[] { 2, 4 }, trimmedInputs.shape);
+        Assert.Equal(new long[] { 5, 6, 7, 0, 8, 9, 10, 11 }, trimmedInputs.data<long>().ToArray());
+        Assert.Equal(new long[] { -100, 7, 0, -100, 9, 10, 11, 0 }, trimmedTargets.data<long>().ToArray());
+        Assert.Equal(new long[] { 1, 3 }, blocks.Batch([0], trimPadding: true).Inputs.shape);
+        var (inputs, targets) = blocks.Batch([0, 1]);
+        Assert.Equal(new long[] { 2, 12 }, inputs.shape);
+
+        using var model = new LlamaForCausalLM(TinyModels.Llama());
+        using var _ = no_grad();
+        double full = LanguageModelTrainer.CrossEntropy(model.Forward(inputs), targets).item<float>();
+        double trimmed = LanguageModelTrainer.CrossEntropy(model.Forward(trimmedInputs), trimmedTargets).item<float>();
+        Assert.Equal(full, trimmed, 5);
+    }
+
+    [Fact]
     public void PackedExamplesSpanBlocksWithoutPaddingAndLearnOnlyResponses()
     {
         using var testScope = TorchSharp.torch.NewDisposeScope();   // no test tensor is left to the finalizer

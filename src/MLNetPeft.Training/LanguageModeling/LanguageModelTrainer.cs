@@ -59,7 +59,7 @@ public sealed class LanguageModelTrainer
         for (int start = 0; start < blocks.Count && (maxBatches is null || batches < maxBatches); start += batchSize, batches++)
         {
             using var scope = NewDisposeScope();
-            var (inputs, targets) = blocks.Batch(Enumerable.Range(start, Math.Min(batchSize, blocks.Count - start)).ToArray());
+            var (inputs, targets) = blocks.Batch(Enumerable.Range(start, Math.Min(batchSize, blocks.Count - start)).ToArray(), trimPadding: true);
             long counted = targets.ne(Scalars.Of((long)TokenBlocks.IgnoreIndex)).sum().item<long>();
             if (counted == 0) continue;
             var loss = CrossEntropy(model.Forward(inputs.to(device)), targets.to(device));
@@ -88,7 +88,7 @@ public sealed class LanguageModelTrainer
         public override BatchLoss? Loss(int step, int micro, Random sampler)
         {
             var indices = Enumerable.Range(0, options.BatchSize).Select(_ => sampler.Next(train.Count)).ToArray();
-            var (inputs, targets) = train.Batch(indices);
+            var (inputs, targets) = train.Batch(indices, trimPadding: true);
             // A micro-batch of prompts only (completion-only loss) has nothing to learn; its mean loss would be NaN.
             if (!targets.ne(Scalars.Of((long)TokenBlocks.IgnoreIndex)).any().item<bool>()) return null;
             var device = model.parameters().First().device;

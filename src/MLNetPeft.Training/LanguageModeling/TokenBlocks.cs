@@ -14,6 +14,7 @@ public sealed class TokenBlocks
 
     private readonly int[] _inputs;
     private readonly int[] _targets;
+    private readonly int[] _usedLengths;   // per block, one past its last target position (0 when it has none)
 
     private TokenBlocks(int[] inputs, int[] targets, int blockSize, int truncated)
     {
@@ -22,6 +23,13 @@ public sealed class TokenBlocks
         BlockSize = blockSize;
         Count = inputs.Length / blockSize;
         Truncated = truncated;
+        _usedLengths = new int[Count];
+        for (int b = 0; b < Count; b++)
+        {
+            int t = blockSize;
+            while (t > 0 && targets[b * blockSize + t - 1] == IgnoreIndex) t--;
+            _usedLengths[b] = t;
+        }
     }
 
     public int BlockSize { get; }
@@ -129,21 +137,29 @@ public sealed class TokenBlocks
         return Convert.ToHexStringLower(sha.GetHashAndReset());
     }
 
-    /// <summary>Inputs and targets [indices, BlockSize] (int64) of the given blocks.</summary>
-    public (Tensor Inputs, Tensor Targets) Batch(IReadOnlyList<int> indices)
+    /// <summary>
+    /// Inputs and targets [indices, width] (int64) of the given blocks; width is <see cref="BlockSize"/>, or with
+    /// <paramref name="trimPadding"/> one past the last target of any of these blocks (HF's padding to the longest in
+    /// the batch): the columns after it take no loss and, attention being causal, change no earlier position.
+    /// </summary>
+    public (Tensor Inputs, Tensor Targets) Batch(IReadOnlyList<int> indices, bool trimPadding = false)
     {
-        var inputs = new long[indices.Count * BlockSize];
-        var targets = new long[indices.Count * BlockSize];
+        foreach (int block in indices)
+            if (block < 0 || block >= Count) throw new ArgumentOutOfRangeException(nameof(indices), block, $"there are {Count} blocks");
+        int width = trimPadding ? Math.Max(1, indices.Max(UsedLength)) : BlockSize;
+        var inputs = new long[indices.Count * width];
+        var targets = new long[indices.Count * width];
         for (int i = 0; i < indices.Count; i++)
         {
             int block = indices[i];
-            if (block < 0 || block >= Count) throw new ArgumentOutOfRangeException(nameof(indices), block, $"there are {Count} blocks");
-            for (int t = 0; t < BlockSize; t++)
+            for (int t = 0; t < width; t++)
             {
-                inputs[i * BlockSize + t] = _inputs[block * BlockSize + t];
-                targets[i * BlockSize + t] = _targets[block * BlockSize + t];
+                inputs[i * width + t] = _inputs[block * BlockSize + t];
+                targets[i * width + t] = _targets[block * BlockSize + t];
             }
         }
-        return (tensor(inputs, [indices.Count, BlockSize]), tensor(targets, [indices.Count, BlockSize]));
+        return (tensor(inputs, [indices.Count, width]), tensor(targets, [indices.Count, width]));
     }
+
+    private int UsedLength(int block) => _usedLengths[block];
 }
