@@ -40,6 +40,20 @@ public sealed class SyntheticWorld
     /// <summary>People whose facts appear only in <see cref="Corpus.CorpusGenerator.KnowledgeBase"/>.</summary>
     public IReadOnlyList<Person> KnowledgeBasePeople { get; }
 
+    /// <summary>
+    /// The same names with every attribute and relation drawn again from <paramref name="seed"/> (friends and siblings
+    /// among <paramref name="people"/>): counterfactual people, whose facts a model trained on this world does not hold
+    /// in its weights, so that a question about them can only be answered from a document that states the new facts.
+    /// </summary>
+    public static IReadOnlyList<Person> Redraw(IReadOnlyList<Person> people, int seed)
+    {
+        ArgumentNullException.ThrowIfNull(people);
+        if (people.Count < 2) throw new ArgumentException("Friends and siblings are drawn from the others; give at least two people.", nameof(people));
+        var random = new Random(seed);
+        var names = people.Select(p => p.Name).ToList();
+        return names.Select(n => NewPerson(n, names, random)).ToList();
+    }
+
     private static Person NewPerson(string name, IReadOnlyList<string> others, Random random)
     {
         string Other() { string o; do o = others[random.Next(others.Count)]; while (o == name); return o; }
