@@ -65,9 +65,7 @@ public sealed class PeftTextClassificationTransformer : RowToRowTransformerBase,
     public long? TrainedParameters { get; internal set; }
 
     // 0x00010002: the encoder embedded or referenced; every stored file with its length and SHA-256.
-    private static VersionInfo GetVersionInfo() =>
-        new(ModelSignature, verWrittenCur: 0x00010002, verReadableCur: 0x00010002, verWeCanReadBack: 0x00010002,
-            loaderAssemblyName: typeof(PeftTextClassificationTransformer).Assembly.FullName, loaderSignature: LoaderSignature);
+    private static VersionInfo GetVersionInfo() => ModelVersions.Of<PeftTextClassificationTransformer>(ModelSignature, LoaderSignature, 0x00010002);
 
     protected override void SaveModel(ModelSaveContext ctx)
     {

@@ -198,9 +198,7 @@ public sealed class PromptClassificationTransformer : RowToRowTransformerBase, I
     }
 
     // 0x00010002: every stored file with its length and SHA-256.
-    private static VersionInfo GetVersionInfo() =>
-        new(ModelSignature, verWrittenCur: 0x00010002, verReadableCur: 0x00010002, verWeCanReadBack: 0x00010002,
-            loaderAssemblyName: typeof(PromptClassificationTransformer).Assembly.FullName, loaderSignature: LoaderSignature);
+    private static VersionInfo GetVersionInfo() => ModelVersions.Of<PromptClassificationTransformer>(ModelSignature, LoaderSignature, 0x00010002);
 
     protected override void SaveModel(ModelSaveContext ctx)
     {

@@ -61,9 +61,7 @@ public sealed class TextGenerationTransformer : RowToRowTransformerBase, IDispos
     }
 
     // 0x00010002: base model embedded or referenced, optional unmerged adapter. 0x00010003: every stored file with its length and SHA-256.
-    private static VersionInfo GetVersionInfo() =>
-        new(ModelSignature, verWrittenCur: 0x00010003, verReadableCur: 0x00010003, verWeCanReadBack: 0x00010003,
-            loaderAssemblyName: typeof(TextGenerationTransformer).Assembly.FullName, loaderSignature: LoaderSignature);
+    private static VersionInfo GetVersionInfo() => ModelVersions.Of<TextGenerationTransformer>(ModelSignature, LoaderSignature, 0x00010003);
 
     private static TextGenerationTransformer Create(IHostEnvironment env, ModelLoadContext ctx)
     {

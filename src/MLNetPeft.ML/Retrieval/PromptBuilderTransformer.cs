@@ -91,9 +91,7 @@ public sealed class PromptBuilderTransformer : RowToRowTransformerBase, IDisposa
         }
     }
 
-    private static VersionInfo GetVersionInfo() =>
-        new(ModelSignature, verWrittenCur: 0x00010001, verReadableCur: 0x00010001, verWeCanReadBack: 0x00010001,
-            loaderAssemblyName: typeof(PromptBuilderTransformer).Assembly.FullName, loaderSignature: LoaderSignature);
+    private static VersionInfo GetVersionInfo() => ModelVersions.Of<PromptBuilderTransformer>(ModelSignature, LoaderSignature, 0x00010001);
 
     protected override void SaveModel(ModelSaveContext ctx)
     {

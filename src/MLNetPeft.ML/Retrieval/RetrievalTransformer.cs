@@ -51,9 +51,7 @@ public sealed class RetrievalTransformer : RowToRowTransformerBase, IDisposable
         return StoredFolder.Take(folder);
     });
 
-    private static VersionInfo GetVersionInfo() =>
-        new(ModelSignature, verWrittenCur: 0x00010001, verReadableCur: 0x00010001, verWeCanReadBack: 0x00010001,
-            loaderAssemblyName: typeof(RetrievalTransformer).Assembly.FullName, loaderSignature: LoaderSignature);
+    private static VersionInfo GetVersionInfo() => ModelVersions.Of<RetrievalTransformer>(ModelSignature, LoaderSignature, 0x00010001);
 
     protected override void SaveModel(ModelSaveContext ctx)
     {

@@ -63,9 +63,7 @@ public sealed class TextEmbeddingTransformer : RowToRowTransformerBase, ITransfo
         return new SchemaShape(columns.Values);
     }
 
-    private static VersionInfo GetVersionInfo() =>
-        new(ModelSignature, verWrittenCur: 0x00010001, verReadableCur: 0x00010001, verWeCanReadBack: 0x00010001,
-            loaderAssemblyName: typeof(TextEmbeddingTransformer).Assembly.FullName, loaderSignature: LoaderSignature);
+    private static VersionInfo GetVersionInfo() => ModelVersions.Of<TextEmbeddingTransformer>(ModelSignature, LoaderSignature, 0x00010001);
 
     protected override void SaveModel(ModelSaveContext ctx)
     {

@@ -88,9 +88,7 @@ public sealed class RewardModelTransformer : RowToRowTransformerBase, IRewardFun
     }
 
     // 0x00010001: settings as checked JSON, the model as a stored HF checkpoint (and adapter).
-    private static VersionInfo GetVersionInfo() =>
-        new(ModelSignature, verWrittenCur: 0x00010001, verReadableCur: 0x00010001, verWeCanReadBack: 0x00010001,
-            loaderAssemblyName: typeof(RewardModelTransformer).Assembly.FullName, loaderSignature: LoaderSignature);
+    private static VersionInfo GetVersionInfo() => ModelVersions.Of<RewardModelTransformer>(ModelSignature, LoaderSignature, 0x00010001);
 
     protected override void SaveModel(ModelSaveContext ctx)
     {
