@@ -58,7 +58,7 @@ var retrieval = new RetrievalOptions { QueryColumnName = "Question", Top = Passa
 // The number of passages was chosen on the training questions: how often is the subject's document the first hit?
 {
     var trainingQuestions = FactQuestions.Training(trainPeople, perPerson: 8, seed: 1);
-    var data = ml.Data.LoadFromEnumerable(trainingQuestions.Select(q => new QuestionRow(q.Question, " " + q.Answer)));
+    var data = Rows(trainingQuestions);
     using var retriever = ml.Retrieval().Retrieve(documents, retrieval).Fit(data);
     var firstHits = retriever.Transform(data).GetColumn<VBuffer<ReadOnlyMemory<char>>>("PassageIds").Select(ids => ids.DenseValues().First().ToString()).ToList();
     Console.WriteLine($"retrieval ({retrieval.Mode}): the subject's document is the first passage for {trainingQuestions.Zip(firstHits).Count(x => x.First.Subject == x.Second) / (double)trainingQuestions.Count:P1} of {trainingQuestions.Count} training questions");
@@ -73,25 +73,27 @@ void Report(string method, string prompt, IReadOnlyList<FactQuestion> validation
     rows.Add((method, prompt, v, t));
     Console.WriteLine($"{method}, {prompt}: validation {v.ExactMatch:P1}, test {t.ExactMatch:P1} ({clock.Elapsed:mm\\:ss})");
 }
-IReadOnlyList<string> Answer(IEstimator<ITransformer> pipeline, IReadOnlyList<FactQuestion> questions, string column = "Answer")
+// Fits the pipeline once (Fit reads only the schema, and the pipeline's own corpus or demonstration pool) and answers
+// both question sets with it.
+void ReportPipeline(string method, string prompt, IEstimator<ITransformer> pipeline)
 {
-    var data = ml.Data.LoadFromEnumerable(questions.Select(q => new QuestionRow(q.Question, " " + q.Answer)));
-    var fitted = pipeline.Fit(data);
-    try { return fitted.Transform(data).GetColumn<string>(column).ToList(); }
+    var fitted = pipeline.Fit(Rows(validation));
+    try { Report(method, prompt, validation, qs => fitted.Transform(Rows(qs)).GetColumn<string>("Answer").ToList()); }
     finally { (fitted as IDisposable)?.Dispose(); }
 }
+IDataView Rows(IReadOnlyList<FactQuestion> questions) => ml.Data.LoadFromEnumerable(questions.Select(q => new QuestionRow(q.Question, " " + q.Answer)));
 
 // (a) Prompting only.
 foreach (int shots in methods.Contains("a") ? [0, Shots] : Array.Empty<int>())
-    Report("(a) base model", shots == 0 ? "zero-shot" : $"{shots}-shot", validation, qs => Answer(
-        ml.Transforms.Text.BuildPrompt("Prompt", ClosedBook(shots)).Append(ml.Transforms.Text.GenerateText(model, tokenizer, "Answer", options: answer)), qs));
+    ReportPipeline("(a) base model", shots == 0 ? "zero-shot" : $"{shots}-shot",
+        ml.Transforms.Text.BuildPrompt("Prompt", ClosedBook(shots)).Append(ml.Transforms.Text.GenerateText(model, tokenizer, "Answer", options: answer)));
 
 // (b) RAG with the base model.
 foreach (int shots in methods.Contains("b") ? [0, Shots] : Array.Empty<int>())
-    Report("(b) RAG, base model", shots == 0 ? "zero-shot" : $"{shots}-shot", validation, qs => Answer(
+    ReportPipeline("(b) RAG, base model", shots == 0 ? "zero-shot" : $"{shots}-shot",
         ml.Retrieval().Retrieve(documents, retrieval)
             .Append(ml.Transforms.Text.BuildPrompt("Prompt", OpenBook(shots)))
-            .Append(ml.Transforms.Text.GenerateText(model, tokenizer, "Answer", options: answer)), qs));
+            .Append(ml.Transforms.Text.GenerateText(model, tokenizer, "Answer", options: answer)));
 
 // (c) Fine-tuning on the knowledge-base documents (continued pretraining with LoRA), then asked without retrieval.
 if (methods.Contains("c"))
@@ -108,7 +110,7 @@ if (methods.Contains("c"))
         Report("(c) fine-tuned on the documents", shots == 0 ? "zero-shot" : $"{shots}-shot", validation, qs =>
         {
             // The fine-tuned transformer continues its training column, so the prompt is written there.
-            var data = ml.Data.LoadFromEnumerable(qs.Select(q => new QuestionRow(q.Question, " " + q.Answer)));
+            var data = Rows(qs);
             using var prompts = ml.Transforms.Text.BuildPrompt("Text", ClosedBook(shots)).Fit(data);
             return memorised.Transform(prompts.Transform(data)).GetColumn<string>("GeneratedText").ToList();
         });
@@ -133,7 +135,7 @@ foreach (var variant in new[] { "d", "d-true-facts" }.Where(methods.Contains))
     }).Fit(training);
 
     // The deployed pipeline: retrieval over the real knowledge base, the prompt, the tuned reader; saved and reloaded.
-    var questions = ml.Data.LoadFromEnumerable(test.Select(q => new QuestionRow(q.Question, " " + q.Answer)));
+    var questions = Rows(test);
     var rag = ml.Retrieval().Retrieve(documents, retrieval).Append(ml.Transforms.Text.BuildPrompt("Prompt", OpenBook(0))).Fit(questions).Append(reader);
     var zip = Path.Combine(Path.GetTempPath(), $"mlnetpeft-rag-comparison-{variant}.zip");
     ml.Model.Save(rag, questions.Schema, zip);
@@ -155,7 +157,7 @@ foreach (var variant in new[] { "d", "d-true-facts" }.Where(methods.Contains))
 List<PromptRow> RetrievalPrompts(IReadOnlyList<Person> people, IReadOnlyList<FactQuestion> questions)
 {
     var corpus = ml.Data.LoadFromEnumerable(people.Select(p => new Document(p.Name, FactQuestions.Document(p))));
-    var data = ml.Data.LoadFromEnumerable(questions.Select(q => new QuestionRow(q.Question, " " + q.Answer)));
+    var data = Rows(questions);
     var prompts = ml.Retrieval().Retrieve(corpus, retrieval).Append(ml.Transforms.Text.BuildPrompt("Prompt", OpenBook(0))).Fit(data);
     try { return ml.Data.CreateEnumerable<PromptRow>(prompts.Transform(data), reuseRowObject: false).ToList(); }
     finally { foreach (var stage in prompts) (stage as IDisposable)?.Dispose(); }
