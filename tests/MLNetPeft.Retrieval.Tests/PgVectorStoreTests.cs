@@ -73,6 +73,38 @@ public sealed class PgVectorStoreTests(PostgresServer server) : VectorStoreConfo
         Assert.Equal(["r100", "r200"], await collection.GetAsync(p => years.Contains(p.Year), top: 5).Select(p => p.Id).OrderBy(i => i).ToListAsync());
     }
 
+    [SkippableFact]
+    public async Task BulkLoadingByCopyGivesTheRecordsAndRankingOfUpsertsAndKeepsTheIndex()
+    {
+        using var store = CreateStore();
+        var random = new Random(5);
+        var records = Enumerable.Range(0, 600).Select(i => new Passage
+        {
+            Id = $"r{i}", Source = i % 2 == 0 ? "even" : "odd", Text = i % 7 == 0 ? "" : $"t{i}", Year = i,
+            Vector = Enumerable.Range(0, 4).Select(_ => (float)random.NextDouble() - 0.5f).ToArray(),
+        }).ToList();
+        var upserted = store.GetCollection<string, Passage>("upserted");
+        await upserted.EnsureCollectionExistsAsync();
+        await upserted.UpsertAsync(records);
+        var bulk = (PgVectorCollection<string, Passage>)store.GetCollection<string, Passage>("bulk");
+        Assert.Equal(600, await bulk.BulkLoadAsync(records));
+
+        var query = new ReadOnlyMemory<float>([0.3f, -0.1f, 0.2f, 0.4f]);
+        Assert.Equal(await upserted.SearchAsync(query, top: 20).Select(h => h.Record.Id).ToListAsync(), await bulk.SearchAsync(query, top: 20).Select(h => h.Record.Id).ToListAsync());
+        var row = (await bulk.GetAsync("r14", new RecordRetrievalOptions { IncludeVectors = true }))!;
+        Assert.Equal(("even", "", 14), (row.Source, row.Text, row.Year));
+        Assert.Equal(records[14].Vector!.Value.ToArray(), row.Vector!.Value.ToArray());
+        Assert.Equal(10, await bulk.SearchAsync(query, top: 10, new() { Filter = p => p.Source == "odd" }).CountAsync());
+
+        // The HNSW index is there after the load, and a second bulk load is refused with the collection named.
+        var dataSource = (Npgsql.NpgsqlDataSource)store.GetService(typeof(Npgsql.NpgsqlDataSource))!;
+        await using (var command = dataSource.CreateCommand("SELECT count(*) FROM pg_indexes WHERE tablename = 'bulk' AND indexdef LIKE '%USING hnsw%'"))
+            Assert.Equal(1L, (long)(await command.ExecuteScalarAsync())!);
+        var e = await Assert.ThrowsAsync<InvalidOperationException>(() => bulk.BulkLoadAsync(records.Take(1)));
+        Assert.Contains("'bulk'", e.Message);
+        Assert.Equal(600, await bulk.GetAsync(_ => true, top: 1000).CountAsync());
+    }
+
     public sealed class PassageWithLanguage
     {
         [VectorStoreKey] public string Id { get; set; } = "";

@@ -79,16 +79,87 @@ public sealed class PgVectorCollection<TKey, TRecord> : VectorStoreCollection<TK
         }
         foreach (var p in _model.DataProperties.Where(p => !existing.ContainsKey(p.StorageName)))
             await Execute(connection, $"ALTER TABLE {_table} ADD COLUMN {PgSql.Quote(p.StorageName)} {PgVectorModelBuilder.ColumnType(p.Type)}", cancellationToken).ConfigureAwait(false);
+        await CreateHnswIndexes(connection, cancellationToken).ConfigureAwait(false);
+        foreach (var p in _model.DataProperties.Where(p => p.IsIndexed))
+            await Execute(connection, $"CREATE INDEX IF NOT EXISTS {PgSql.Quote(IndexName(p.StorageName, "idx"))} ON {_table} ({PgSql.Quote(p.StorageName)})", cancellationToken).ConfigureAwait(false);
+    }
+
+    private IEnumerable<VectorPropertyModel> HnswProperties()
+    {
         foreach (var p in _model.VectorProperties.Where(p => (p.IndexKind ?? IndexKind.Hnsw) != IndexKind.Flat))
         {
             if ((p.IndexKind ?? IndexKind.Hnsw) != IndexKind.Hnsw)
                 throw new NotSupportedException($"Index kind '{p.IndexKind}' of vector property '{p.ModelName}'; pgvector here builds {IndexKind.Hnsw} or none ({IndexKind.Flat}: exact search).");
+            yield return p;
+        }
+    }
+
+    private async Task CreateHnswIndexes(NpgsqlConnection connection, CancellationToken cancellationToken, bool untimed = false)
+    {
+        foreach (var p in HnswProperties())
+        {
             var (_, opClass, _, _) = PgSql.Distance(p.DistanceFunction, p.ModelName);
             await Execute(connection, $"CREATE INDEX IF NOT EXISTS {PgSql.Quote(IndexName(p.StorageName, "hnsw"))} ON {_table} USING hnsw ({PgSql.Quote(p.StorageName)} {opClass}) " +
-                $"WITH (m = {_options.HnswM}, ef_construction = {_options.HnswEfConstruction})", cancellationToken).ConfigureAwait(false);
+                $"WITH (m = {_options.HnswM}, ef_construction = {_options.HnswEfConstruction})", cancellationToken, untimed).ConfigureAwait(false);
         }
-        foreach (var p in _model.DataProperties.Where(p => p.IsIndexed))
-            await Execute(connection, $"CREATE INDEX IF NOT EXISTS {PgSql.Quote(IndexName(p.StorageName, "idx"))} ON {_table} ({PgSql.Quote(p.StorageName)})", cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Fills an empty collection the way pgvector advises for a first load: the HNSW indexes are dropped, the records
+    /// streamed in by binary <c>COPY</c>, and each index built once over all of them (with
+    /// <see cref="PgVectorStoreOptions.IndexBuildMemoryMegabytes"/> of <c>maintenance_work_mem</c>, so the graph is built
+    /// in memory), all in one transaction: a failure leaves the collection empty with its indexes. Creates the collection
+    /// when it does not exist. Much faster than <see cref="UpsertAsync(IEnumerable{TRecord}, CancellationToken)"/>, which
+    /// maintains the index row by row; use that one to add to a collection that holds records.
+    /// </summary>
+    /// <returns>The number of records loaded.</returns>
+    /// <exception cref="InvalidOperationException">The collection already holds records.</exception>
+    public async Task<long> BulkLoadAsync(IEnumerable<TRecord> records, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(records);
+        await EnsureCollectionExistsAsync(cancellationToken).ConfigureAwait(false);
+        await using var connection = await PgSql.OpenAsync(_dataSource, cancellationToken).ConfigureAwait(false);
+        await using var transaction = await connection.BeginTransactionAsync(cancellationToken).ConfigureAwait(false);
+        await using (var any = new NpgsqlCommand($"SELECT EXISTS (SELECT 1 FROM {_table})", connection))
+            if ((bool)(await any.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false))!)
+                throw new InvalidOperationException($"Collection '{Name}' in {PgSql.Target(_dataSource)} already holds records; BulkLoadAsync fills an empty collection (UpsertAsync adds to one).");
+        foreach (var p in HnswProperties())
+            await Execute(connection, $"DROP INDEX IF EXISTS {PgSql.Quote(_options.Schema)}.{PgSql.Quote(IndexName(p.StorageName, "hnsw"))}", cancellationToken).ConfigureAwait(false);
+
+        var names = string.Join(", ", new[] { _model.KeyProperty }.Concat<PropertyModel>(_model.DataProperties).Concat(_model.VectorProperties).Select(c => PgSql.Quote(c.StorageName)));
+        var keyType = PgVectorModelBuilder.ColumnType(_model.KeyProperty.Type);
+        var dataTypes = _model.DataProperties.Select(p => PgVectorModelBuilder.ColumnType(p.Type)).ToList();
+        long count = 0;
+        await using (var writer = await connection.BeginBinaryImportAsync($"COPY {_table} ({names}) FROM STDIN (FORMAT BINARY)", cancellationToken).ConfigureAwait(false))
+        {
+            writer.Timeout = TimeSpan.Zero;
+            // In chunks, so vectors generated from text need not all be held at once.
+            foreach (var chunk in records.Chunk(4096))
+            {
+                var (list, vectors) = await VectorInputs.UpsertInputsAsync(_model, chunk, PgVectorModelBuilder.IsNativeVectorType, cancellationToken).ConfigureAwait(false);
+                for (int i = 0; i < list.Count; i++)
+                {
+                    await writer.StartRowAsync(cancellationToken).ConfigureAwait(false);
+                    await writer.WriteAsync(VectorInputs.KeyOf(_model, list[i]), keyType, cancellationToken).ConfigureAwait(false);
+                    for (int d = 0; d < dataTypes.Count; d++)
+                    {
+                        if (_model.DataProperties[d].GetValueAsObject(list[i]) is { } value) await writer.WriteAsync(value, dataTypes[d], cancellationToken).ConfigureAwait(false);
+                        else await writer.WriteNullAsync(cancellationToken).ConfigureAwait(false);
+                    }
+                    for (int v = 0; v < vectors.Length; v++)
+                    {
+                        if (vectors[v][i] is { } vector) await writer.WriteAsync(new Pgvector.Vector(vector), "vector", cancellationToken).ConfigureAwait(false);
+                        else await writer.WriteNullAsync(cancellationToken).ConfigureAwait(false);
+                    }
+                }
+                count += list.Count;
+            }
+            await writer.CompleteAsync(cancellationToken).ConfigureAwait(false);
+        }
+        await Execute(connection, $"SET LOCAL maintenance_work_mem = '{_options.IndexBuildMemoryMegabytes}MB'", cancellationToken).ConfigureAwait(false);
+        await CreateHnswIndexes(connection, cancellationToken, untimed: true).ConfigureAwait(false);
+        await transaction.CommitAsync(cancellationToken).ConfigureAwait(false);
+        return count;
     }
 
     public override async Task EnsureCollectionDeletedAsync(CancellationToken cancellationToken = default)
@@ -258,9 +329,10 @@ public sealed class PgVectorCollection<TKey, TRecord> : VectorStoreCollection<TK
         : type == typeof(string[]) ? reader.GetFieldValue<string[]>(i)
         : Convert.ChangeType(reader.GetValue(i), type, System.Globalization.CultureInfo.InvariantCulture);
 
-    private static async Task Execute(NpgsqlConnection connection, string sql, CancellationToken cancellationToken)
+    private static async Task Execute(NpgsqlConnection connection, string sql, CancellationToken cancellationToken, bool untimed = false)
     {
-        await using var command = new NpgsqlCommand(sql, connection);
+        // An index build over many rows runs for minutes: no command timeout there, the token still cancels it.
+        await using var command = new NpgsqlCommand(sql, connection) { CommandTimeout = untimed ? 0 : connection.CommandTimeout };
         await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
     }
 }

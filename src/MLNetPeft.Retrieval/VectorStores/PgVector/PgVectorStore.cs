@@ -20,8 +20,16 @@ public sealed class PgVectorStoreOptions
     /// <summary>hnsw.ef_search for searches (candidate list while searching; null keeps the server's, 40 by default). Higher: better recall, slower.</summary>
     public int? EfSearch { get; set; }
 
+    /// <summary>
+    /// maintenance_work_mem while <see cref="PgVectorCollection{TKey, TRecord}.BulkLoadAsync"/> builds the HNSW index, in
+    /// MB. pgvector builds the graph in memory while it fits (about rows × (4·d + 8·m·2) bytes; 1.9 GB for 1M × 384 at m 16)
+    /// and much more slowly on disk after that. The server's own default is 64 MB.
+    /// </summary>
+    public int IndexBuildMemoryMegabytes { get; set; } = 1024;
+
     internal void Validate()
     {
+        if (IndexBuildMemoryMegabytes is < 1 or > 1 << 20) throw new ArgumentOutOfRangeException(nameof(IndexBuildMemoryMegabytes), IndexBuildMemoryMegabytes, "must be in [1, 1048576] MB");
         PgSql.CheckName(Schema, nameof(Schema));
         if (HnswM is < 2 or > 100) throw new ArgumentOutOfRangeException(nameof(HnswM), HnswM, "must be in [2, 100] (pgvector's range)");
         if (HnswEfConstruction < 2 * HnswM || HnswEfConstruction > 1000) throw new ArgumentOutOfRangeException(nameof(HnswEfConstruction), HnswEfConstruction, $"must be in [2·m = {2 * HnswM}, 1000] (pgvector's range)");
