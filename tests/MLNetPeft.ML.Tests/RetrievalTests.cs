@@ -19,7 +19,7 @@ public class RetrievalTests
         public string Text { get; set; } = "";
     }
 
-    private static readonly Document[] Corpus =
+    internal static readonly Document[] Corpus =
     [
         new() { Id = "etna", Text = "Mount Etna is an active volcano on the east coast of Sicily; its eruptions send lava towards Catania." },
         new() { Id = "violin", Text = "A violin has four strings tuned in fifths and is played with a bow made of horsehair." },
@@ -27,7 +27,7 @@ public class RetrievalTests
         new() { Id = "iss", Text = "The International Space Station circles the Earth about every ninety minutes at an altitude of 400 km." },
     ];
 
-    private static readonly Question[] Questions =
+    internal static readonly Question[] Questions =
         [new() { Text = "Which volcano erupts near Catania?" }, new() { Text = "How many strings does a violin have?" }, new() { Text = "What makes sourdough rise?" }];
 
     private static RetrievalOptions Options(RetrievalMode mode = RetrievalMode.Dense) => new() { QueryColumnName = "Text", Top = 2, Mode = mode };

@@ -69,6 +69,26 @@ public sealed class KnowledgeBaseTests : IDisposable
     }
 
     [Fact]
+    public async Task AKnowledgeBaseInACallersCollectionReopensWithTheSameResultsAndReplacesWhatItHeld()
+    {
+        using var built = KnowledgeBase.Build(_embedder, Documents);
+        using var collection = new VectorStores.InMemoryVectorCollection<string, KnowledgeBase.StoredPassage>("kb", KnowledgeBase.Definition(_embedder.Dimension));
+        await collection.EnsureCollectionExistsAsync();
+        await collection.UpsertAsync(new KnowledgeBase.StoredPassage { Id = "stale", DocumentId = "stale", Text = "an old passage", Vector = new float[_embedder.Dimension] });
+        using (await KnowledgeBase.BuildAsync(_embedder, Documents, collection)) { }
+        Assert.Null(await collection.GetAsync("stale"));
+        // Opened again (as a saved pipeline over a database does), the BM25 index is read back from the collection.
+        using var reopened = await KnowledgeBase.OpenAsync(_embedder, collection);
+        Assert.Equal(Documents.Length, reopened.Count);
+        string[] queries = ["volcano lava", "bow and strings", "wild yeast"];
+        foreach (var mode in Enum.GetValues<RetrievalMode>())
+            Assert.Equal(built.Retrieve(queries, 3, mode).SelectMany(r => r.Select(p => (p.Id, p.Text, Math.Round(p.Score, 5)))),
+                reopened.Retrieve(queries, 3, mode).SelectMany(r => r.Select(p => (p.Id, p.Text, Math.Round(p.Score, 5)))));
+        Assert.Contains("'missing'", (await Assert.ThrowsAsync<Microsoft.Extensions.VectorData.VectorStoreException>(() =>
+            KnowledgeBase.OpenAsync(_embedder, new VectorStores.InMemoryVectorCollection<string, KnowledgeBase.StoredPassage>("missing", KnowledgeBase.Definition(_embedder.Dimension))))).Message);
+    }
+
+    [Fact]
     public void AnEmptyCorpusOrARepeatedIdIsRefused()
     {
         Assert.Contains("empty", Assert.Throws<ArgumentException>(() => KnowledgeBase.Build(_embedder, [])).Message);

@@ -37,15 +37,15 @@ public sealed class RetrievalEstimator : IEstimator<RetrievalTransformer>
         if (documents.Count == 0)
             throw new ArgumentException($"The corpus is empty: its '{o.DocumentTextColumnName}' column has no rows, so there is nothing to retrieve.", "corpus");
         var (embedder, package, ownsEncoder) = EmbedderPackage.Create(o.Encoder, o.Tokenizer, o.Embedding, o.EncoderStorage, ch);
-        KnowledgeBase? knowledgeBase = null;
+        OpenedKnowledgeBase? knowledgeBase = null;
         try
         {
             var chunker = o.ChunkTokens is { } tokens ? new TokenChunker(embedder.Tokenizer, tokens, o.ChunkOverlap) : null;
-            knowledgeBase = KnowledgeBase.Build(embedder, documents, chunker);
-            ch.Info($"Knowledge base: {documents.Count} documents, {knowledgeBase.Count} passages, {embedder.Dimension}-dimensional vectors.");
-            var files = RetrievalTransformer.Store(knowledgeBase);
+            (knowledgeBase, var location) = OpenedKnowledgeBase.Build(o, embedder, documents, chunker);
+            ch.Info($"Knowledge base ({o.Storage}): {documents.Count} documents, {knowledgeBase.KnowledgeBase.Count} passages, {embedder.Dimension}-dimensional vectors.");
+            var files = location is null ? RetrievalTransformer.Store(knowledgeBase.KnowledgeBase) : null;
             var settings = new RetrievalTransformer.Settings(o.QueryColumnName, o.PassagesColumnName, o.PassageIdsColumnName, o.ScoresColumnName, o.Top, o.Mode,
-                EmbedderSettings.Of(o.Embedding));
+                EmbedderSettings.Of(o.Embedding), location);
             return new RetrievalTransformer(_env, knowledgeBase, package, files, settings, ownsEncoder);
         }
         catch

@@ -1,7 +1,9 @@
+using Microsoft.Extensions.Configuration;
 using MLNetPeft.Architectures;
 using MLNetPeft.ML.Persistence;
 using MLNetPeft.Retrieval.Embeddings;
 using MLNetPeft.Retrieval.Retrievers;
+using MLNetPeft.Retrieval.VectorStores.PgVector;
 using MLNetPeft.Tokenization;
 
 namespace MLNetPeft.ML.Retrieval;
@@ -37,8 +39,31 @@ public sealed class RetrievalOptions
     /// <summary>Whether a saved zip embeds a given encoder or refers to its folder (the bundled one is always referenced).</summary>
     public BaseModelStorage EncoderStorage { get; set; } = BaseModelStorage.Auto;
 
+    /// <summary>Where the knowledge base lives and what a saved zip keeps of it (inside the zip by default).</summary>
+    public KnowledgeBaseStorage Storage { get; set; } = KnowledgeBaseStorage.InsideZip;
+    /// <summary><see cref="KnowledgeBaseStorage.File"/>: the file Fit writes the passages and vectors to (safetensors, atomically); the zip refers to it by full path and SHA-256.</summary>
+    public string? KnowledgeBasePath { get; set; }
+    /// <summary><see cref="KnowledgeBaseStorage.PgVector"/>: the name of the connection string (<c>ConnectionStrings:{name}</c>); only the name goes into a saved zip.</summary>
+    public string? ConnectionStringName { get; set; }
+    /// <summary><see cref="KnowledgeBaseStorage.PgVector"/>: the table Fit fills with the corpus's passages, replacing what it held.</summary>
+    public string CollectionName { get; set; } = "passages";
+    /// <summary><see cref="KnowledgeBaseStorage.PgVector"/>: the store's schema, HNSW and search settings (schema and ef_search are saved with the pipeline).</summary>
+    public PgVectorStoreOptions? PgVector { get; set; }
+    /// <summary>Where Fit looks <see cref="ConnectionStringName"/> up; null: <see cref="RetrievalConnections.Configuration"/>. Loading a saved pipeline always uses the latter.</summary>
+    public IConfiguration? Configuration { get; set; }
+
     internal void Validate()
     {
+        if (!Enum.IsDefined(Storage)) throw new ArgumentOutOfRangeException(nameof(Storage), Storage, "not a KnowledgeBaseStorage");
+        if (Storage == KnowledgeBaseStorage.File && string.IsNullOrWhiteSpace(KnowledgeBasePath))
+            throw new ArgumentException("Storage = File needs KnowledgeBasePath: the file Fit writes the knowledge base to.", nameof(KnowledgeBasePath));
+        if (Storage == KnowledgeBaseStorage.PgVector)
+        {
+            if (string.IsNullOrWhiteSpace(ConnectionStringName))
+                throw new ArgumentException("Storage = PgVector needs ConnectionStringName: the name of a connection string in the configuration (ConnectionStrings:{name}).", nameof(ConnectionStringName));
+            if (string.IsNullOrWhiteSpace(CollectionName) || CollectionName.Length > 63 || !CollectionName.All(c => char.IsAsciiLetterOrDigit(c) || c is '_' or '-'))
+                throw new ArgumentException($"CollectionName '{CollectionName}' must be 1–63 characters of letters, digits, '_' and '-' (a PostgreSQL table).", nameof(CollectionName));
+        }
         foreach (var (name, value) in new[] { (nameof(QueryColumnName), QueryColumnName), (nameof(DocumentIdColumnName), DocumentIdColumnName),
                      (nameof(DocumentTextColumnName), DocumentTextColumnName), (nameof(PassagesColumnName), PassagesColumnName),
                      (nameof(PassageIdsColumnName), PassageIdsColumnName), (nameof(ScoresColumnName), ScoresColumnName) })

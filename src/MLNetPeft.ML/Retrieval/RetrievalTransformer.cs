@@ -12,8 +12,9 @@ namespace MLNetPeft.ML.Retrieval;
 /// <summary>
 /// Retrieves passages of a knowledge base for each row's query: the passages' texts, ids and scores as three vector
 /// columns, best first (fewer than Top where BM25 finds fewer passages that share a word with the query). Saved with
-/// <c>mlContext.Model.Save</c>, the knowledge base (passages and their vectors) inside the zip and the encoder as
-/// <see cref="TextEmbeddingTransformer"/> keeps it.
+/// <c>mlContext.Model.Save</c>: the knowledge base (passages and their vectors) inside the zip, or referred to by file
+/// path and SHA-256, or by connection-string name and table for pgvector (<see cref="KnowledgeBaseStorage"/>); the
+/// encoder as <see cref="TextEmbeddingTransformer"/> keeps it.
 /// </summary>
 public sealed class RetrievalTransformer : RowToRowTransformerBase, IDisposable
 {
@@ -22,24 +23,30 @@ public sealed class RetrievalTransformer : RowToRowTransformerBase, IDisposable
     private const string KnowledgeBaseFile = "knowledge-base.safetensors", KnowledgeBaseStreams = "KnowledgeBase.";
 
     private readonly ModelPackage _package;
-    private readonly StoredFolder _files;
+    private readonly OpenedKnowledgeBase _knowledgeBase;
+    private readonly StoredFolder? _files;
     private readonly Settings _settings;
     private readonly bool _ownsEncoder;
 
-    internal RetrievalTransformer(IHostEnvironment env, KnowledgeBase knowledgeBase, ModelPackage package, StoredFolder files, Settings settings, bool ownsEncoder)
+    internal RetrievalTransformer(IHostEnvironment env, OpenedKnowledgeBase knowledgeBase, ModelPackage package, StoredFolder? files, Settings settings, bool ownsEncoder)
         : base(Contracts.CheckRef(env, nameof(env)).Register(nameof(RetrievalTransformer)))
     {
-        KnowledgeBase = knowledgeBase;
+        _knowledgeBase = knowledgeBase;
         _package = package;
         _files = files;
         _settings = settings;
         _ownsEncoder = ownsEncoder;
     }
 
-    internal sealed record Settings(string Query, string Passages, string PassageIds, string Scores, int Top, RetrievalMode Mode, EmbedderSettings Embedder);
+    /// <summary>The stage's settings; <paramref name="Location"/> is null when the knowledge base is inside the zip (and in zips written before it existed).</summary>
+    internal sealed record Settings(string Query, string Passages, string PassageIds, string Scores, int Top, RetrievalMode Mode, EmbedderSettings Embedder,
+        KnowledgeBaseLocation? Location = null);
 
     /// <summary>The passages, their vectors and the BM25 index (also usable without ML.NET).</summary>
-    public KnowledgeBase KnowledgeBase { get; }
+    public KnowledgeBase KnowledgeBase => _knowledgeBase.KnowledgeBase;
+
+    /// <summary>Where the knowledge base is kept.</summary>
+    public KnowledgeBaseStorage Storage => _settings.Location?.Kind ?? KnowledgeBaseStorage.InsideZip;
     public string QueryColumnName => _settings.Query;
     public int Top => _settings.Top;
     public RetrievalMode Mode => _settings.Mode;
@@ -59,7 +66,7 @@ public sealed class RetrievalTransformer : RowToRowTransformerBase, IDisposable
         ctx.SetVersionInfo(GetVersionInfo());
         CheckedSettings.Write(ctx, _settings);
         _package.Save(ctx);
-        _files.Save(ctx, KnowledgeBaseStreams);
+        _files?.Save(ctx, KnowledgeBaseStreams);
     }
 
     private static RetrievalTransformer Create(IHostEnvironment env, ModelLoadContext ctx)
@@ -67,18 +74,19 @@ public sealed class RetrievalTransformer : RowToRowTransformerBase, IDisposable
         Contracts.CheckValue(env, nameof(env));
         ctx.CheckAtModel(GetVersionInfo());
         var s = CheckedSettings.Read<Settings>(ctx, "retrieval");
-        if (s.Embedder is not { IsValid: true } || s.Top is < 1 or > 1000 || !Enum.IsDefined(s.Mode) ||
+        if (s.Embedder is not { IsValid: true } || s.Top is < 1 or > 1000 || !Enum.IsDefined(s.Mode) || s.Location is { IsValid: false } ||
             new[] { s.Query, s.Passages, s.PassageIds, s.Scores }.Any(string.IsNullOrEmpty))
             throw new InvalidDataException("The model zip's retrieval settings are out of range; it is corrupt.");
         var package = ModelPackage.Load(ctx);
         StoredFolder? files = null;
         try
         {
-            files = StoredFolder.Load(ctx, KnowledgeBaseStreams, "knowledge base");
+            if (s.Location is null) files = StoredFolder.Load(ctx, KnowledgeBaseStreams, "knowledge base");
             var embedder = EmbedderPackage.Load(package, s.Embedder);
             try
             {
-                var knowledgeBase = KnowledgeBase.Load(Path.Combine(files.Path, KnowledgeBaseFile), embedder);
+                var knowledgeBase = s.Location is { } location ? OpenedKnowledgeBase.Open(location, embedder)
+                    : new OpenedKnowledgeBase(KnowledgeBase.Load(Path.Combine(files!.Path, KnowledgeBaseFile), embedder), store: null);
                 return new RetrievalTransformer(env, knowledgeBase, package, files, s, ownsEncoder: true);
             }
             catch
@@ -97,12 +105,12 @@ public sealed class RetrievalTransformer : RowToRowTransformerBase, IDisposable
 
     protected override IRowMapper MakeRowMapper(DataViewSchema schema) => new Mapper(this, schema);
 
-    /// <summary>Disposes the knowledge base, the encoder when this transformer loaded it, and the stored files.</summary>
+    /// <summary>Disposes the knowledge base (and its database connections), the encoder when this transformer loaded it, and the stored files.</summary>
     public void Dispose()
     {
-        KnowledgeBase.Dispose();
+        _knowledgeBase.Dispose();
         if (_ownsEncoder) KnowledgeBase.Embedder.Encoder.Dispose();
-        _files.Dispose();
+        _files?.Dispose();
         _package.Dispose();
     }
 
