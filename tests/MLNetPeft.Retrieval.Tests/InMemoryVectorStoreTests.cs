@@ -16,6 +16,69 @@ public sealed class InMemoryVectorStoreTests : VectorStoreConformanceTests
         return collection;
     }
 
+    public sealed class Article
+    {
+        [VectorStoreKey] public int Id { get; set; }
+        [VectorStoreData(IsFullTextIndexed = true)] public string Body { get; set; } = "";
+        [VectorStoreData] public string Topic { get; set; } = "";
+        [VectorStoreVector(4)] public ReadOnlyMemory<float>? Vector { get; set; }
+    }
+
+    [Fact]
+    public async Task HybridSearchIsReciprocalRankFusionOfTheVectorAndBm25RankingsThroughVectorDatasInterface()
+    {
+        var random = new Random(11);
+        string[] words = ["lava", "violin", "yeast", "orbit", "tax", "river", "glacier", "piano"];
+        var articles = Enumerable.Range(0, 300).Select(i => new Article
+        {
+            Id = i, Topic = i % 3 == 0 ? "science" : "other",
+            Body = string.Join(' ', Enumerable.Range(0, 6).Select(_ => words[random.Next(words.Length)])),
+            Vector = Enumerable.Range(0, 4).Select(_ => (float)random.NextDouble() - 0.5f).ToArray(),
+        }).ToList();
+        var path = Path.Combine(Path.GetTempPath(), $"mlnetpeft-hybrid-{Guid.NewGuid():N}.safetensors");
+        using var collection = new InMemoryVectorCollection<int, Article>("articles");
+        await collection.EnsureCollectionExistsAsync();
+        await collection.UpsertAsync(articles);
+        await collection.DeleteAsync(7);
+        await collection.UpsertAsync(new Article { Id = 8, Topic = "science", Body = "glacier glacier glacier river", Vector = new float[] { 0.1f, 0.2f, 0.3f, 0.4f } });
+        articles.RemoveAll(a => a.Id is 7 or 8);
+        articles.Add(new Article { Id = 8, Topic = "science", Body = "glacier glacier glacier river", Vector = new float[] { 0.1f, 0.2f, 0.3f, 0.4f } });
+
+        // What the fusion must be, from the two rankings computed here: exact cosine, and BM25 over the bodies with a filter applied after.
+        var query = new float[] { 0.4f, -0.2f, 0.1f, 0.3f };
+        string[] keywords = ["glacier", "river"];
+        static double Cosine(float[] a, ReadOnlyMemory<float> b) { var v = b.Span; double d = 0, na = 0, nb = 0; for (int i = 0; i < 4; i++) { d += a[i] * v[i]; na += a[i] * a[i]; nb += v[i] * v[i]; } return d / Math.Sqrt(na * nb); }
+        using var bm25 = Lexical.Bm25Index.InMemory();
+        bm25.AddOrReplace(articles.Select(a => (a.Id.ToString(System.Globalization.CultureInfo.InvariantCulture), a.Body)));
+        var science = articles.Where(a => a.Topic == "science").Select(a => a.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)).ToHashSet();
+        var dense = articles.Where(a => a.Topic == "science").OrderByDescending(a => Cosine(query, a.Vector!.Value)).Take(100)
+            .Select(a => new Evaluation.RankedDocument(a.Id.ToString(System.Globalization.CultureInfo.InvariantCulture), Cosine(query, a.Vector!.Value))).ToList();
+        var lexical = bm25.Search("glacier river", articles.Count).Where(r => science.Contains(r.DocumentId)).Take(100).ToList();
+        var expected = Lexical.HybridFusion.ReciprocalRank([dense, lexical], 12).Skip(2).ToList();
+
+        var hybrid = (IKeywordHybridSearchable<Article>)collection.GetService(typeof(IKeywordHybridSearchable<Article>))!;
+        var options = new HybridSearchOptions<Article> { Filter = a => a.Topic == "science", Skip = 2 };
+        var hits = await hybrid.HybridSearchAsync(new ReadOnlyMemory<float>(query), keywords, top: 10, options).ToListAsync();
+        Assert.Equal(expected.Select(e => (e.DocumentId, Math.Round(e.Score, 9))), hits.Select(h => (h.Record.Id.ToString(System.Globalization.CultureInfo.InvariantCulture), Math.Round(h.Score!.Value, 9))));
+        Assert.DoesNotContain(hits, h => h.Record.Id == 7);
+        // The record rewritten to be about glaciers is the first of both rankings, so the first of the fused one.
+        Assert.Equal(8, (await hybrid.HybridSearchAsync(new ReadOnlyMemory<float>([0.1f, 0.2f, 0.3f, 0.4f]), keywords, top: 1).FirstAsync()).Record.Id);
+
+        try
+        {
+            collection.Save(path);
+            using var loaded = new InMemoryVectorCollection<int, Article>("articles");
+            loaded.Load(path);
+            Assert.Equal(hits.Select(h => (h.Record.Id, h.Score)), await loaded.HybridSearchAsync(new ReadOnlyMemory<float>(query), keywords, top: 10, options).Select(h => (h.Record.Id, h.Score)).ToListAsync());
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+        using var noText = await Filled();
+        Assert.Throws<InvalidOperationException>(() => noText.HybridSearchAsync(new ReadOnlyMemory<float>([1, 0, 0, 0]), ["alpha"], top: 1).ToListAsync().AsTask().GetAwaiter().GetResult());
+    }
+
     [Fact]
     public async Task ABatchOfQueriesGivesWhatEachQueryGivesAlone()
     {

@@ -7,6 +7,8 @@ using Microsoft.Extensions.AI;
 using Microsoft.Extensions.VectorData;
 using Microsoft.Extensions.VectorData.ProviderServices;
 using MLNetPeft.Checkpoints;
+using MLNetPeft.Retrieval.Evaluation;
+using MLNetPeft.Retrieval.Lexical;
 using MLNetPeft.Runtime;
 using static TorchSharp.torch;
 
@@ -18,9 +20,12 @@ namespace MLNetPeft.Retrieval.VectorStores;
 /// against it in one matrix product (<see cref="SearchBatchAsync"/>). Distance functions: cosine similarity (the
 /// default), cosine distance, dot-product similarity and Euclidean distance. Filters are LINQ expressions over the
 /// records, applied before scoring. <see cref="Save"/> writes the records (as JSON) and the matrices to one
-/// safetensors file atomically; <see cref="Load"/> reads it back without running any code from it.
+/// safetensors file atomically; <see cref="Load"/> reads it back without running any code from it. String data
+/// properties marked <c>IsFullTextIndexed</c> are also indexed with BM25 (Lucene, <see cref="Bm25Index"/>), and
+/// <see cref="HybridSearchAsync"/> fuses that ranking with the vector search by reciprocal rank (k = 60), VectorData's
+/// <see cref="IKeywordHybridSearchable{TRecord}"/> contract.
 /// </summary>
-public sealed class InMemoryVectorCollection<TKey, TRecord> : VectorStoreCollection<TKey, TRecord>, IInMemoryCollection
+public sealed class InMemoryVectorCollection<TKey, TRecord> : VectorStoreCollection<TKey, TRecord>, IKeywordHybridSearchable<TRecord>, IInMemoryCollection
     where TKey : notnull
     where TRecord : class
 {
@@ -35,6 +40,9 @@ public sealed class InMemoryVectorCollection<TKey, TRecord> : VectorStoreCollect
     private readonly List<TRecord> _records = [];
     private readonly List<object> _keys = [];
     private readonly VectorColumn[] _columns;
+    // BM25 per full-text-indexed property, its documents named by the key's text.
+    private readonly Dictionary<DataPropertyModel, Bm25Index> _fullText = [];
+    private readonly Dictionary<string, object> _keyOfText = new(StringComparer.Ordinal);
     private bool _exists;
     private bool _disposed;
 
@@ -52,6 +60,12 @@ public sealed class InMemoryVectorCollection<TKey, TRecord> : VectorStoreCollect
         if (_model.KeyProperty.Type != typeof(TKey) && Nullable.GetUnderlyingType(_model.KeyProperty.Type) != typeof(TKey))
             throw new ArgumentException($"The key property '{_model.KeyProperty.ModelName}' is {_model.KeyProperty.Type.Name}, but the collection's key type is {typeof(TKey).Name}.", nameof(TKey));
         _columns = _model.VectorProperties.Select(p => new VectorColumn(p)).ToArray();
+        foreach (var p in _model.DataProperties.Where(p => p.IsFullTextIndexed))
+        {
+            if (p.Type != typeof(string))
+                throw new NotSupportedException($"Data property '{p.ModelName}' is marked IsFullTextIndexed but is {p.Type.Name}; full-text indexing here takes string properties.");
+            _fullText[p] = Bm25Index.InMemory();
+        }
         _metadata = new VectorStoreCollectionMetadata { VectorStoreSystemName = "mlnetpeft.inmemory", CollectionName = name };
     }
 
@@ -81,6 +95,7 @@ public sealed class InMemoryVectorCollection<TKey, TRecord> : VectorStoreCollect
             _records.Clear();
             _keys.Clear();
             foreach (var c in _columns) c.Clear();
+            ClearFullText();
         }
         return Task.CompletedTask;
     }
@@ -135,6 +150,12 @@ public sealed class InMemoryVectorCollection<TKey, TRecord> : VectorStoreCollect
             _records.RemoveAt(last);
             _keys.RemoveAt(last);
             foreach (var c in _columns) c.MoveRow(last, row);
+            if (_fullText.Count > 0)
+            {
+                var text = KeyText(key);
+                _keyOfText.Remove(text);
+                foreach (var index in _fullText.Values) index.Delete([text]);
+            }
         }
         return Task.CompletedTask;
     }
@@ -162,6 +183,7 @@ public sealed class InMemoryVectorCollection<TKey, TRecord> : VectorStoreCollect
                 else _records[row] = record;
                 for (int c = 0; c < _columns.Length; c++) _columns[c].Set(row, vectors[c][i]);
             }
+            IndexFullText(list);
         }
     }
 
@@ -280,6 +302,8 @@ public sealed class InMemoryVectorCollection<TKey, TRecord> : VectorStoreCollect
                 _keys.Add(key);
             }
             for (int c = 0; c < _columns.Length; c++) _columns[c].Replace(matrices[c], records.Count);
+            ClearFullText();
+            IndexFullText(records);
         }
         // Vector properties of the records themselves are filled from the matrices (not stored twice in the file).
         foreach (var (c, column) in _columns.Index())
@@ -291,7 +315,11 @@ public sealed class InMemoryVectorCollection<TKey, TRecord> : VectorStoreCollect
     {
         if (_disposed) return;
         _disposed = true;
-        if (disposing) foreach (var c in _columns) c.Dispose();
+        if (disposing)
+        {
+            foreach (var c in _columns) c.Dispose();
+            foreach (var index in _fullText.Values) index.Dispose();
+        }
         base.Dispose(disposing);
     }
 
@@ -332,6 +360,84 @@ public sealed class InMemoryVectorCollection<TKey, TRecord> : VectorStoreCollect
             }
             return results;
         }
+    }
+
+    /// <summary>
+    /// Hybrid search: the vector search for <paramref name="searchValue"/> and BM25 over the full-text property for
+    /// <paramref name="keywords"/>, each to a depth of at least 100, fused by reciprocal rank (k = 60, the
+    /// <see cref="HybridFusion.ReciprocalRank"/> of <see cref="Retrievers.KnowledgeBase"/>); the score is the fused
+    /// one. The filter applies to both rankings before fusion, Skip and ScoreThreshold to the fused list.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">No (or more than one, without AdditionalProperty) data property is marked IsFullTextIndexed.</exception>
+    public async IAsyncEnumerable<VectorSearchResult<TRecord>> HybridSearchAsync<TInput>(TInput searchValue, ICollection<string> keywords, int top,
+        HybridSearchOptions<TRecord>? options = null, [EnumeratorCancellation] CancellationToken cancellationToken = default)
+        where TInput : notnull
+    {
+        ArgumentNullException.ThrowIfNull(searchValue);
+        ArgumentNullException.ThrowIfNull(keywords);
+        ArgumentOutOfRangeException.ThrowIfLessThan(top, 1);
+        options ??= new HybridSearchOptions<TRecord>();
+        ArgumentOutOfRangeException.ThrowIfNegative(options.Skip);
+        var vectorProperty = _model.GetVectorPropertyOrSingle(new VectorSearchOptions<TRecord> { VectorProperty = options.VectorProperty });
+        var textProperty = _model.GetFullTextDataPropertyOrSingle(options.AdditionalProperty);
+        var query = await VectorInputs.QueryVectorAsync(vectorProperty, searchValue, cancellationToken).ConfigureAwait(false);
+        int depth = Math.Max(HybridDepth, top + options.Skip);
+        var dense = Search(vectorProperty, [query], depth, options.Filter, 0, null, options.IncludeVectors)[0];
+        var byText = new Dictionary<string, TRecord>(StringComparer.Ordinal);
+        var denseRanking = dense.Select(r => new RankedDocument(Remember(byText, r.Record), r.Score!.Value)).ToList();
+        List<RankedDocument> lexicalRanking = [];
+        var words = string.Join(' ', keywords.Where(k => !string.IsNullOrWhiteSpace(k)));
+        if (words.Length > 0)
+        {
+            var predicate = options.Filter?.Compile();
+            lock (_gate)
+            {
+                RequireExists();
+                // With a filter, BM25 ranks every record so the filtered ones still fill the depth.
+                var hits = _fullText[(DataPropertyModel)textProperty].Search(words, predicate is null ? depth : Math.Max(1, _records.Count));
+                foreach (var hit in hits)
+                {
+                    if (!_keyOfText.TryGetValue(hit.DocumentId, out var key) || !_rowOf.TryGetValue(key, out var row)) continue;
+                    var record = _records[row];
+                    if (predicate is not null && !predicate(record)) continue;
+                    lexicalRanking.Add(new RankedDocument(Remember(byText, record), hit.Score));
+                    if (lexicalRanking.Count == depth) break;
+                }
+            }
+        }
+        var fused = HybridFusion.ReciprocalRank([denseRanking, lexicalRanking], top + options.Skip);
+        foreach (var r in fused.Skip(options.Skip))
+        {
+            if (options.ScoreThreshold is { } t && r.Score < t) continue;
+            yield return new VectorSearchResult<TRecord>(byText[r.DocumentId], r.Score);
+        }
+    }
+
+    private const int HybridDepth = 100;
+
+    private string Remember(Dictionary<string, TRecord> byText, TRecord record)
+    {
+        var text = KeyText(_model.KeyProperty.GetValueAsObject(record)!);
+        byText[text] = record;
+        return text;
+    }
+
+    private static string KeyText(object key) => Convert.ToString(key, System.Globalization.CultureInfo.InvariantCulture)!;
+
+    private void IndexFullText(IReadOnlyList<TRecord> records)
+    {
+        if (_fullText.Count == 0) return;
+        var texts = records.Select(r => KeyText(_model.KeyProperty.GetValueAsObject(r)!)).ToList();
+        for (int i = 0; i < records.Count; i++) _keyOfText[texts[i]] = _model.KeyProperty.GetValueAsObject(records[i])!;
+        foreach (var (property, index) in _fullText)
+            index.AddOrReplace(texts.Select((t, i) => (t, (string?)property.GetValueAsObject(records[i]) ?? "")));
+    }
+
+    private void ClearFullText()
+    {
+        if (_fullText.Count == 0) return;
+        foreach (var index in _fullText.Values) index.Delete(_keyOfText.Keys);
+        _keyOfText.Clear();
     }
 
     private void RequireExists()
