@@ -123,6 +123,8 @@ public sealed class KnowledgeBaseStorageTests(PostgresServer server) : IClassFix
         var e = Assert.Throws<VectorStoreException>(() => ml.Retrieval().Retrieve(ml.Data.LoadFromEnumerable(Corpus), options).Fit(ml.Data.LoadFromEnumerable(Rows)));
         Assert.Contains("127.0.0.1:1", e.Message);
         Assert.DoesNotContain("s3cret-pw", e.Message);
+        Assert.Equal("CollectionName", Assert.Throws<ArgumentException>(() => ml.Retrieval().Retrieve(ml.Data.LoadFromEnumerable(Corpus),
+            new RetrievalOptions { Storage = KnowledgeBaseStorage.PgVector, ConnectionStringName = "rag", CollectionName = "no spaces" })).ParamName);
         options.ConnectionStringName = "absent";
         Assert.Contains("ConnectionStrings:absent", Assert.Throws<InvalidOperationException>(() =>
             ml.Retrieval().Retrieve(ml.Data.LoadFromEnumerable(Corpus), options).Fit(ml.Data.LoadFromEnumerable(Rows))).Message);

@@ -61,8 +61,7 @@ public sealed class RetrievalOptions
         {
             if (string.IsNullOrWhiteSpace(ConnectionStringName))
                 throw new ArgumentException("Storage = PgVector needs ConnectionStringName: the name of a connection string in the configuration (ConnectionStrings:{name}).", nameof(ConnectionStringName));
-            if (string.IsNullOrWhiteSpace(CollectionName) || CollectionName.Length > 63 || !CollectionName.All(c => char.IsAsciiLetterOrDigit(c) || c is '_' or '-'))
-                throw new ArgumentException($"CollectionName '{CollectionName}' must be 1–63 characters of letters, digits, '_' and '-' (a PostgreSQL table).", nameof(CollectionName));
+            PgVectorStore.CheckName(CollectionName, nameof(CollectionName));
         }
         foreach (var (name, value) in new[] { (nameof(QueryColumnName), QueryColumnName), (nameof(DocumentIdColumnName), DocumentIdColumnName),
                      (nameof(DocumentTextColumnName), DocumentTextColumnName), (nameof(PassagesColumnName), PassagesColumnName),

@@ -94,6 +94,10 @@ public sealed class PgVectorStore : VectorStore
         return new PgVectorStore(builder.Build(), ownsDataSource: true, embeddingGenerator, options);
     }
 
+    /// <summary>Checks a collection or schema name as the store will (1–63 letters, digits, '_' and '-'), so options can be refused before anything connects.</summary>
+    /// <exception cref="ArgumentException">The name does not fit; the message and parameter name are <paramref name="option"/>'s.</exception>
+    public static string CheckName(string name, string option) => PgSql.CheckName(name, option);
+
     public override VectorStoreCollection<TKey, TRecord> GetCollection<TKey, TRecord>(string name, VectorStoreCollectionDefinition? definition = null) =>
         new PgVectorCollection<TKey, TRecord>(_dataSource, name, definition, _embeddingGenerator, _options);
 
