@@ -126,11 +126,10 @@ public sealed class PgVectorCollection<TKey, TRecord> : VectorStoreCollection<TK
         foreach (var p in HnswProperties())
             await Execute(connection, $"DROP INDEX IF EXISTS {PgSql.Quote(_options.Schema)}.{PgSql.Quote(IndexName(p.StorageName, "hnsw"))}", cancellationToken).ConfigureAwait(false);
 
-        var names = string.Join(", ", new[] { _model.KeyProperty }.Concat<PropertyModel>(_model.DataProperties).Concat(_model.VectorProperties).Select(c => PgSql.Quote(c.StorageName)));
         var keyType = PgVectorModelBuilder.ColumnType(_model.KeyProperty.Type);
         var dataTypes = _model.DataProperties.Select(p => PgVectorModelBuilder.ColumnType(p.Type)).ToList();
         long count = 0;
-        await using (var writer = await connection.BeginBinaryImportAsync($"COPY {_table} ({names}) FROM STDIN (FORMAT BINARY)", cancellationToken).ConfigureAwait(false))
+        await using (var writer = await connection.BeginBinaryImportAsync($"COPY {_table} ({SelectList(includeVectors: true)}) FROM STDIN (FORMAT BINARY)", cancellationToken).ConfigureAwait(false))
         {
             writer.Timeout = TimeSpan.Zero;
             // In chunks, so vectors generated from text need not all be held at once.
