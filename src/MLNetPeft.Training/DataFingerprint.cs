@@ -27,6 +27,14 @@ public sealed class DataFingerprint : IDisposable
         return this;
     }
 
+    /// <summary>The fingerprint of a list of token sequences (e.g. the prompts of an RL run).</summary>
+    public static string Of(IEnumerable<IReadOnlyList<int>> sequences)
+    {
+        using var fingerprint = new DataFingerprint();
+        foreach (var s in sequences) fingerprint.Add(s);
+        return fingerprint.Finish();
+    }
+
     /// <summary>The hash so far, lower-case hex.</summary>
     public string Finish() => Convert.ToHexStringLower(_sha.GetHashAndReset());
 

@@ -24,6 +24,7 @@ public sealed class Trainer
     private const string OptimizerFile = "optimizer.safetensors";
     private const string StateFile = "trainer_state.json";
     private const string MethodStateFile = "method_state.safetensors";
+    private const string ObjectiveStateFile = "objective_state.safetensors";
 
     private readonly TrainingObjective _objective;
     private readonly PretrainedModule _model;
@@ -181,12 +182,8 @@ public sealed class Trainer
         {
             _model.SavePretrained(temp, weights: _options.UseBf16 ? optimizer.MasterWeights : null);
             optimizer.Save(Path.Combine(temp, OptimizerFile));
-            if (_hook is not null)
-            {
-                var (tensors, json) = _hook.TrainingState();
-                SafetensorsWriter.Save(Path.Combine(temp, MethodStateFile), tensors,
-                    new Dictionary<string, string> { ["state"] = json?.ToJsonString() ?? "null" });
-            }
+            if (_hook is not null) SaveState(Path.Combine(temp, MethodStateFile), _hook.TrainingState());
+            if (_objective.TrainingState() is { } objectiveState) SaveState(Path.Combine(temp, ObjectiveStateFile), objectiveState);
             AtomicFile.WriteAllText(Path.Combine(temp, StateFile), JsonSerializer.Serialize(state, StateJson));
             if (Directory.Exists(final)) Directory.Delete(final, recursive: true);
             Directory.Move(temp, final);
@@ -223,10 +220,13 @@ public sealed class Trainer
         {
             var path = Path.Combine(checkpoint, MethodStateFile);
             if (!File.Exists(path)) throw new InvalidDataException($"Checkpoint '{checkpoint}' has no {MethodStateFile}, which the tuning method's training state needs.");
-            using var file = SafetensorsFile.Open(path);
-            var tensors = file.TensorNames.ToDictionary(n => n, file.ReadTensor, StringComparer.Ordinal);
-            var json = file.Metadata.TryGetValue("state", out var text) ? JsonNode.Parse(text) as JsonObject : null;
+            var (tensors, json) = LoadState(path);
             _hook.RestoreTrainingState(tensors, json);
+        }
+        if (Path.Combine(checkpoint, ObjectiveStateFile) is var objectivePath && File.Exists(objectivePath))
+        {
+            var (tensors, json) = LoadState(objectivePath);
+            _objective.RestoreTrainingState(tensors, json);
         }
         if (state.Step != optimizer.StepCount)
             throw new InvalidDataException($"Checkpoint '{checkpoint}': {StateFile} says step {state.Step} but the optimizer state has {optimizer.StepCount}.");
@@ -243,6 +243,17 @@ public sealed class Trainer
                     "Use the original value, or set Resume = false (or another CheckpointFolder) to start over.");
         }
         return state;
+    }
+
+    // A method's or objective's own state: its tensors, and the rest as JSON in the file's metadata.
+    private static void SaveState(string path, (IReadOnlyDictionary<string, Tensor> Tensors, JsonObject? Json) state) =>
+        SafetensorsWriter.Save(path, state.Tensors, new Dictionary<string, string> { ["state"] = state.Json?.ToJsonString() ?? "null" });
+
+    private static (Dictionary<string, Tensor> Tensors, JsonObject? Json) LoadState(string path)
+    {
+        using var file = SafetensorsFile.Open(path);
+        var tensors = file.TensorNames.ToDictionary(n => n, file.ReadTensor, StringComparer.Ordinal);
+        return (tensors, file.Metadata.TryGetValue("state", out var text) ? JsonNode.Parse(text) as JsonObject : null);
     }
 
     /// <summary>The complete checkpoints under <paramref name="folder"/>, oldest first.</summary>

@@ -1,3 +1,4 @@
+using System.Text.Json.Nodes;
 using MLNetPeft.Architectures;
 using static TorchSharp.torch;
 
@@ -30,6 +31,19 @@ public abstract class TrainingObjective
 
     /// <summary>The loss on the validation data (leaving the model in the mode it found it), or null when there is none.</summary>
     public virtual double? ValidationLoss() => null;
+
+    /// <summary>
+    /// The objective's own state beyond the weights that a checkpoint must hold for a resumed run to continue exactly
+    /// (PPO: the rollout its updates are working through), or null when it has none. The trainer writes the tensors
+    /// as they are when a checkpoint is taken; they stay the objective's.
+    /// </summary>
+    public virtual (IReadOnlyDictionary<string, Tensor> Tensors, JsonObject? Json)? TrainingState() => null;
+
+    /// <summary>
+    /// Restores what <see cref="TrainingState"/> gave (called only when the checkpoint holds such a state). The tensors
+    /// belong to the trainer's scope: keep copies of what is needed.
+    /// </summary>
+    public virtual void RestoreTrainingState(IReadOnlyDictionary<string, Tensor> tensors, JsonObject? json) { }
 }
 
 /// <summary>

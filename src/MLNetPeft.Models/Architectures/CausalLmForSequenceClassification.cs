@@ -64,6 +64,17 @@ public sealed class CausalLmForSequenceClassification : SequenceClassificationMo
         return _score.call(hidden.gather(1, index).squeeze(1)).MoveToOuterDisposeScope();
     }
 
+    /// <summary>
+    /// The head's logits at every position [batch, seq, num_labels]: what a value model (PPO's critic) reads per token,
+    /// as TRL applies <c>score</c> to all hidden states. Padded positions are computed too; callers mask them.
+    /// </summary>
+    public Tensor ForwardAllPositions(Tensor inputIds, Tensor attentionMask)
+    {
+        ArgumentNullException.ThrowIfNull(attentionMask);
+        using var scope = NewDisposeScope();
+        return _score.call(_backbone.HiddenStates(inputIds, attentionMask)).MoveToOuterDisposeScope();
+    }
+
     /// <summary>The position of each row's last real token [batch] (int64), whichever side the padding is on.</summary>
     /// <exception cref="ArgumentException">A row has no real token.</exception>
     public static Tensor LastRealToken(Tensor attentionMask)

@@ -20,8 +20,7 @@ public sealed class DpoTrainer
     private readonly CausalLanguageModel _policy;
     private readonly TrainingOptions _options;
     private readonly DpoOptions _dpo;
-    private readonly PeftModel? _adapter;
-    private readonly CausalLanguageModel? _referenceModel;
+    private readonly ReferenceModel _reference;
     private readonly ITrainingStepHook? _hook;
 
     /// <param name="policy">The model that learns (its parameters that require grad train).</param>
@@ -36,18 +35,7 @@ public sealed class DpoTrainer
         _policy = policy ?? throw new ArgumentNullException(nameof(policy));
         _options = options ?? throw new ArgumentNullException(nameof(options));
         _dpo = dpo ?? new DpoOptions();
-        if (adapter is null == referenceModel is null)
-            throw new ArgumentException("DPO needs one reference: the PEFT adapter applied to the policy (the reference is then the policy with " +
-                "the adapter disabled), or, for full fine-tuning, a frozen copy of the starting model as referenceModel — not both, not neither.",
-                adapter is null ? nameof(adapter) : nameof(referenceModel));
-        if (adapter is not null && !ReferenceEquals(adapter.Model, policy))
-            throw new ArgumentException("The adapter was applied to another model than the policy.", nameof(adapter));
-        if (ReferenceEquals(referenceModel, policy))
-            throw new ArgumentException("The reference model is the policy itself; pass a separate frozen copy (or the PEFT adapter).", nameof(referenceModel));
-        if (referenceModel is not null && referenceModel.Config.VocabSize != policy.Config.VocabSize)
-            throw new ArgumentException($"The reference model's vocabulary ({referenceModel.Config.VocabSize}) differs from the policy's ({policy.Config.VocabSize}).", nameof(referenceModel));
-        _adapter = adapter;
-        _referenceModel = referenceModel;
+        _reference = new ReferenceModel("DPO", policy, adapter, referenceModel);
         _hook = hook;
         options.Validate();
         _dpo.Validate();
@@ -186,24 +174,12 @@ public sealed class DpoTrainer
     private const long IgnoreIndex = -100;
 
     /// <summary>The reference's response log-probabilities of a batch: in eval mode, without gradients, adapters disabled or the frozen copy.</summary>
-    private (Tensor Chosen, Tensor Rejected) Reference(IReadOnlyList<PreferencePair> batch)
+    private (Tensor Chosen, Tensor Rejected) Reference(IReadOnlyList<PreferencePair> batch) => _reference.Run(model =>
     {
-        var model = _referenceModel ?? _policy;
-        bool wasTraining = model.training;
-        using var _ = no_grad();
-        using var disabled = _adapter?.DisableAdapters();
-        model.eval();
-        try
-        {
-            var (chosen, rejected, nll) = ResponseLogProbs(model, batch, Average);
-            nll.Dispose();
-            return (chosen, rejected);
-        }
-        finally
-        {
-            if (wasTraining) model.train();
-        }
-    }
+        var (chosen, rejected, nll) = ResponseLogProbs(model, batch, Average);
+        nll.Dispose();
+        return (chosen, rejected);
+    });
 
     private bool Average => _dpo.LossType == DpoLossType.Ipo;   // TRL's IPO compares per-token average log-probabilities
 
