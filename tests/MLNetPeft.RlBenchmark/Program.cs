@@ -1,0 +1,85 @@
+using System.Diagnostics;
+using MLNetPeft.Architectures;
+using MLNetPeft.BaseModel;
+using MLNetPeft.Generation;
+using MLNetPeft.Training;
+using MLNetPeft.Training.Grpo;
+using MLNetPeft.Training.Ppo;
+using MLNetPeft.Training.Reinforcement;
+using MLNetPeft.Training.RewardModeling;
+using MLNetPeft.Tuners.Lora;
+
+// RL with a verifiable reward on the bundled base model: "a plus b is" → a + b. Ten numbers of 0–49 (drawn with seed
+// 2026) are held out: training prompts use only the other forty, the 100 held-out prompts only those ten, so no
+// held-out prompt (and no operand of one) occurs in training.
+//   dotnet run -c Release --project tests/MLNetPeft.RlBenchmark -- --method grpo|ppo --steps N --lr X --batch B
+string method = Arg("--method") ?? "grpo";
+int batch = int.Parse(Arg("--batch") ?? "32");
+int steps = int.Parse(Arg("--steps") ?? "200");
+double lr = double.Parse(Arg("--lr") ?? "1e-3", System.Globalization.CultureInfo.InvariantCulture);
+
+var heldOutNumbers = new Random(2026).GetItems(Enumerable.Range(0, 50).ToArray(), 50).Distinct().Take(10).Order().ToArray();
+var trainNumbers = Enumerable.Range(0, 50).Except(heldOutNumbers).ToArray();
+string Prompt(int a, int b) => $"{a} plus {b} is";
+var pool = trainNumbers.SelectMany(a => trainNumbers.Select(b => Prompt(a, b))).ToArray();
+// 100 prompts of the training numbers are kept out of training: steps and learning rate are chosen on them.
+var validationPrompts = new Random(5).GetItems(pool, 400).Distinct().Take(100).ToHashSet();
+var train = pool.Where(p => !validationPrompts.Contains(p)).ToList();
+var validation = validationPrompts.Select(p => (p, 0)).ToList();
+var heldOut = heldOutNumbers.SelectMany(a => heldOutNumbers.Select(b => (Prompt: Prompt(a, b), Sum: a + b))).ToList();
+Console.WriteLine($"Held-out numbers {string.Join(", ", heldOutNumbers)}: {train.Count} training prompts, {validation.Count} validation prompts (training numbers), {heldOut.Count} held-out prompts.");
+
+// The reward: 1 when the response's first number is the sum, 0 otherwise.
+static float Correct(string prompt, string response)
+{
+    var words = prompt.Split(' ');
+    int sum = int.Parse(words[0]) + int.Parse(words[2]);
+    var answer = new string(response.TrimStart().TakeWhile(char.IsAsciiDigit).ToArray());
+    return answer.Length > 0 && int.Parse(answer) == sum ? 1f : 0f;
+}
+var reward = RewardFunction.FromDelegate(Correct);
+var sampling = new SamplingOptions { Temperature = 1.0, MaxNewTokens = 4, StopStrings = ["."] };
+
+using var policy = BundledBaseModel.Load();
+var tokenizer = BundledBaseModel.LoadTokenizer();
+double Greedy(IReadOnlyList<(string Prompt, int Sum)> set)
+{
+    var answers = new TextGenerator(policy, tokenizer).Generate(set.Select(s => s.Prompt).ToList(), new GenerationOptions { MaxNewTokens = 4, StopStrings = ["."] });
+    return answers.Zip(set).Count(x => Correct(x.Second.Prompt, x.First.Text) == 1) / (double)set.Count;
+}
+double PassAt(int k, IReadOnlyList<(string Prompt, int Sum)> set)
+{
+    var prompts = set.SelectMany(s => Enumerable.Repeat(s.Prompt, k)).ToList();
+    var answers = new TextGenerator(policy, tokenizer).Generate(prompts, new GenerationOptions { MaxNewTokens = 4, StopStrings = ["."], DoSample = true, Temperature = 1.0, Seed = 7 });
+    return Enumerable.Range(0, set.Count).Count(i => Enumerable.Range(0, k).Any(j => Correct(prompts[i * k + j], answers[i * k + j].Text) == 1)) / (double)set.Count;
+}
+Console.WriteLine($"Base model: greedy held-out {Greedy(heldOut):P1}, pass@8 held-out {PassAt(8, heldOut):P1}, greedy validation {Greedy(validation):P1}");
+
+using var adapter = LoraModel.Apply(policy, new LoraConfig { R = 8, LoraAlpha = 16, TargetModules = [LoraConfig.AllLinear] }, seed: 1);
+var options = new TrainingOptions { MaxSteps = steps, BatchSize = batch, LearningRate = lr, WarmupSteps = 10, WeightDecay = 0, Seed = 1 };
+var clock = Stopwatch.StartNew();
+var log = SynchronousProgress(p =>
+{
+    if (p.Step % 20 != 0 && p.Step != 1) return;
+    var m = p.Metrics!;
+    string shown = method == "grpo"
+        ? $"reward {m["reward"]:F3}, zero-std groups {m["frac_reward_zero_std"]:P0}, length {m["completions/mean_length"]:F2}"
+        : $"score {m["objective/scores"]:F3}, KL {m["objective/kl"]:F3}, clipfrac {m["policy/clipfrac_avg"]:F3}, value loss {m["loss/value_avg"]:F4}";
+    Console.WriteLine($"step {p.Step,4}: loss {p.Loss:F4}, {shown}  [{clock.Elapsed:mm\\:ss}]");
+});
+if (method == "grpo")
+{
+    new GrpoTrainer(policy, tokenizer, [new WeightedReward("sum", reward)], options, new GrpoOptions { NumGenerations = 8, Sampling = sampling }, adapter).Train(train, log);
+}
+else
+{
+    // The critic starts from the policy's backbone (no reward model exists for a rule-based reward).
+    using var valueBackbone = BundledBaseModel.Load();
+    var value = new CausalLmForSequenceClassification(valueBackbone, seed: 1);
+    new PpoTrainer(policy, value, tokenizer, reward, options, new PpoOptions { Sampling = sampling, NumMiniBatches = 2 }, adapter).Train(train, log);
+}
+Console.WriteLine($"After {method} ({steps} steps, lr {lr}, {clock.Elapsed:mm\\:ss}): greedy held-out {Greedy(heldOut):P1}, pass@8 held-out {PassAt(8, heldOut):P1}, greedy validation {Greedy(validation):P1}");
+
+string? Arg(string name) => Array.IndexOf(args, name) is var i and >= 0 && i + 1 < args.Length ? args[i + 1] : null;
+static IProgress<TrainingProgress> SynchronousProgress(Action<TrainingProgress> report) => new Reporter(report);
+sealed class Reporter(Action<TrainingProgress> report) : IProgress<TrainingProgress> { public void Report(TrainingProgress value) => report(value); }
