@@ -13,10 +13,11 @@ using static TorchSharp.torch;
 // matmul measured in the same run, and as a step-time ratio against minimal hand-written TorchSharp models
 // (MinimalModels.cs). Ours and the baseline alternate, so machine noise hits both alike.
 //
-//   dotnet run -c Release --project tests/MLNetPeft.Benchmarks [-- --batch 8 --seq 256 --steps 6 --rounds 5] [--peft-only [--method QLoRA] | --generation-only | --preference-only | --qlora-memory | --large-zip [folder]]
+//   dotnet run -c Release --project tests/MLNetPeft.Benchmarks [-- --batch 8 --seq 256 --steps 6 --rounds 5] [--peft-only [--method QLoRA] | --generation-only | --preference-only | --rl-only | --qlora-memory | --large-zip [folder]]
 //
 // The last table trains every PEFT method for the same steps on the same toy task and ~10M-parameter model.
 // --preference-only: reward-model and DPO steps against hand-written TorchSharp steps (PreferenceBenchmark.cs).
+// --rl-only: rollout tokens/s, generation's share of a PPO cycle, a GRPO step against a hand-written one (RlBenchmark.cs).
 // --qlora-memory measures the peak resident memory of one training step (full, LoRA, QLoRA; one process each).
 // --large-zip saves and loads a model zip holding a 3 GB weights file (LargeZipBenchmark.cs).
 
@@ -62,6 +63,11 @@ Console.WriteLine();
 if (args.Contains("--generation-only"))
 {
     GenerationSpeed(256);
+    return;
+}
+if (args.Contains("--rl-only"))
+{
+    RlBenchmark.Run();
     return;
 }
 if (args.Contains("--preference-only"))
