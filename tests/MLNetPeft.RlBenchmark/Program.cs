@@ -13,7 +13,15 @@ using MLNetPeft.Tuners.Lora;
 // 2026) are held out: training prompts use only the other forty, the 100 held-out prompts only those ten, so no
 // held-out prompt (and no operand of one) occurs in training.
 //   dotnet run -c Release --project tests/MLNetPeft.RlBenchmark -- --method grpo|ppo --steps N --lr X --batch B
+// PPO against a learned reward model on the synthetic world (PpoWorld.cs):
+//   dotnet run -c Release --project tests/MLNetPeft.RlBenchmark -- --method ppo-world --steps N --lr X --batch B --kl K
 string method = Arg("--method") ?? "grpo";
+if (method == "ppo-world")
+{
+    PpoWorld.Run(int.Parse(Arg("--steps") ?? "200"), double.Parse(Arg("--lr") ?? "1e-3", System.Globalization.CultureInfo.InvariantCulture),
+        int.Parse(Arg("--batch") ?? "16"), double.Parse(Arg("--kl") ?? "0.05", System.Globalization.CultureInfo.InvariantCulture));
+    return;
+}
 int batch = int.Parse(Arg("--batch") ?? "32");
 int steps = int.Parse(Arg("--steps") ?? "200");
 double lr = double.Parse(Arg("--lr") ?? "1e-3", System.Globalization.CultureInfo.InvariantCulture);
