@@ -23,8 +23,9 @@ internal static class PpoWorld
 {
     public sealed class PairRow { public string Prompt { get; set; } = ""; public string Chosen { get; set; } = ""; public string Rejected { get; set; } = ""; }
     public sealed class PromptRow { public string Prompt { get; set; } = ""; }
+    public sealed class SftRow { public string Prompt { get; set; } = ""; public string Response { get; set; } = ""; }
 
-    public static void Run(int steps, double lr, int batch, double klCoef)
+    public static void Run(int steps, double lr, int batch, double klCoef, bool fromSft)
     {
         var ml = new MLContext(seed: 1);
         var world = BaseModelRecipe.World();
@@ -51,10 +52,17 @@ internal static class PpoWorld
             var scores = reward.Score(heldOut.Select(e => e.Prompt).ToList(), texts);
             return (scores.Average(), texts.Zip(heldOut).Count(x => x.First.Trim() == x.Second.Response) / (double)heldOut.Count);
         }
-        using (var untouched = ml.Transforms.Text.GenerateText(model, tokenizer, options: answer).Fit(heldOutView))
+        // InstructGPT's order: PPO may start from a model fine-tuned on demonstrations (60 LoRA steps on the chosen answers, merged).
+        using var sft = fromSft ? ml.Transforms.Text.FineTuneCausalLm(model, tokenizer, new CausalLmFineTuningOptions
+        {
+            MaxLength = 64, Seed = 1, Generation = answer, Lora = new LoraConfig { R = 8, LoraAlpha = 16, TargetModules = [LoraConfig.AllLinear] },
+            Training = new TrainingOptions { MaxSteps = 60, BatchSize = 8, LearningRate = 3e-3, WarmupSteps = 5, WeightDecay = 0, Seed = 1 },
+        }).Fit(ml.Data.LoadFromEnumerable(pairs.Select(p => new SftRow { Prompt = p.Prompt, Response = p.Chosen }))) : null;
+        var start = sft?.Model ?? model;
+        using (var untouched = ml.Transforms.Text.GenerateText(start, tokenizer, options: answer).Fit(heldOutView))
         {
             var (score, right) = Measure(untouched);
-            Console.WriteLine($"Base model on {heldOut.Count} held-out instructions (persons 300–399): mean reward {score:F3}, greedy answer right {right:P1}");
+            Console.WriteLine($"{(fromSft ? "SFT" : "Base")} model on {heldOut.Count} held-out instructions (persons 300–399): mean reward {score:F3}, greedy answer right {right:P1}");
         }
 
         clock.Restart();
@@ -75,7 +83,7 @@ internal static class PpoWorld
         };
         Console.WriteLine("| step | objective/scores | objective/kl | objective/rlhf_reward | policy/clipfrac_avg | loss/value_avg | val/num_eos_tokens | time |");
         Console.WriteLine("|---|---|---|---|---|---|---|---|");
-        using var tuned = ml.Transforms.Text.TrainPpo(model, tokenizer, options).Fit(ml.Data.LoadFromEnumerable(prompts));
+        using var tuned = ml.Transforms.Text.TrainPpo(start, tokenizer, options).Fit(ml.Data.LoadFromEnumerable(prompts));
         var (after, rightAfter) = Measure(tuned);
         double maxKl = metrics.Max(m => m.M["objective/kl"]);
         Console.WriteLine($"After PPO ({steps} updates of {batch}, lr {lr}, kl_coef {klCoef}, {clock.Elapsed:mm\\:ss}): held-out mean reward {after:F3}, greedy answer right {rightAfter:P1}; largest sampled KL {maxKl:F3}");

@@ -14,12 +14,12 @@ using MLNetPeft.Tuners.Lora;
 // held-out prompt (and no operand of one) occurs in training.
 //   dotnet run -c Release --project tests/MLNetPeft.RlBenchmark -- --method grpo|ppo --steps N --lr X --batch B
 // PPO against a learned reward model on the synthetic world (PpoWorld.cs):
-//   dotnet run -c Release --project tests/MLNetPeft.RlBenchmark -- --method ppo-world --steps N --lr X --batch B --kl K
+//   dotnet run -c Release --project tests/MLNetPeft.RlBenchmark -- --method ppo-world --steps N --lr X --batch B --kl K [--from-sft]
 string method = Arg("--method") ?? "grpo";
 if (method == "ppo-world")
 {
     PpoWorld.Run(int.Parse(Arg("--steps") ?? "200"), double.Parse(Arg("--lr") ?? "1e-3", System.Globalization.CultureInfo.InvariantCulture),
-        int.Parse(Arg("--batch") ?? "16"), double.Parse(Arg("--kl") ?? "0.05", System.Globalization.CultureInfo.InvariantCulture));
+        int.Parse(Arg("--batch") ?? "16"), double.Parse(Arg("--kl") ?? "0.05", System.Globalization.CultureInfo.InvariantCulture), args.Contains("--from-sft"));
     return;
 }
 int batch = int.Parse(Arg("--batch") ?? "32");
