@@ -128,14 +128,16 @@ public static class PolicyGradient
     /// <summary>
     /// Log-probabilities [rows, tokens] of <paramref name="tokens"/> under <paramref name="logits"/> [rows, tokens, vocab]
     /// divided by <paramref name="temperature"/> (the temperature the tokens were sampled at, so that π is the
-    /// distribution they came from), and the entropy of each of those distributions.
+    /// distribution they came from), and the entropy of each of those distributions (without gradient).
     /// </summary>
     public static (Tensor LogProbs, Tensor Entropy) TokenLogProbs(Tensor logits, Tensor tokens, double temperature)
     {
         using var scope = NewDisposeScope();
         var logSoftmax = logits.to(ScalarType.Float32).Over(temperature).log_softmax(-1);
         var picked = logSoftmax.gather(-1, tokens.unsqueeze(-1)).squeeze(-1);
-        var entropy = -(logSoftmax.exp() * logSoftmax).sum(-1);
+        // The entropy is a figure to report, never a loss term: computed outside the graph, it costs no backward.
+        Tensor entropy;
+        using (no_grad()) entropy = -(logSoftmax.exp() * logSoftmax).sum(-1);
         return (picked.MoveToOuterDisposeScope(), entropy.MoveToOuterDisposeScope());
     }
 }
