@@ -82,10 +82,20 @@ public sealed class PpoTrainer
     {
         ArgumentNullException.ThrowIfNull(rollout);
         using var scope = NewDisposeScope();
-        var kl = PolicyGradient.Kl(logProbs, referenceLogProbs, estimator) * rollout.ResponseMask;
-        var score = tensor(scores.ToArray()).to(kl.device).unsqueeze(1);
+        return TokenRewards(rollout, MaskedKl(rollout, logProbs, referenceLogProbs, estimator), scores, klCoef).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>The per-token KL estimate on the response tokens, zero at padding.</summary>
+    private static Tensor MaskedKl(Rollout rollout, Tensor logProbs, Tensor referenceLogProbs, KlEstimator estimator) =>
+        PolicyGradient.Kl(logProbs, referenceLogProbs, estimator) * rollout.ResponseMask;
+
+    /// <summary>The per-token rewards from an already masked KL estimate (what the rollout also reports as objective/kl).</summary>
+    private static Tensor TokenRewards(Rollout rollout, Tensor maskedKl, IReadOnlyList<float> scores, double klCoef)
+    {
+        using var scope = NewDisposeScope();
+        var score = tensor(scores.ToArray()).to(maskedKl.device).unsqueeze(1);
         using var coefficient = Scalars.Owned(-klCoef);   // adaptive: changes from rollout to rollout
-        return kl.mul(coefficient).Plus(rollout.LastTokenIndicator() * score).MoveToOuterDisposeScope();
+        return maskedKl.mul(coefficient).Plus(rollout.LastTokenIndicator() * score).MoveToOuterDisposeScope();
     }
 
     /// <summary>What a rollout batch gives the updates: its log-probabilities and values at sampling time, advantages and returns.</summary>
@@ -196,8 +206,8 @@ public sealed class PpoTrainer
                 if (ppo.MissingEosPenalty is { } penalty)
                     for (int i = 0; i < scores.Length; i++) if (!rollout.EndedWithEos[i]) scores[i] -= (float)penalty;
 
-                var kl = PolicyGradient.Kl(logProbs, referenceLogProbs, ppo.KlEstimator) * rollout.ResponseMask;
-                var rewards = TokenRewards(rollout, logProbs, referenceLogProbs, scores, _klCoef, ppo.KlEstimator);
+                var kl = MaskedKl(rollout, logProbs, referenceLogProbs, ppo.KlEstimator);
+                var rewards = TokenRewards(rollout, kl, scores, _klCoef);
                 if (ppo.WhitenRewards) rewards = PolicyGradient.MaskedWhiten(rewards, rollout.ResponseMask, shiftMean: false) * rollout.ResponseMask;
                 var (advantages, returns) = PolicyGradient.Gae(rewards, values, ppo.Gamma, ppo.Lambda);
                 advantages = PolicyGradient.MaskedWhiten(advantages, rollout.ResponseMask) * rollout.ResponseMask;
