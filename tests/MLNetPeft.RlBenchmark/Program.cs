@@ -12,7 +12,7 @@ using MLNetPeft.Tuners.Lora;
 // RL with a verifiable reward on the bundled base model: "a plus b is" → a + b. Ten numbers of 0–49 (drawn with seed
 // 2026) are held out: training prompts use only the other forty, the 100 held-out prompts only those ten, so no
 // held-out prompt (and no operand of one) occurs in training.
-//   dotnet run -c Release --project tests/MLNetPeft.RlBenchmark -- --method grpo|ppo --steps N --lr X --batch B
+//   dotnet run -c Release --project tests/MLNetPeft.RlBenchmark -- --method grpo|ppo --steps N --lr X --batch B [--beta K] [--rank R] [--eval-every N]
 // PPO against a learned reward model on the synthetic world (PpoWorld.cs):
 //   dotnet run -c Release --project tests/MLNetPeft.RlBenchmark -- --method ppo-world --steps N --lr X --batch B --kl K [--from-sft]
 string method = Arg("--method") ?? "grpo";
@@ -25,17 +25,22 @@ if (method == "ppo-world")
 int batch = int.Parse(Arg("--batch") ?? "32");
 int steps = int.Parse(Arg("--steps") ?? "200");
 double lr = double.Parse(Arg("--lr") ?? "1e-3", System.Globalization.CultureInfo.InvariantCulture);
+double beta = double.Parse(Arg("--beta") ?? "0", System.Globalization.CultureInfo.InvariantCulture);
+int rank = int.Parse(Arg("--rank") ?? "8");
+int evalEvery = int.Parse(Arg("--eval-every") ?? "0"); // greedy validation accuracy every this many steps (0: only at the end)
 
 var heldOutNumbers = new Random(2026).GetItems(Enumerable.Range(0, 50).ToArray(), 50).Distinct().Take(10).Order().ToArray();
-var trainNumbers = Enumerable.Range(0, 50).Except(heldOutNumbers).ToArray();
+// Five more numbers are kept out of training for validation, so that settings are chosen, as the held-out set measures,
+// on sums with an operand never seen in training: validation prompts hold at least one of them and no held-out number.
+var validationNumbers = new Random(5).GetItems(Enumerable.Range(0, 50).Except(heldOutNumbers).ToArray(), 50).Distinct().Take(5).Order().ToArray();
+var trainNumbers = Enumerable.Range(0, 50).Except(heldOutNumbers).Except(validationNumbers).ToArray();
 string Prompt(int a, int b) => $"{a} plus {b} is";
-var pool = trainNumbers.SelectMany(a => trainNumbers.Select(b => Prompt(a, b))).ToArray();
-// 100 prompts of the training numbers are kept out of training: steps and learning rate are chosen on them.
-var validationPrompts = new Random(5).GetItems(pool, 400).Distinct().Take(100).ToHashSet();
-var train = pool.Where(p => !validationPrompts.Contains(p)).ToList();
-var validation = validationPrompts.Select(p => (p, 0)).ToList();
+var train = trainNumbers.SelectMany(a => trainNumbers.Select(b => Prompt(a, b))).ToList();
+var notHeldOut = Enumerable.Range(0, 50).Except(heldOutNumbers).ToArray();
+var validation = notHeldOut.SelectMany(a => notHeldOut.Select(b => (a, b)))
+    .Where(x => validationNumbers.Contains(x.a) || validationNumbers.Contains(x.b)).Select(x => (Prompt(x.a, x.b), x.a + x.b)).ToList();
 var heldOut = heldOutNumbers.SelectMany(a => heldOutNumbers.Select(b => (Prompt: Prompt(a, b), Sum: a + b))).ToList();
-Console.WriteLine($"Held-out numbers {string.Join(", ", heldOutNumbers)}: {train.Count} training prompts, {validation.Count} validation prompts (training numbers), {heldOut.Count} held-out prompts.");
+Console.WriteLine($"Held-out numbers {string.Join(", ", heldOutNumbers)}, validation numbers {string.Join(", ", validationNumbers)}: {train.Count} training prompts, {validation.Count} validation prompts, {heldOut.Count} held-out prompts.");
 
 // The reward: 1 when the response's first number is the sum, 0 otherwise.
 static float Correct(string prompt, string response)
@@ -63,7 +68,7 @@ double PassAt(int k, IReadOnlyList<(string Prompt, int Sum)> set)
 }
 Console.WriteLine($"Base model: greedy held-out {Greedy(heldOut):P1}, pass@8 held-out {PassAt(8, heldOut):P1}, greedy validation {Greedy(validation):P1}");
 
-using var adapter = LoraModel.Apply(policy, new LoraConfig { R = 8, LoraAlpha = 16, TargetModules = [LoraConfig.AllLinear] }, seed: 1);
+using var adapter = LoraModel.Apply(policy, new LoraConfig { R = rank, LoraAlpha = 2 * rank, TargetModules = [LoraConfig.AllLinear] }, seed: 1);
 var options = new TrainingOptions { MaxSteps = steps, BatchSize = batch, LearningRate = lr, WarmupSteps = 10, WeightDecay = 0, Seed = 1 };
 var clock = Stopwatch.StartNew();
 var log = SynchronousProgress(p =>
@@ -74,10 +79,11 @@ var log = SynchronousProgress(p =>
         ? $"reward {m["reward"]:F3}, zero-std groups {m["frac_reward_zero_std"]:P0}, length {m["completions/mean_length"]:F2}"
         : $"score {m["objective/scores"]:F3}, KL {m["objective/kl"]:F3}, clipfrac {m["policy/clipfrac_avg"]:F3}, value loss {m["loss/value_avg"]:F4}";
     Console.WriteLine($"step {p.Step,4}: loss {p.Loss:F4}, {shown}  [{clock.Elapsed:mm\\:ss}]");
+    if (evalEvery > 0 && p.Step % evalEvery == 0) Console.WriteLine($"step {p.Step,4}: greedy validation {Greedy(validation):P1}");
 });
 if (method == "grpo")
 {
-    new GrpoTrainer(policy, tokenizer, [new WeightedReward("sum", reward)], options, new GrpoOptions { NumGenerations = 8, Sampling = sampling }, adapter).Train(train, log);
+    new GrpoTrainer(policy, tokenizer, [new WeightedReward("sum", reward)], options, new GrpoOptions { NumGenerations = 8, Beta = beta, Sampling = sampling }, adapter).Train(train, log);
 }
 else
 {
@@ -86,7 +92,7 @@ else
     var value = new CausalLmForSequenceClassification(valueBackbone, seed: 1);
     new PpoTrainer(policy, value, tokenizer, reward, options, new PpoOptions { Sampling = sampling, NumMiniBatches = 2 }, adapter).Train(train, log);
 }
-Console.WriteLine($"After {method} ({steps} steps, lr {lr}, {clock.Elapsed:mm\\:ss}): greedy held-out {Greedy(heldOut):P1}, pass@8 held-out {PassAt(8, heldOut):P1}, greedy validation {Greedy(validation):P1}");
+Console.WriteLine($"After {method} ({steps} steps, lr {lr}, β {beta}, LoRA r {rank}, {clock.Elapsed:mm\\:ss}): greedy held-out {Greedy(heldOut):P1}, pass@8 held-out {PassAt(8, heldOut):P1}, greedy validation {Greedy(validation):P1}");
 
 string? Arg(string name) => Array.IndexOf(args, name) is var i and >= 0 && i + 1 < args.Length ? args[i + 1] : null;
 static IProgress<TrainingProgress> SynchronousProgress(Action<TrainingProgress> report) => new Reporter(report);
