@@ -33,6 +33,8 @@ public sealed class TextGenerationTransformer : RowToRowTransformerBase, IDispos
     public string InputColumnName { get; }
     public string OutputColumnName { get; }
     public GenerationOptions Options { get; }
+    /// <summary>The model's tokenizer, with its chat template (what a chat client builds prompts with).</summary>
+    public TextTokenizer Tokenizer => _tokenizer;
     /// <summary>When set, each row's reference response (this column) is also scored: columns LogLikelihood and Perplexity.</summary>
     public string? ScoredResponseColumnName { get; }
 
@@ -124,10 +126,18 @@ public sealed class TextGenerationTransformer : RowToRowTransformerBase, IDispos
         }
     }
 
-    /// <summary>Generates for one prompt (the model is not thread-safe, so rows are generated one at a time).</summary>
-    internal string Generate(string prompt)
+    /// <summary>Generates for one prompt with the transformer's options (as each row is generated).</summary>
+    internal string Generate(string prompt) => Generate(prompt, Options).Text;
+
+    /// <summary>
+    /// Generates for one prompt with other options than the saved ones (a chat request's temperature, say), streaming
+    /// each token to <paramref name="onToken"/>. Calls are served one at a time: the model is not thread-safe.
+    /// </summary>
+    public GenerationResult Generate(string prompt, GenerationOptions options, Action<GeneratedToken>? onToken = null, CancellationToken cancellationToken = default)
     {
-        lock (_lock) return _generator.Generate(prompt, Options).Text;
+        ArgumentNullException.ThrowIfNull(prompt);
+        ArgumentNullException.ThrowIfNull(options);
+        lock (_lock) return _generator.Generate(prompt, options, onToken, cancellationToken);
     }
 
     /// <summary>
