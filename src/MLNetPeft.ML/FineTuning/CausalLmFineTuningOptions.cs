@@ -50,7 +50,7 @@ public enum BadRowHandling
 /// and its settings, the training loop, how the result is stored and where it runs, and the generation settings of
 /// the <see cref="Generation.TextGenerationTransformer"/> it returns.
 /// </summary>
-public abstract class CausalLmTuningOptions : PeftMethodOptions
+public abstract class CausalLmTuningOptions : PeftMethodOptions, ITrainingRunOptions
 {
     /// <summary>Text column with the prompt (instruction); the default is "Prompt".</summary>
     public string PromptColumnName { get; set; } = "Prompt";

@@ -7,7 +7,7 @@ namespace MLNetPeft.ML.RewardModeling;
 
 /// <summary>Options of <see cref="RewardModelEstimator"/> (TRL's <c>RewardConfig</c> where it has the setting).</summary>
 /// <remarks>The method adapts the backbone; the scalar head always trains in full (PEFT's modules_to_save). QLoRA quantises only the backbone.</remarks>
-public sealed class RewardModelOptions : PeftMethodOptions
+public sealed class RewardModelOptions : PeftMethodOptions, ITrainingRunOptions
 {
     /// <summary>Text column with the prompt (the conversation so far); the default is "Prompt".</summary>
     public string PromptColumnName { get; set; } = "Prompt";
