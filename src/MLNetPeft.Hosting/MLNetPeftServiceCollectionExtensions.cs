@@ -6,6 +6,7 @@ using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 using MLNetPeft.Hosting.AI;
 using MLNetPeft.Hosting.Models;
+using MLNetPeft.Hosting.Training;
 
 // In the namespace of IServiceCollection, as Microsoft.Extensions' own registration methods are, so that they show up
 // where services are registered without another using.
@@ -59,6 +60,34 @@ public static class MLNetPeftServiceCollectionExtensions
         ArgumentException.ThrowIfNullOrEmpty(modelName);
         IEmbeddingGenerator<string, Embedding<float>> Create(IServiceProvider sp) => new RegisteredEmbeddingGenerator(sp.GetRequiredService<ModelRegistry>(), modelName);
         return serviceKey is null ? services.AddEmbeddingGenerator(Create) : services.AddKeyedEmbeddingGenerator(serviceKey, Create);
+    }
+
+    /// <summary>
+    /// Runs a training job in the host (a <see cref="BackgroundService"/>): <paramref name="plan"/> builds the estimator,
+    /// passing its options through <see cref="TrainingJobContext.Configure{T}"/>; progress goes to the log; when the host
+    /// stops mid-run a checkpoint is written and the next start resumes from it; the fitted model is saved atomically to
+    /// <see cref="TrainingJobOptions.OutputPath"/> (where a registered model with file watching picks it up). The job's
+    /// <see cref="TrainingJobStatus"/> is a keyed singleton under <paramref name="name"/>.
+    /// </summary>
+    public static IServiceCollection AddMLNetPeftTrainingJob(this IServiceCollection services, string name, Action<TrainingJobOptions> configure,
+        Func<IServiceProvider, TrainingJobContext, TrainingJobPlan> plan)
+    {
+        ArgumentNullException.ThrowIfNull(services);
+        ArgumentException.ThrowIfNullOrEmpty(name);
+        ArgumentNullException.ThrowIfNull(configure);
+        ArgumentNullException.ThrowIfNull(plan);
+        var options = new TrainingJobOptions();
+        configure(options);
+        options.Validate(name);
+        services.AddKeyedSingleton(name, (sp, _) =>
+        {
+            var environment = sp.GetService<IHostEnvironment>();
+            return new TrainingJobStatus(name, ModelRegistrationValidator.ResolvePath(options.OutputPath!, environment),
+                ModelRegistrationValidator.ResolvePath(options.CheckpointFolder!, environment));
+        });
+        services.AddSingleton<IHostedService>(sp => new TrainingJobService(sp.GetRequiredKeyedService<TrainingJobStatus>(name), options, plan, sp,
+            sp.GetRequiredService<ILoggerFactory>().CreateLogger($"MLNetPeft.Hosting.Training.{name}")));
+        return services;
     }
 
     /// <summary>Loads every registered model when the host starts, so that a model that does not load stops the start.</summary>
