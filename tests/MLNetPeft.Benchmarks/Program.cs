@@ -293,7 +293,7 @@ void PeftTable(string title, Func<CausalLanguageModel> llama, string llamaName, 
         var stepTimes = new List<double>();
         var clock = Stopwatch.StartNew();
         new LanguageModelTrainer(model, options, peft as MLNetPeft.Tuners.ITrainingStepHook).Train(blocks,
-            progress: new Progress(p => { stepTimes.Add(clock.Elapsed.TotalMilliseconds); clock.Restart(); }));
+            progress: new SynchronousProgress<TrainingProgress>(p => { stepTimes.Add(clock.Elapsed.TotalMilliseconds); clock.Restart(); }));
         double loss = LanguageModelTrainer.Evaluate(model, held, peftBatch);
         rows.Add((method, modelName, trainable, total, state, Median(stepTimes.Skip(3).ToList()), loss));
         peft?.Dispose();
@@ -379,9 +379,4 @@ static double Median(List<double> xs)
 {
     var s = xs.Order().ToList();
     return s.Count % 2 == 1 ? s[s.Count / 2] : (s[s.Count / 2 - 1] + s[s.Count / 2]) / 2;
-}
-
-sealed class Progress(Action<TrainingProgress> report) : IProgress<TrainingProgress>
-{
-    public void Report(TrainingProgress value) => report(value);
 }

@@ -67,7 +67,7 @@ internal static class RlBenchmark
             double meanLength = 0;
             var sw = Stopwatch.StartNew();
             new PpoTrainer(model, value, tokenizer, Length, Loop(8, 8, r + 10), ppoOptions, lora)
-                .Train(Prompts, new Reporter(p => meanLength = p.Metrics!["val/mean_response_length"]));
+                .Train(Prompts, new SynchronousProgress<TrainingProgress>(p => meanLength = p.Metrics!["val/mean_response_length"]));
             double whole = sw.Elapsed.TotalSeconds;
             sw.Restart();
             using (var sampled = Rollout.Sample(model, tokenizer, Prompts.Take(16).ToList(), promptIds.Take(16).ToList(), Sampling, seed: r)) sampledTokens = sampled.ResponseLengths.Sum();
@@ -197,11 +197,6 @@ internal static class RlBenchmark
             }
         }
         return rollout.ResponseLengths.Sum();
-    }
-
-    private sealed class Reporter(Action<TrainingProgress> report) : IProgress<TrainingProgress>
-    {
-        public void Report(TrainingProgress value) => report(value);
     }
 
     private static double Median(List<double> xs) => xs.Order().ElementAt(xs.Count / 2);

@@ -111,7 +111,7 @@ foreach (var name in models)
             },
         };
         int lastReported = 0;
-        options.Progress = new Progress(p =>
+        options.Progress = new SynchronousProgress<TrainingProgress>(p =>
         {
             if (p.Step - lastReported >= 25 || p.Step == p.TotalSteps) { lastReported = p.Step; Console.Write($"\r  {name} ({size} pairs): step {p.Step}/{p.TotalSteps} loss {p.Loss:F3} eta {p.Eta:mm\\:ss}   "); }
         });
@@ -162,9 +162,4 @@ sealed class DifferenceRow
 {
     public bool Label { get; set; }
     public VBuffer<float> Features { get; set; }
-}
-
-sealed class Progress(Action<TrainingProgress> report) : IProgress<TrainingProgress>
-{
-    public void Report(TrainingProgress value) => report(value);
 }

@@ -49,7 +49,7 @@ public class TrainingJobTests(Xunit.Abstractions.ITestOutputHelper output)
                 Training = new TrainingOptions { MaxSteps = Steps, BatchSize = 4, LearningRate = 5e-3, WarmupSteps = 2, WeightDecay = 0, Seed = 3 },
                 MaxLength = 48, Seed = 1, Generation = new GenerationOptions { MaxNewTokens = 6, StopStrings = ["\n"] },
                 ResponseColumnName = "Response",
-                Progress = new Step(p => { losses[p.Step] = p.Loss; onStep?.Invoke(p.Step); }),
+                Progress = new SynchronousProgress<TrainingProgress>(p => { losses[p.Step] = p.Loss; onStep?.Invoke(p.Step); }),
             });
             return new TrainingJobPlan
             {
@@ -144,10 +144,5 @@ public class TrainingJobTests(Xunit.Abstractions.ITestOutputHelper output)
             services.AddMLNetPeftTrainingJob("sft", job => job.CheckpointFolder = "c", (_, _) => throw new InvalidOperationException())).Message);
         Assert.Contains("CheckpointFolder is required", Assert.Throws<ArgumentException>(() =>
             services.AddMLNetPeftTrainingJob("sft", job => job.OutputPath = "m.zip", (_, _) => throw new InvalidOperationException())).Message);
-    }
-
-    private sealed class Step(Action<TrainingProgress> report) : IProgress<TrainingProgress>
-    {
-        public void Report(TrainingProgress value) => report(value);
     }
 }

@@ -51,7 +51,7 @@ public class FineTuningTests(Xunit.Abstractions.ITestOutputHelper output)
         {
             Lora = new LoraConfig { R = 8, LoraAlpha = 16, TargetModules = [LoraConfig.AllLinear] },
             Training = new TrainingOptions { MaxSteps = 200, BatchSize = 16, LearningRate = 5e-3, WarmupSteps = 10, WeightDecay = 0, Seed = 1 },
-            MaxLength = 64, Generation = Answer, Seed = 1, Progress = new Sync<TrainingProgress>(steps.Add),
+            MaxLength = 64, Generation = Answer, Seed = 1, Progress = new SynchronousProgress<TrainingProgress>(steps.Add),
         };
         var pipeline = ml.Transforms.CopyColumns("Prompt", "Question").Append(ml.Transforms.Text.FineTuneCausalLm(model, tokenizer, options));
         var fitted = pipeline.Fit(train);
@@ -130,7 +130,7 @@ public class FineTuningTests(Xunit.Abstractions.ITestOutputHelper output)
         var losses = new List<double>();
         var options = new CausalLmFineTuningOptions
         {
-            PromptColumnName = "Question", MaxLength = 64, Generation = Answer, Progress = new Sync<TrainingProgress>(p => losses.Add(p.Loss)),
+            PromptColumnName = "Question", MaxLength = 64, Generation = Answer, Progress = new SynchronousProgress<TrainingProgress>(p => losses.Add(p.Loss)),
             Lora = new LoraConfig { R = 8, LoraAlpha = 16, TargetModules = [LoraConfig.AllLinear] },
             Training = new TrainingOptions { MaxSteps = 30, BatchSize = 8, LearningRate = 5e-3, WarmupSteps = 2, WeightDecay = 0, Seed = 4 },
         };
@@ -169,7 +169,7 @@ public class FineTuningTests(Xunit.Abstractions.ITestOutputHelper output)
             TextColumnName = "Text", Packing = true, MaxLength = 64, ValidationData = validation, LongRows = BadRowHandling.Fail,
             Lora = new LoraConfig { R = 8, LoraAlpha = 16, TargetModules = [LoraConfig.AllLinear] }, Seed = 1,
             Training = new TrainingOptions { MaxSteps = 60, BatchSize = 8, LearningRate = 5e-3, WarmupSteps = 5, WeightDecay = 0, Seed = 1, EvalInterval = 10 },
-            Generation = new GenerationOptions { MaxNewTokens = 4, StopStrings = ["."] }, Progress = new Sync<TrainingProgress>(steps.Add),
+            Generation = new GenerationOptions { MaxNewTokens = 4, StopStrings = ["."] }, Progress = new SynchronousProgress<TrainingProgress>(steps.Add),
         };
         var estimator = ml.Transforms.Text.FineTuneCausalLm(model, BundledBaseModel.LoadTokenizer(), options);
         using var fitted = estimator.Fit(train);
@@ -235,10 +235,5 @@ public class FineTuningTests(Xunit.Abstractions.ITestOutputHelper output)
     {
         public float Question { get; set; }
         public string Response { get; set; } = "";
-    }
-
-    private sealed class Sync<T>(Action<T> report) : IProgress<T>
-    {
-        public void Report(T value) => report(value);
     }
 }

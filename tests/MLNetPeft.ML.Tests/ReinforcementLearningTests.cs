@@ -60,7 +60,7 @@ public class ReinforcementLearningTests(Xunit.Abstractions.ITestOutputHelper out
         {
             Rewards = [RightSum], Lora = Lora, Seed = 1, Generation = Greedy, Training = Loop(steps: 50, batch: 16),
             Grpo = new GrpoOptions { NumGenerations = 8, Sampling = Sampling },
-            Progress = new Reporter(p => metrics.Add(p.Metrics!)),
+            Progress = new SynchronousProgress<TrainingProgress>(p => metrics.Add(p.Metrics!)),
         };
         using var tuned = ml.Transforms.Text.TrainGrpo(model, tokenizer, options).Fit(view);
         double after = Accuracy(tuned, view, rows);
@@ -94,7 +94,7 @@ public class ReinforcementLearningTests(Xunit.Abstractions.ITestOutputHelper out
         var tokenizer = BundledBaseModel.LoadTokenizer();
         var metrics = new List<IReadOnlyDictionary<string, double>>();
         var options = PpoOptions(steps: 80, RightSum);
-        options.Progress = new Reporter(p => metrics.Add(p.Metrics!));
+        options.Progress = new SynchronousProgress<TrainingProgress>(p => metrics.Add(p.Metrics!));
         using var tuned = ml.Transforms.Text.TrainPpo(model, tokenizer, options).Fit(view);
         double first = metrics.Take(12).Average(m => m["objective/scores"]), last = metrics.TakeLast(12).Average(m => m["objective/scores"]);
         double kl = metrics.TakeLast(12).Max(m => m["objective/kl"]);
@@ -107,12 +107,12 @@ public class ReinforcementLearningTests(Xunit.Abstractions.ITestOutputHelper out
         var resumable = PpoOptions(steps: 6, RightSum);
         resumable.Training.CheckpointFolder = dir.File("run");
         resumable.CancellationToken = cts.Token;
-        resumable.Progress = new Reporter(p => { if (p.Step == 3) cts.Cancel(); });
+        resumable.Progress = new SynchronousProgress<TrainingProgress>(p => { if (p.Step == 3) cts.Cancel(); });
         Assert.ThrowsAny<OperationCanceledException>(() => ml.Transforms.Text.TrainPpo(model, tokenizer, resumable).Fit(view));
         Assert.EndsWith("checkpoint-000003", Trainer.LatestCheckpoint(dir.File("run")));
         var steps = new List<int>();
         resumable.CancellationToken = default;
-        resumable.Progress = new Reporter(p => steps.Add(p.Step));
+        resumable.Progress = new SynchronousProgress<TrainingProgress>(p => steps.Add(p.Step));
         using var resumed = ml.Transforms.Text.TrainPpo(model, tokenizer, resumable).Fit(view);
         Assert.Equal([4, 5, 6], steps);
     }
@@ -159,10 +159,5 @@ public class ReinforcementLearningTests(Xunit.Abstractions.ITestOutputHelper out
         foreach (var file in new[] { "vocab.json", "merges.txt" }) File.Copy(Path.Combine(BundledBaseModel.Folder, file), dir.File(file));
         File.WriteAllText(dir.File("tokenizer_config.json"), "{}");
         return Tokenization.TextTokenizer.FromPretrained(dir.Path);
-    }
-
-    private sealed class Reporter(Action<TrainingProgress> report) : IProgress<TrainingProgress>
-    {
-        public void Report(TrainingProgress value) => report(value);
     }
 }

@@ -73,7 +73,7 @@ internal static class PpoWorld
             Lora = new LoraConfig { R = 8, LoraAlpha = 16, TargetModules = [LoraConfig.AllLinear] },
             Training = new TrainingOptions { MaxSteps = steps, BatchSize = batch, LearningRate = lr, WarmupSteps = 10, WeightDecay = 0, Seed = 1 },
             Ppo = new PpoOptions { NumMiniBatches = 2, KlCoef = klCoef, Sampling = new SamplingOptions { Temperature = 0.7, MaxNewTokens = 8, StopStrings = ["\n"] } },
-            Progress = new Reporter(p =>
+            Progress = new SynchronousProgress<TrainingProgress>(p =>
             {
                 metrics.Add((p.Step, p.Metrics!));
                 if (p.Step % 40 != 0 && p.Step != 1) return;
@@ -90,6 +90,4 @@ internal static class PpoWorld
         foreach (var (e, text) in heldOut.Zip(tuned.Transform(heldOutView).GetColumn<string>("GeneratedText")).Take(5))
             Console.WriteLine($"  [{text.Trim()}] expected [{e.Response}]");
     }
-
-    private sealed class Reporter(Action<TrainingProgress> report) : IProgress<TrainingProgress> { public void Report(TrainingProgress value) => report(value); }
 }

@@ -71,7 +71,7 @@ Console.WriteLine($"Base model: greedy held-out {Greedy(heldOut):P1}, pass@8 hel
 using var adapter = LoraModel.Apply(policy, new LoraConfig { R = rank, LoraAlpha = 2 * rank, TargetModules = [LoraConfig.AllLinear] }, seed: 1);
 var options = new TrainingOptions { MaxSteps = steps, BatchSize = batch, LearningRate = lr, WarmupSteps = 10, WeightDecay = 0, Seed = 1 };
 var clock = Stopwatch.StartNew();
-var log = SynchronousProgress(p =>
+var log = new SynchronousProgress<TrainingProgress>(p =>
 {
     if (p.Step % 20 != 0 && p.Step != 1) return;
     var m = p.Metrics!;
@@ -95,5 +95,3 @@ else
 Console.WriteLine($"After {method} ({steps} steps, lr {lr}, β {beta}, LoRA r {rank}, {clock.Elapsed:mm\\:ss}): greedy held-out {Greedy(heldOut):P1}, pass@8 held-out {PassAt(8, heldOut):P1}, greedy validation {Greedy(validation):P1}");
 
 string? Arg(string name) => Array.IndexOf(args, name) is var i and >= 0 && i + 1 < args.Length ? args[i + 1] : null;
-static IProgress<TrainingProgress> SynchronousProgress(Action<TrainingProgress> report) => new Reporter(report);
-sealed class Reporter(Action<TrainingProgress> report) : IProgress<TrainingProgress> { public void Report(TrainingProgress value) => report(value); }

@@ -1,3 +1,4 @@
+using MLNetPeft.Training;
 using System.Diagnostics;
 using Microsoft.ML;
 using Microsoft.ML.Data;
@@ -91,7 +92,7 @@ foreach (var name in methods)
     if (args.Contains("--targets")) options.Lora.TargetModules = options.AdaLora.TargetModules = Arg("--targets", "").Split(',');
     if (name.Equals("dora", StringComparison.OrdinalIgnoreCase)) options.Lora.UseDora = true;
     int lastReported = 0;
-    options.Progress = new Progress(p =>
+    options.Progress = new SynchronousProgress<TrainingProgress>(p =>
     {
         if (p.Step - lastReported >= 50 || p.Step == p.TotalSteps) { lastReported = p.Step; Console.Write($"\r  {name}: step {p.Step}/{p.TotalSteps} loss {p.Loss:F3} eta {p.Eta:mm\\:ss}   "); }
     });
@@ -137,9 +138,4 @@ sealed class TextRow
 {
     public string Sentence { get; set; } = "";
     public string Label { get; set; } = "";
-}
-
-sealed class Progress(Action<MLNetPeft.Training.TrainingProgress> report) : IProgress<MLNetPeft.Training.TrainingProgress>
-{
-    public void Report(MLNetPeft.Training.TrainingProgress value) => report(value);
 }

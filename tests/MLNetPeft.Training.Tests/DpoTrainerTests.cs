@@ -147,7 +147,7 @@ public class DpoTrainerTests(Xunit.Abstractions.ITestOutputHelper output)
         var heldOut = Preferences(64, 2);
         var before = trainer.Evaluate(heldOut);
         var metrics = new List<IReadOnlyDictionary<string, double>>();
-        var result = trainer.Train(Preferences(256, 1), heldOut, new Progress(p => metrics.Add(p.Metrics!)));
+        var result = trainer.Train(Preferences(256, 1), heldOut, new SynchronousProgress<TrainingProgress>(p => metrics.Add(p.Metrics!)));
         var after = trainer.Evaluate(heldOut);
         output.WriteLine($"{type} full={full}: held-out loss {before.Loss:F4} -> {after.Loss:F4}, accuracy {before.RewardsAccuracy:P0} -> {after.RewardsAccuracy:P0}, " +
             $"margin {before.RewardsMargin:F3} -> {after.RewardsMargin:F3}, chosen {after.RewardsChosen:F3}, rejected {after.RewardsRejected:F3}");
@@ -197,10 +197,5 @@ public class DpoTrainerTests(Xunit.Abstractions.ITestOutputHelper output)
         // A side whose every token is prompt-less and single has nothing to score.
         var empty = PreferencePairs.FromExamples([([], [7], [8, 9], 0f)], maxLength: 8);
         Assert.Contains("BOS", Assert.Throws<ArgumentException>(() => DpoTrainer.ResponseLogProbs(policy, empty.Pairs)).Message);
-    }
-
-    private sealed class Progress(Action<TrainingProgress> report) : IProgress<TrainingProgress>
-    {
-        public void Report(TrainingProgress value) => report(value);
     }
 }

@@ -360,14 +360,3 @@ public class TrainingLoopTests
         Assert.Contains(option, e.Message);
     }
 }
-
-/// <summary>Reports on the calling thread (Progress&lt;T&gt; posts to the thread pool, which would race with assertions).</summary>
-internal sealed class SynchronousProgress<T>(Action<T> report) : IProgress<T>
-{
-    public void Report(T value) => report(value);
-}
-
-internal static class SynchronousProgress
-{
-    public static SynchronousProgress<T> Create<T>(Action<T> report) => new(report);
-}

@@ -49,11 +49,6 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
         _ => throw new ArgumentOutOfRangeException(nameof(method)),
     };
 
-    private sealed class Sync<T>(Action<T> report) : IProgress<T>
-    {
-        public void Report(T value) => report(value);
-    }
-
     private static Tensor Run(CausalLanguageModel model, Tensor ids)
     {
         using var _ = no_grad();
@@ -459,7 +454,7 @@ public class PeftMethodTests(Xunit.Abstractions.ITestOutputHelper output)
         var ranks = new List<int>();
         var blocks = ToyTask(TinyTokenizer.VocabSize);
         new LanguageModelTrainer(model, new TrainingOptions { MaxSteps = 40, BatchSize = 8, LearningRate = 1e-2, WarmupSteps = 2, WeightDecay = 0, Seed = 4 }, adalora)
-            .Train(blocks, progress: new Sync<TrainingProgress>(_ => ranks.Add(adalora.Layers.Sum(l => l.ActiveRank))));
+            .Train(blocks, progress: new SynchronousProgress<TrainingProgress>(_ => ranks.Add(adalora.Layers.Sum(l => l.ActiveRank))));
         output.WriteLine($"total rank by step: {string.Join(" ", ranks)}; per layer at the end: {string.Join(" ", adalora.Layers.Select(l => l.ActiveRank))}");
         Assert.Equal(6 * layers, ranks[0]);
         // Masking happens every deltaT steps (between them the optimizer may revive a masked Λ entry, as in PEFT);
@@ -642,7 +637,7 @@ public class ResumeTests
         var stopped = Apply(method, first, seed: 1);
         using var cts = new CancellationTokenSource();
         Assert.ThrowsAny<OperationCanceledException>(() => new LanguageModelTrainer(first, Options(dir.Path), stopped as ITrainingStepHook)
-            .Train(data, progress: new Sync(p => { if (p.Step == 5) cts.Cancel(); }), cancellationToken: cts.Token));
+            .Train(data, progress: new SynchronousProgress<TrainingProgress>(p => { if (p.Step == 5) cts.Cancel(); }), cancellationToken: cts.Token));
 
         // Another start (other base and adapter weights): everything must come from the checkpoint. QLoRA's frozen base
         // is quantised from the same model again, as with HF's Trainer (a checkpoint keeps what trains, not the NF4 codes).
@@ -653,10 +648,5 @@ public class ResumeTests
             TensorAssert.BitIdentical(expected, resumed.state_dict()[name], name);
         if (whole is AdaLoraModel a && continued is AdaLoraModel b)
             Assert.Equal(a.Layers.Select(l => l.ActiveRank), b.Layers.Select(l => l.ActiveRank));
-    }
-
-    private sealed class Sync(Action<TrainingProgress> report) : IProgress<TrainingProgress>
-    {
-        public void Report(TrainingProgress value) => report(value);
     }
 }

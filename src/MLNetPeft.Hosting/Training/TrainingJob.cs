@@ -75,18 +75,9 @@ public sealed class TrainingJobContext
             throw new ArgumentException($"Training job '{Name}': Training.Resume is false, so a restarted host would start over; leave it true.", nameof(options));
         training.CheckpointFolder = CheckpointFolder;
         var user = options.Progress;
-        options.Progress = user is null ? _progress : new BothProgress(user, _progress);
+        options.Progress = user is null ? _progress : SynchronousProgress.Create<TrainingProgress>(p => { user.Report(p); _progress.Report(p); });
         options.CancellationToken = StoppingToken;
         return options;
-    }
-
-    private sealed class BothProgress(IProgress<TrainingProgress> first, IProgress<TrainingProgress> second) : IProgress<TrainingProgress>
-    {
-        public void Report(TrainingProgress value)
-        {
-            first.Report(value);
-            second.Report(value);
-        }
     }
 }
 

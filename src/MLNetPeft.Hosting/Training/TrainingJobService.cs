@@ -53,7 +53,7 @@ internal sealed class TrainingJobService(
     private void Run(CancellationToken stoppingToken)
     {
         Directory.CreateDirectory(status.CheckpointFolder);
-        var context = new TrainingJobContext(status.Name, status.CheckpointFolder, new StepProgress(OnProgress), stoppingToken);
+        var context = new TrainingJobContext(status.Name, status.CheckpointFolder, new SynchronousProgress<TrainingProgress>(OnProgress), stoppingToken);
         status.ResumedFrom = context.ResumesFrom;
         if (status.ResumedFrom is { } checkpoint) logger.LogInformation("Training job {JobName}: resuming from {Checkpoint}.", status.Name, checkpoint);
         else logger.LogInformation("Training job {JobName}: starting.", status.Name);
@@ -86,11 +86,5 @@ internal sealed class TrainingJobService(
         if (p.Step == 1 || p.Step == p.TotalSteps || p.Step % options.LogInterval == 0)
             logger.LogInformation("Training job {JobName}: step {Step}/{TotalSteps}, loss {Loss:F4}, learning rate {LearningRate:G3}, {TokensPerSecond:F0} tokens/s.",
                 status.Name, p.Step, p.TotalSteps, p.Loss, p.LearningRate, p.TokensPerSecond);
-    }
-
-    // Reported on the training thread, in step order (System.Progress would post to the thread pool).
-    private sealed class StepProgress(Action<TrainingProgress> report) : IProgress<TrainingProgress>
-    {
-        public void Report(TrainingProgress value) => report(value);
     }
 }
