@@ -20,6 +20,12 @@ public abstract class CausalLanguageModel : PretrainedModule, IPromptableModel
     /// <summary>The most positions the model can address (GPT-2's learned n_positions); null when positions are rotary and unbounded.</summary>
     public virtual int? MaxPositions => null;
 
+    /// <summary>
+    /// The context the model was built for (its config's max_position_embeddings or n_positions): what a server lets a
+    /// prompt and its new tokens fill. Rotary models can run past it, but were not trained to.
+    /// </summary>
+    public virtual int? ContextLength => MaxPositions;
+
     /// <summary>Token embeddings [batch, seq, hidden] of <paramref name="inputIds"/> [batch, seq].</summary>
     public abstract Tensor Embed(Tensor inputIds);
 

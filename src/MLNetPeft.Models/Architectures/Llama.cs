@@ -101,6 +101,7 @@ public class LlamaForCausalLM : CausalLanguageModel
     public LlamaConfig LlamaConfig => _config;
     public override int LayerCount => _config.NumHiddenLayers;
     public override int HiddenSize => _config.HiddenSize;
+    public override int? ContextLength => _config.MaxPositionEmbeddings;
     public IReadOnlyList<LlamaDecoderLayer> Layers => _layers.ToArray();
 
     public override Tensor Embed(Tensor inputIds) => _embedTokens.call(inputIds);
