@@ -141,6 +141,18 @@ public sealed class TextGenerationTransformer : RowToRowTransformerBase, IDispos
     }
 
     /// <summary>
+    /// Generates for several prompts in one left-padded batch (shared forward passes); <see cref="GeneratedToken.Row"/>
+    /// says which prompt a streamed token belongs to.
+    /// </summary>
+    public IReadOnlyList<GenerationResult> Generate(IReadOnlyList<string> prompts, GenerationOptions options, Action<GeneratedToken>? onToken = null,
+        CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(prompts);
+        ArgumentNullException.ThrowIfNull(options);
+        lock (_lock) return _generator.Generate(prompts, options, onToken, cancellationToken);
+    }
+
+    /// <summary>
     /// The output shape of the estimators that produce this transformer: the text columns they read must be scalar
     /// text; the generated-text column is added, and with <paramref name="scored"/> the LogLikelihood and Perplexity columns.
     /// </summary>
