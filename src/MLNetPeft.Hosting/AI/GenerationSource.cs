@@ -86,18 +86,7 @@ internal sealed class GenerationSource : IDisposable
     /// <summary>The saved generation options of the model, overridden by a request's.</summary>
     public static GenerationOptions WithRequest(GenerationOptions saved, ChatOptions? options)
     {
-        var generation = new GenerationOptions
-        {
-            MaxNewTokens = saved.MaxNewTokens,
-            DoSample = saved.DoSample,
-            Temperature = saved.Temperature,
-            TopK = saved.TopK,
-            TopP = saved.TopP,
-            RepetitionPenalty = saved.RepetitionPenalty,
-            StopStrings = saved.StopStrings,
-            StopTokenIds = saved.StopTokenIds,
-            Seed = saved.Seed,
-        };
+        var generation = saved.Copy();
         if (options is null) return generation;
         if (options.Tools is { Count: > 0 }) throw new NotSupportedException("ChatOptions.Tools: this model does not call tools.");
         if (options.FrequencyPenalty is { } f && f != 0 || options.PresencePenalty is { } p && p != 0)

@@ -6,6 +6,7 @@ using Microsoft.Extensions.Options;
 using Microsoft.Extensions.Primitives;
 using Microsoft.ML;
 using Microsoft.ML.Data;
+using MLNetPeft.ML;
 
 namespace MLNetPeft.Hosting.Models;
 
@@ -196,14 +197,7 @@ public sealed class LoadedModel
     internal int MaxPooledEngines { get; }
 
     /// <summary>The first transformer of type <typeparamref name="T"/> in the model (itself, or a step of its chain), or null.</summary>
-    public T? Find<T>() where T : class, ITransformer => Find<T>(Transformer);
-
-    private static T? Find<T>(ITransformer transformer) where T : class, ITransformer => transformer switch
-    {
-        T match => match,
-        TransformerChain<ITransformer> chain => chain.Select(Find<T>).FirstOrDefault(t => t is not null),
-        _ => null,
-    };
+    public T? Find<T>() where T : class, ITransformer => Transformer.FindTransformer<T>();
 
     /// <summary>A cache of this version, made once per key (the engine pools of each row type pair).</summary>
     internal TValue GetOrAdd<TValue>((Type, Type) key, Func<TValue> create) where TValue : class

@@ -25,6 +25,9 @@ public sealed class GenerationOptions
     /// <summary>Seed of the sampling generator: the same seed gives the same samples. Null draws a fresh seed.</summary>
     public long? Seed { get; set; }
 
+    /// <summary>A copy to change without changing these (the lists are shared: they are read, never changed).</summary>
+    public GenerationOptions Copy() => (GenerationOptions)MemberwiseClone();
+
     /// <summary>Throws naming the first option that is out of range.</summary>
     public void Validate()
     {
