@@ -153,6 +153,17 @@ public sealed class TextGenerationTransformer : RowToRowTransformerBase, IDispos
     }
 
     /// <summary>
+    /// Writes the model as an HF checkpoint folder (config, weights, tokenizer files) that transformers and this library
+    /// load; an unmerged adapter goes to its <c>adapter</c> subfolder in PEFT's adapter format, which PEFT applies to the
+    /// base in the folder.
+    /// </summary>
+    public void ExportPretrained(string folder)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(folder);
+        _package.Export(folder);
+    }
+
+    /// <summary>
     /// The output shape of the estimators that produce this transformer: the text columns they read must be scalar
     /// text; the generated-text column is added, and with <paramref name="scored"/> the LogLikelihood and Perplexity columns.
     /// </summary>

@@ -75,6 +75,35 @@ internal sealed class ModelPackage : IDisposable
         }
     }
 
+    /// <summary>
+    /// Writes the base checkpoint (HF folder layout) to <paramref name="folder"/>, and an unmerged adapter, in PEFT's
+    /// adapter format, to its <c>adapter</c> subfolder; all into a temporary folder first, renamed when complete.
+    /// </summary>
+    public void Export(string folder)
+    {
+        string target = Path.GetFullPath(folder);
+        if (Directory.Exists(target) && Directory.EnumerateFileSystemEntries(target).Any())
+            throw new IOException($"The export folder '{target}' exists and is not empty.");
+        string temp = $"{target}.{Guid.NewGuid():N}.tmp";
+        try
+        {
+            CopyFiles(BaseFiles?.Path ?? BaseReference!.ResolvedFolder, temp);
+            if (AdapterFiles is not null) CopyFiles(AdapterFiles.Path, Path.Combine(temp, "adapter"));
+            if (Directory.Exists(target)) Directory.Delete(target);
+            Directory.Move(temp, target);
+        }
+        finally
+        {
+            if (Directory.Exists(temp)) Directory.Delete(temp, recursive: true);
+        }
+    }
+
+    private static void CopyFiles(string from, string to)
+    {
+        Directory.CreateDirectory(to);
+        foreach (var file in Directory.EnumerateFiles(from)) File.Copy(file, Path.Combine(to, Path.GetFileName(file)));
+    }
+
     /// <summary>Bytes of the model's weights in memory (what embedding would store, give or take the tokenizer files).</summary>
     public static long WeightBytes(PretrainedModule model) => model.state_dict().Values.Sum(t => t.numel() * t.ElementSize);
 
