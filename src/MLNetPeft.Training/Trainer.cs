@@ -92,7 +92,9 @@ public sealed class Trainer
             }
             int step = state.Step;
             double lr = schedule.At(step);
+            long stepStart = Stopwatch.GetTimestamp();
             var (loss, stepTokens, metrics) = TrainStep(optimizer, trainable, step, lr, lastCheckpoint);
+            TrainingMetrics.RecordStep(_objective.MethodName, stepTokens, loss, Stopwatch.GetElapsedTime(stepStart).TotalSeconds);
             tokens += stepTokens;
             state.Step = step + 1;
             state.LossHistory.Add(loss);

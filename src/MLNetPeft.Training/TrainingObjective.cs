@@ -12,6 +12,9 @@ namespace MLNetPeft.Training;
 /// </summary>
 public abstract class TrainingObjective
 {
+    /// <summary>The method, as the <c>mlnetpeft.objective</c> tag of <see cref="TrainingMetrics"/> names it (e.g. "sft", "dpo").</summary>
+    public abstract string MethodName { get; }
+
     /// <summary>The model whose parameters that require grad are trained.</summary>
     public abstract PretrainedModule Model { get; }
 

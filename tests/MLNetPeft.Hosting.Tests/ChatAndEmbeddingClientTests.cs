@@ -26,10 +26,10 @@ public class ChatAndEmbeddingClientTests
         public string Text { get; set; } = "";
     }
 
-    private static readonly GenerationOptions Saved = new() { MaxNewTokens = 12, StopStrings = ["\n"] };
+    internal static readonly GenerationOptions Saved = new() { MaxNewTokens = 12, StopStrings = ["\n"] };
 
     /// <summary>The bundled model behind GenerateText with the saved options, and a chat client over it.</summary>
-    private sealed class BundledChat : IDisposable
+    internal sealed class BundledChat : IDisposable
     {
         private readonly MLNetPeft.Architectures.CausalLanguageModel _model = BundledBaseModel.Load();
 
@@ -53,7 +53,7 @@ public class ChatAndEmbeddingClientTests
         }
     }
 
-    private static ChatMessage[] Question(string text) => [new(ChatRole.System, "Answer briefly."), new(ChatRole.User, text)];
+    internal static ChatMessage[] Question(string text) => [new(ChatRole.System, "Answer briefly."), new(ChatRole.User, text)];
 
     private static async Task<string> Streamed(IChatClient client, IEnumerable<ChatMessage> messages, ChatOptions? options, List<ChatResponseUpdate>? updates = null)
     {

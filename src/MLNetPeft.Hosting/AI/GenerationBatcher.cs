@@ -78,7 +78,7 @@ public sealed class GenerationBatcher : IDisposable
         }
         lock (_waiting)
         {
-            foreach (var r in _waiting) r.Result.TrySetException(new ObjectDisposedException(nameof(GenerationBatcher), "The model was unloaded before the request ran."));
+            foreach (var r in _waiting) r.Fail(new ObjectDisposedException(nameof(GenerationBatcher), "The model was unloaded before the request ran."));
             _waiting.Clear();
         }
     }
@@ -96,13 +96,14 @@ public sealed class GenerationBatcher : IDisposable
                 token => { if (token.TextDelta.Length > 0) batch[token.Row].OnText?.Invoke(token.TextDelta); }, allCancelled.Token);
             Interlocked.Increment(ref _batches);
             Interlocked.Add(ref _requests, batch.Count);
+            GenerationMetrics.RecordBatch(batch.Count);
             for (int i = 0; i < batch.Count; i++)
-                if (!batch[i].CancelIfRequested()) batch[i].Result.TrySetResult(results[i]);
+                if (!batch[i].CancelIfRequested()) batch[i].Complete(results[i]);
         }
         catch (Exception e)
         {
             foreach (var r in batch)
-                if (!r.CancelIfRequested()) r.Result.TrySetException(e);
+                if (!r.CancelIfRequested()) r.Fail(e);
         }
         finally
         {
@@ -121,9 +122,29 @@ public sealed class GenerationBatcher : IDisposable
 
     private sealed record Request(string Prompt, GenerationOptions Options, BatchKey? Key, Action<string>? OnText, CancellationToken CancellationToken)
     {
+        private readonly long _arrived = System.Diagnostics.Stopwatch.GetTimestamp();
+
         public TaskCompletionSource<GenerationResult> Result { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
-        public bool CancelIfRequested() => CancellationToken.IsCancellationRequested && Result.TrySetCanceled(CancellationToken);
+        public bool CancelIfRequested()
+        {
+            if (!CancellationToken.IsCancellationRequested || !Result.TrySetCanceled(CancellationToken)) return false;
+            Record("cancelled", 0);
+            return true;
+        }
+
+        public void Complete(GenerationResult result)
+        {
+            if (Result.TrySetResult(result)) Record("completed", result.TokenIds.Count);
+        }
+
+        public void Fail(Exception error)
+        {
+            if (Result.TrySetException(error)) Record("failed", 0);
+        }
+
+        private void Record(string outcome, int tokens) =>
+            GenerationMetrics.RecordRequest(outcome, tokens, System.Diagnostics.Stopwatch.GetElapsedTime(_arrived).TotalSeconds);
     }
 
     /// <summary>Requests batch together when every generation option is the same; null: seeded sampling, which runs alone.</summary>

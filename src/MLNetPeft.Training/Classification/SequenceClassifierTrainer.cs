@@ -128,6 +128,7 @@ public sealed class SequenceClassifierTrainer
     private sealed class CrossEntropyObjective(BertForSequenceClassification model, IReadOnlyList<ClassificationExample> train,
         IReadOnlyList<ClassificationExample>? validation, TrainingOptions options, bool groupByLength) : TrainingObjective
     {
+        public override string MethodName => "sequence_classification";
         private readonly int _batchesPerEpoch = (train.Count + options.BatchSize - 1) / options.BatchSize;
         private (long Epoch, List<int[]> Batches) _epoch = (-1, []);
 

@@ -211,6 +211,7 @@ public sealed class DpoTrainer
 
     private sealed class PreferenceObjective(DpoTrainer trainer, PreferencePairs train, float[][]? precomputed, PreferencePairs? validation) : TrainingObjective
     {
+        public override string MethodName => "dpo";
         public override PretrainedModule Model => trainer._policy;
 
         public override int ExampleCount => train.Count;

@@ -62,6 +62,7 @@ public sealed class ContrastiveEmbeddingTrainer
 
     private sealed class Objective(ContrastiveEmbeddingTrainer trainer, IReadOnlyList<EmbeddingPair> train, IReadOnlyList<EmbeddingPair>? validation) : TrainingObjective
     {
+        public override string MethodName => "contrastive_embedding";
         private readonly string[] _positiveKeys = [.. train.Select(p => Key(p.Positive))];
 
         public override PretrainedModule Model => trainer._embedder.Encoder;

@@ -102,6 +102,7 @@ public sealed class GrpoTrainer
 
     private sealed class GroupObjective(GrpoTrainer trainer, IReadOnlyList<string> prompts, IReadOnlyList<IReadOnlyList<int>> promptIds) : TrainingObjective
     {
+        public override string MethodName => "grpo";
         public override PretrainedModule Model => trainer._policy;
         public override int ExampleCount => prompts.Count;
         public override string DataFingerprint() => Training.DataFingerprint.Of(promptIds);

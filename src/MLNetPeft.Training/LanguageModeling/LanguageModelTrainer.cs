@@ -79,6 +79,7 @@ public sealed class LanguageModelTrainer
     /// <summary>Cross-entropy of the next token over random blocks; validation is the mean loss per target token.</summary>
     private sealed class NextTokenObjective(CausalLanguageModel model, TokenBlocks train, TokenBlocks? validation, TrainingOptions options) : TrainingObjective
     {
+        public override string MethodName => "language_modeling";
         public override PretrainedModule Model => model;
 
         public override int ExampleCount => train.Count;

@@ -124,6 +124,7 @@ public sealed class PpoTrainer
 
     private sealed class PpoObjective(PpoTrainer trainer, IReadOnlyList<string> prompts, IReadOnlyList<IReadOnlyList<int>> promptIds) : TrainingObjective, IDisposable
     {
+        public override string MethodName => "ppo";
         private Experience? _experience;
         private double _klCoef = trainer._ppo.KlCoef;
 

@@ -137,6 +137,7 @@ public sealed class RewardModelTrainer
 
     private sealed class PairwiseObjective(RewardModelTrainer trainer, PreferencePairs train, PreferencePairs? validation) : TrainingObjective
     {
+        public override string MethodName => "reward_modeling";
         public override PretrainedModule Model => trainer._model;
 
         public override int ExampleCount => train.Count;
