@@ -5,6 +5,7 @@ using MLNetPeft.Generation;
 using MLNetPeft.ML.Classification;
 using MLNetPeft.ML.Dpo;
 using MLNetPeft.ML.FineTuning;
+using MLNetPeft.ML.Reinforcement;
 using MLNetPeft.ML.RewardModeling;
 using MLNetPeft.Training;
 
@@ -16,6 +17,7 @@ internal static class TrainCommands
     public sealed class SftRow { public string Prompt { get; set; } = ""; public string Response { get; set; } = ""; }
     public sealed class PairRow { public string Prompt { get; set; } = ""; public string Chosen { get; set; } = ""; public string Rejected { get; set; } = ""; }
     public sealed class LabelRow { public string Text { get; set; } = ""; public string Label { get; set; } = ""; }
+    public sealed class PromptRow { public string Prompt { get; set; } = ""; public string Answer { get; set; } = ""; }
 
     /// <summary>The options every training command has.</summary>
     private sealed class Common
@@ -75,6 +77,8 @@ internal static class TrainCommands
         train.Subcommands.Add(Dpo(context));
         train.Subcommands.Add(Reward(context));
         train.Subcommands.Add(Classify(context));
+        train.Subcommands.Add(Reinforcement(context, ppo: true));
+        train.Subcommands.Add(Reinforcement(context, ppo: false));
         return train;
     }
 
@@ -182,6 +186,72 @@ internal static class TrainCommands
                 .Append(ml.MulticlassClassification.Trainers.PeftTextClassification(options))
                 .Append(ml.Transforms.Conversion.MapKeyToValue("PredictedLabel"));
             return (pipeline.Fit(data), data.Schema, null);
+        }));
+        return command;
+    }
+
+    private static Command Reinforcement(CommandContext context, bool ppo)
+    {
+        var command = new Command(ppo ? "ppo" : "grpo", ppo
+            ? "RLHF with PPO (GAE, KL penalty to the reference) on prompts, scored by a reward model zip (from `train reward`), as TRL's PPOTrainer."
+            : "GRPO on prompts: group-relative advantages, scored by a reward model zip and/or a rule (the response starts with the row's answer).");
+        var common = new Common();
+        common.AddTo(command);
+        var prompt = ColumnOption("prompt", "Prompt", "the prompts");
+        var rewardModel = new Option<string?>("--reward-model") { Description = "A reward model zip written by `train reward`" + (ppo ? " (required)." : ".") };
+        var answer = new Option<string?>("--answer-column") { Description = "GRPO: the column with each prompt's expected answer; reward 1 when the response starts with it." };
+        var maxNewTokens = new Option<int>("--max-new-tokens") { Description = "Tokens sampled at most per response.", DefaultValueFactory = _ => 32 };
+        var temperature = new Option<double>("--temperature") { Description = "Sampling temperature of the rollouts.", DefaultValueFactory = _ => ppo ? 0.7 : 1.0 };
+        var generations = new Option<int>("--generations") { Description = "GRPO: completions per prompt (--batch-size counts completions).", DefaultValueFactory = _ => 8 };
+        var stop = new Option<string[]>("--stop") { Description = "A stop string of the rollouts (repeat for several)." };
+        foreach (var option in ppo ? new Option[] { prompt, rewardModel, maxNewTokens, temperature, stop } : [prompt, rewardModel, answer, maxNewTokens, temperature, generations, stop])
+            command.Options.Add(option);
+        command.SetAction((p, ct) => Run(context, common, p, ppo ? "PPO policy" : "GRPO policy", ct, (ml, file, progress) =>
+        {
+            string? answerColumn = ppo ? null : p.GetValue(answer);
+            var prompts = file.Column(p.GetValue(prompt)!, "--prompt-column");
+            var answers = answerColumn is null ? prompts.Select(_ => "").ToArray() : file.Column(answerColumn, "--answer-column");
+            var data = ml.Data.LoadFromEnumerable(prompts.Zip(answers).Select(x => new PromptRow { Prompt = x.First, Answer = x.Second }));
+            var rewards = new List<MLNetPeft.ML.Reinforcement.RlReward>();
+            ITransformer? rewardZip = null;
+            if (p.GetValue(rewardModel) is { } path)
+            {
+                rewardZip = Models.Load(ml, path, out _);
+                var scorer = ML.TransformerSearch.FindTransformer<RewardModelTransformer>(rewardZip) ?? throw new CliException($"--reward-model '{path}' is not a reward model.");
+                rewards.Add(MLNetPeft.ML.Reinforcement.RlReward.From(scorer, "reward_model"));
+            }
+            if (answerColumn is not null)
+                rewards.Add(MLNetPeft.ML.Reinforcement.RlReward.FromRow((_, response, row) => response.TrimStart().StartsWith(row["Answer"].Trim(), StringComparison.Ordinal) ? 1f : 0f,
+                    ["Answer"], "answer"));
+            if (rewards.Count == 0) throw new CliException(ppo ? "PPO needs --reward-model." : "GRPO needs --reward-model, --answer-column or both.");
+            var sampling = new Training.Reinforcement.SamplingOptions { Temperature = p.GetValue(temperature), MaxNewTokens = p.GetValue(maxNewTokens), StopStrings = p.GetValue(stop) ?? [] };
+            var (model, tokenizer) = Models.LoadBase(p.GetValue(common.Base)!);
+            try
+            {
+                ITransformer tuned;
+                if (ppo)
+                {
+                    var options = new MLNetPeft.ML.Reinforcement.CausalLmPpoOptions
+                    {
+                        Reward = rewards[0], Training = common.Training(p), MaxLength = p.GetValue(common.MaxLength), Seed = p.GetValue(common.Seed),
+                        Progress = progress, CancellationToken = ct, Ppo = new Training.Ppo.PpoOptions { Sampling = sampling },
+                    };
+                    common.Configure(options, p);
+                    tuned = ml.Transforms.Text.TrainPpo(model, tokenizer, options).Fit(data);
+                }
+                else
+                {
+                    var options = new MLNetPeft.ML.Reinforcement.CausalLmGrpoOptions
+                    {
+                        Rewards = rewards, Training = common.Training(p), MaxLength = p.GetValue(common.MaxLength), Seed = p.GetValue(common.Seed),
+                        Progress = progress, CancellationToken = ct, Grpo = new Training.Grpo.GrpoOptions { NumGenerations = p.GetValue(generations), Sampling = sampling },
+                    };
+                    common.Configure(options, p);
+                    tuned = ml.Transforms.Text.TrainGrpo(model, tokenizer, options).Fit(data);
+                }
+                return (tuned, data.Schema, model);
+            }
+            finally { (rewardZip as IDisposable)?.Dispose(); }
         }));
         return command;
     }

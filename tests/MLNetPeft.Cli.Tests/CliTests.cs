@@ -89,6 +89,31 @@ public class CliTests(Xunit.Abstractions.ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task TrainGrpoWithARuleRewardFromTheAnswerColumn()
+    {
+        using var dir = new TempFolder();
+        var random = new Random(3);
+        File.WriteAllLines(dir.File("sums.tsv"), ["question\tanswer", .. Enumerable.Range(0, 16).Select(_ =>
+        {
+            int a = random.Next(0, 20), b = random.Next(0, 20);
+            return $"{a} plus {b} is\t{a + b}";
+        })]);
+        var result = await Run("train", "grpo", "--data", dir.File("sums.tsv"), "--prompt-column", "question", "--answer-column", "answer",
+            "-o", dir.File("grpo.zip"), "--steps", "6", "--batch-size", "16", "--generations", "8", "--max-new-tokens", "4", "--stop", ".", "--no-plot");
+        output.WriteLine(result.Output + result.Error);
+        Assert.Equal(0, result.Code);
+        Assert.Contains("step 6/6", result.Output);
+        Assert.True(File.Exists(dir.File("grpo.zip")));
+        Assert.False(File.Exists(dir.File("grpo.loss.png")));
+        var generated = await Run("generate", "-m", dir.File("grpo.zip"), "-p", "3 plus 4 is");
+        Assert.Equal(0, generated.Code);
+
+        var noReward = await Run("train", "ppo", "--data", dir.File("sums.tsv"), "--prompt-column", "question", "-o", dir.File("ppo.zip"));
+        Assert.Equal(1, noReward.Code);
+        Assert.Contains("PPO needs --reward-model", noReward.Error);
+    }
+
+    [Fact]
     public async Task ErrorsAreOneLineAndANonZeroExitCode()
     {
         using var dir = new TempFolder();
