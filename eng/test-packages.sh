@@ -3,7 +3,8 @@
 # the repository so that none of its build settings apply:
 #   1. as it is: an ML.NET app that also references Microsoft.ML.TorchSharp adds a LoRA fine-tuning stage;
 #   2. with its Microsoft.ML.TorchSharp `TextClassification(` call swapped for `PeftTextClassification(` (the only
-#      change), run offline.
+#      change), run offline;
+#   3. the command-line tool, packed as a dotnet tool, installed from the same local feed, trains and evaluates.
 # Also checks that the libstdc++ check reaches the app through the packages' buildTransitive target.
 # A fresh prerelease version per run, so that NuGet's global cache never serves an older build of the same version.
 set -euo pipefail
@@ -12,8 +13,9 @@ stamp=$(date +%s)
 version="0.1.0-ci.$stamp"
 feed=$(mktemp -d)
 work=$(mktemp -d)
+tools=$(mktemp -d)
 cleanup() {
-  rm -rf "$feed" "$work"
+  rm -rf "$feed" "$work" "$tools"
   rm -rf "${NUGET_PACKAGES:-$HOME/.nuget/packages}"/mlnetpeft.*/"$version"
 }
 trap cleanup EXIT
@@ -44,4 +46,14 @@ sed -i 's/\.TextClassification(/.PeftTextClassification(/' "$app/Classify.cs"
 changed=$(diff "$work/Classify.before.cs" "$app/Classify.cs" | grep -c '^>' || true)
 [ "$changed" = 1 ] || { msg "expected one changed line, got $changed"; exit 1; }
 dotnet run --project "$app" -c Release -p:MLNetPeftVersion="$version" -- classify
+
+msg "packing the mlnetpeft tool, installing it from the feed, training and evaluating with it"
+dotnet pack "$root/src/MLNetPeft.Cli" -c Release -p:PackCli=true -p:VersionSuffix="ci.$stamp" -o "$feed" --nologo -v quiet >"$work/tool.log" 2>&1 || failed "$work/tool.log"
+ls -l "$feed"/MLNetPeft.Cli.*.nupkg | awk '{printf "  %10d  %s\n", $5, $NF}' | sed "s|$feed/||"
+(cd "$work" && dotnet tool install MLNetPeft.Cli --tool-path "$tools" --version "$version" --add-source "$feed" >"$work/install.log" 2>&1) || { cat "$work/install.log"; exit 1; }
+printf 'Prompt\tResponse\n' >"$work/rows.tsv"
+for i in $(seq 1 16); do printf 'Repeat %s:\t %s\n' "$i" "$i" >>"$work/rows.tsv"; done
+"$tools/mlnetpeft" train sft --data "$work/rows.tsv" -o "$work/tool.zip" --steps 8 --batch-size 8 --lr 5e-3 --max-length 32 --max-new-tokens 3
+"$tools/mlnetpeft" evaluate -m "$work/tool.zip" --data "$work/rows.tsv"
+[ -f "$work/tool.loss.png" ] || { msg "the tool wrote no loss plot"; exit 1; }
 msg "ok"
