@@ -5,6 +5,7 @@
 //   curl http://127.0.0.1:5080/v1/chat/completions -H 'Content-Type: application/json' -d '{"model":"chat","messages":[{"role":"user","content":"Who is Bob?"}]}'
 using Microsoft.ML;
 using MLNetPeft.BaseModel;
+using MLNetPeft.Checkpoints;
 using MLNetPeft.Generation;
 using MLNetPeft.ML.Generation;
 using MLNetPeft.ML.Retrieval;
@@ -31,10 +32,10 @@ static void SaveBundledModels(string folder)
     var prompts = ml.Data.LoadFromEnumerable(new[] { new PromptRow() });
     using (var model = BundledBaseModel.Load())
     using (var chat = ml.Transforms.Text.GenerateText(model, BundledBaseModel.LoadTokenizer(), options: new GenerationOptions { MaxNewTokens = 32, StopStrings = ["\n"] }).Fit(prompts))
-        ml.Model.Save(chat, prompts.Schema, Path.Combine(folder, "chat.zip"));
+        AtomicFile.Write(Path.Combine(folder, "chat.zip"), stream => ml.Model.Save(chat, prompts.Schema, stream));
     var texts = ml.Data.LoadFromEnumerable(new[] { new TextRow() });
     using (var embed = ml.Transforms.Text.EmbedText("Embedding", "Text").Fit(texts))
-        ml.Model.Save(embed, texts.Schema, Path.Combine(folder, "embed.zip"));
+        AtomicFile.Write(Path.Combine(folder, "embed.zip"), stream => ml.Model.Save(embed, texts.Schema, stream));
     Console.WriteLine($"Saved {folder}/chat.zip and {folder}/embed.zip.");
 }
 

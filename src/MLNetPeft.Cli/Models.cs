@@ -1,6 +1,7 @@
 using Microsoft.ML;
 using MLNetPeft.Architectures;
 using MLNetPeft.BaseModel;
+using MLNetPeft.Checkpoints;
 using MLNetPeft.Tokenization;
 
 namespace MLNetPeft.Cli;
@@ -25,17 +26,7 @@ internal static class Models
         return ml.Model.Load(path, out inputSchema);
     }
 
-    /// <summary>Saves to a temporary file beside <paramref name="path"/>, then renames it: never a half-written zip.</summary>
-    public static void Save(MLContext ml, ITransformer model, DataViewSchema schema, string path)
-    {
-        string full = Path.GetFullPath(path);
-        Directory.CreateDirectory(Path.GetDirectoryName(full)!);
-        string temp = $"{full}.{Guid.NewGuid():N}.tmp";
-        try
-        {
-            ml.Model.Save(model, schema, temp);
-            File.Move(temp, full, overwrite: true);
-        }
-        finally { File.Delete(temp); }
-    }
+    /// <summary>Saves atomically (a temporary file renamed over the target): never a half-written zip.</summary>
+    public static void Save(MLContext ml, ITransformer model, DataViewSchema schema, string path) =>
+        AtomicFile.Write(path, stream => ml.Model.Save(model, schema, stream));
 }

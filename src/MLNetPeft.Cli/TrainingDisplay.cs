@@ -1,3 +1,4 @@
+using MLNetPeft.Checkpoints;
 using MLNetPeft.Training;
 using ScottPlot;
 using Spectre.Console;
@@ -68,12 +69,7 @@ internal sealed class TrainingDisplay(IAnsiConsole console, int totalSteps, int 
         plot.XLabel("optimizer step");
         plot.YLabel("loss");
         plot.ShowLegend(Alignment.UpperRight);
-        string temp = $"{path}.{Guid.NewGuid():N}.tmp.png";
-        try
-        {
-            plot.SavePng(temp, 800, 500);
-            File.Move(temp, path, overwrite: true);
-        }
-        finally { File.Delete(temp); }
+        byte[] png = plot.GetImageBytes(800, 500, ImageFormat.Png);
+        AtomicFile.Write(path, stream => stream.Write(png));
     }
 }

@@ -7,6 +7,7 @@ using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 using Microsoft.ML;
 using Microsoft.ML.Data;
+using MLNetPeft.Checkpoints;
 using MLNetPeft.ML;
 using MLNetPeft.ML.Evaluation;
 using MLNetPeft.ML.Generation;
@@ -187,15 +188,10 @@ internal static class UseCommands
         return command;
     }
 
-    private static void WriteJsonLines(string path, IEnumerable<Dictionary<string, string>> rows)
-    {
-        string temp = $"{path}.{Guid.NewGuid():N}.tmp";
-        try
+    private static void WriteJsonLines(string path, IEnumerable<Dictionary<string, string>> rows) =>
+        AtomicFile.Write(path, stream =>
         {
-            using (var writer = new StreamWriter(temp))
-                foreach (var row in rows) writer.WriteLine(JsonSerializer.Serialize(row));
-            File.Move(temp, path, overwrite: true);
-        }
-        finally { File.Delete(temp); }
-    }
+            using var writer = new StreamWriter(stream, leaveOpen: true);
+            foreach (var row in rows) writer.WriteLine(JsonSerializer.Serialize(row));
+        });
 }

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
+using MLNetPeft.Checkpoints;
 using MLNetPeft.Training;
 
 namespace MLNetPeft.Hosting.Training;
@@ -61,17 +62,7 @@ internal sealed class TrainingJobService(
         try
         {
             var model = plan.Estimator.Fit(plan.TrainingData);
-            try
-            {
-                Directory.CreateDirectory(Path.GetDirectoryName(status.OutputPath)!);
-                string temp = $"{status.OutputPath}.{Guid.NewGuid():N}.tmp";
-                try
-                {
-                    plan.MLContext.Model.Save(model, plan.TrainingData.Schema, temp);
-                    File.Move(temp, status.OutputPath, overwrite: true);
-                }
-                finally { File.Delete(temp); }
-            }
+            try { AtomicFile.Write(status.OutputPath, stream => plan.MLContext.Model.Save(model, plan.TrainingData.Schema, stream)); }
             finally { (model as IDisposable)?.Dispose(); }
         }
         finally
