@@ -20,8 +20,10 @@ public sealed class TextTokenizer
     private readonly HashSet<int> _specialIds;
     private readonly bool _addPrefixSpace;
 
-    private TextTokenizer(Tokenizer inner, string kind, Dictionary<string, int> specialTokens, TokenSettings settings, bool addPrefixSpace)
+    private TextTokenizer(Tokenizer inner, string kind, Dictionary<string, int> specialTokens, TokenSettings settings, bool addPrefixSpace, ByteLevelBpeModel? byteLevelBpe = null)
     {
+        ByteLevelBpe = byteLevelBpe;
+        ChatTemplateText = settings.ChatTemplate;
         Inner = inner;
         Kind = kind;
         _specialTokens = specialTokens;
@@ -54,6 +56,14 @@ public sealed class TextTokenizer
     public bool AddEosToken { get; }
     public IReadOnlyDictionary<string, int> SpecialTokens => _specialTokens;
     public ChatTemplate ChatTemplate { get; }
+    /// <summary>The checkpoint's own chat template (Jinja text of tokenizer_config.json), when it has one.</summary>
+    public string? ChatTemplateText { get; }
+
+    /// <summary>
+    /// The vocabulary, merges and pre-tokenization pattern of a byte-level BPE tokenizer (GPT-2, Llama 3, Qwen2, SmolLM),
+    /// as they were read: what other formats (GGUF) need to rebuild the same tokenizer. Null for other kinds.
+    /// </summary>
+    public ByteLevelBpeModel? ByteLevelBpe { get; }
 
     /// <summary>Token ids of <paramref name="text"/>; with <paramref name="addSpecialTokens"/> the model's bos/eos (or [CLS]/[SEP]) are added.</summary>
     public IReadOnlyList<int> Encode(string text, bool addSpecialTokens = true)
@@ -152,8 +162,11 @@ public sealed class TextTokenizer
         bool addPrefixSpace = FindByteLevel(preTokenizer)?["add_prefix_space"]?.GetValue<bool>() ?? tokenizerConfig?["add_prefix_space"]?.GetValue<bool>() ?? false;
         if (File.Exists(F("vocab.json")) && File.Exists(F("merges.txt")))
         {
-            var options = new BpeOptions(F("vocab.json"), F("merges.txt"));
-            return CreateByteLevelBpe(options, preTokenizer, added, settings, addPrefixSpace);
+            var vocab = (ReadJson(F("vocab.json")) as JsonObject ?? throw Invalid(folder, "vocab.json is not an object"))
+                .Select(kv => new KeyValuePair<string, int>(kv.Key, kv.Value!.GetValue<int>())).ToList();
+            // merges.txt: one "left right" pair per line after an optional "#version" line.
+            var merges = File.ReadAllLines(F("merges.txt")).Where((line, i) => line.Length > 0 && !(i == 0 && line.StartsWith("#version", StringComparison.Ordinal))).ToList();
+            return CreateByteLevelBpe(vocab, merges, preTokenizer, added, settings, addPrefixSpace);
         }
         if (tokenizerJson?["model"] is JsonObject model)
         {
@@ -164,7 +177,7 @@ public sealed class TextTokenizer
                         .Select(kv => new KeyValuePair<string, int>(kv.Key, kv.Value!.GetValue<int>()));
                     var merges = (model["merges"] as JsonArray ?? throw Invalid(folder, "tokenizer.json has a BPE model without 'merges'"))
                         .Select(m => m is JsonArray pair ? $"{pair[0]!.GetValue<string>()} {pair[1]!.GetValue<string>()}" : m!.GetValue<string>());
-                    return CreateByteLevelBpe(new BpeOptions(vocab) { Merges = merges.ToList() }, preTokenizer, added, settings, addPrefixSpace);
+                    return CreateByteLevelBpe(vocab.ToList(), merges.ToList(), preTokenizer, added, settings, addPrefixSpace);
                 case "WordPiece":
                     var lines = (model["vocab"] as JsonObject ?? throw Invalid(folder, "tokenizer.json has a WordPiece model without 'vocab'"))
                         .OrderBy(kv => kv.Value!.GetValue<int>()).Select(kv => kv.Key);
@@ -196,14 +209,15 @@ public sealed class TextTokenizer
         return new TextTokenizer(tk, "tiktoken", specials, settings, false);
     }
 
-    private static TextTokenizer CreateByteLevelBpe(BpeOptions options, JsonNode? preTokenizer, Dictionary<string, int> added, TokenSettings settings, bool addPrefixSpace)
+    private static TextTokenizer CreateByteLevelBpe(List<KeyValuePair<string, int>> vocab, List<string> merges, JsonNode? preTokenizer, Dictionary<string, int> added, TokenSettings settings, bool addPrefixSpace)
     {
         var pattern = FindSplitPattern(preTokenizer) ?? Gpt2Pattern;
-        options.ByteLevel = true;
+        var options = new BpeOptions(vocab) { Merges = merges, ByteLevel = true };
         options.SpecialTokens = added.Count > 0 ? added : null;
         // The pattern may come from tokenizer.json, so it runs with a timeout (a pathological one throws RegexMatchTimeoutException).
         options.PreTokenizer = new RegexPreTokenizer(new Regex(pattern, RegexOptions.Compiled, PatternTimeout), options.SpecialTokens);
-        return new TextTokenizer(BpeTokenizer.Create(options), "bpe", added, settings, addPrefixSpace);
+        var model = new ByteLevelBpeModel(vocab.ToDictionary(kv => kv.Key, kv => kv.Value, StringComparer.Ordinal), merges, pattern, addPrefixSpace);
+        return new TextTokenizer(BpeTokenizer.Create(options), "bpe", added, settings, addPrefixSpace, model);
     }
 
     private static BertTokenizer CreateWordPiece(Stream vocab, JsonNode? tokenizerConfig) =>
@@ -285,3 +299,6 @@ public sealed class TextTokenizer
         };
     }
 }
+
+/// <summary>What defines a byte-level BPE tokenizer: token → id, the merges in priority order ("left right"), the pre-tokenization regex.</summary>
+public sealed record ByteLevelBpeModel(IReadOnlyDictionary<string, int> Vocabulary, IReadOnlyList<string> Merges, string Pattern, bool AddPrefixSpace);

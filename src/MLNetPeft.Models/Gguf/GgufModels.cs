@@ -1,0 +1,139 @@
+using System.Text.Json.Nodes;
+using MLNetPeft.Architectures;
+using MLNetPeft.Checkpoints;
+using MLNetPeft.Runtime;
+using MLNetPeft.Tokenization;
+using static TorchSharp.torch;
+
+namespace MLNetPeft.Gguf;
+
+/// <summary>
+/// Causal LMs of the Llama family to and from GGUF, the format of llama.cpp (and of LLamaSharp and Ollama, which run
+/// on it). Export follows llama.cpp's <c>convert_hf_to_gguf.py</c>; import undoes it into an HF checkpoint folder that
+/// every part of this library loads (and fine-tunes).
+/// </summary>
+public static class GgufModels
+{
+    /// <summary>
+    /// Writes <paramref name="model"/> with <paramref name="tokenizer"/> as a GGUF v3 file, atomically. Matrices are stored
+    /// as <paramref name="fileType"/> (Q8_0 falls back to F16 for a matrix whose rows are not a multiple of 32, as the
+    /// converter does), vectors (norms, biases) always in F32. Adapters attached to the model are not written (see the
+    /// LoRA adapter export); a merged adapter is part of the weights.
+    /// </summary>
+    /// <exception cref="NotSupportedException">Not a Llama-family model, or a tokenizer or rope scaling llama.cpp cannot represent.</exception>
+    public static void Export(CausalLanguageModel model, TextTokenizer tokenizer, string path, GgufFileType fileType = GgufFileType.F16, string? name = null)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(tokenizer);
+        var config = model.Config as LlamaConfig ?? throw new NotSupportedException(
+            $"GGUF export covers the Llama family (llama, mistral, qwen2); this model is '{model.Config.ModelType}'.");
+        if (model.VirtualPrompt is { Enabled: true })
+            throw new NotSupportedException("The model has a virtual prompt (prompt or prefix tuning), which GGUF cannot hold.");
+        string arch = LlamaGguf.Architecture(config);
+        var writer = new GgufWriter();
+        writer.Add("general.architecture", GgufValue.Of(arch))
+            .Add("general.type", GgufValue.Of("model"))
+            .Add("general.name", GgufValue.Of(name ?? (model.SourceFolder is { } folder ? Path.GetFileName(folder.TrimEnd(Path.DirectorySeparatorChar)) : arch)))
+            .Add("general.file_type", GgufValue.Of((uint)fileType))
+            .Add("general.quantization_version", GgufValue.Of(2u));
+        LlamaGguf.AddHyperparameters(writer, config, arch);
+        GgufTokenizer.AddMetadata(writer, tokenizer, config.VocabSize);
+
+        using var scope = NewDisposeScope();
+        var state = model.state_dict();
+        foreach (var hfName in LlamaGguf.WeightNames(config))
+        {
+            if (!state.TryGetValue(hfName, out var tensor)) throw new InvalidOperationException($"The model has no weight '{hfName}'.");
+            var ggufName = LlamaGguf.GgufName(hfName)!;
+            if (LlamaGguf.PermutedHeads(hfName, config, arch) is { } heads) tensor = LlamaGguf.ToInterleavedRows(tensor.detach(), heads);
+            var type = tensor.dim() == 1 ? GgmlType.F32 : fileType switch
+            {
+                GgufFileType.F32 => GgmlType.F32,
+                GgufFileType.Q8_0 when tensor.shape[^1] % GgmlCodec.Q8BlockElements == 0 => GgmlType.Q8_0,
+                _ => GgmlType.F16,
+            };
+            writer.AddTensor(ggufName, tensor, type);
+        }
+        if (LlamaGguf.RopeFrequencyFactors(config) is { } factors) writer.AddTensor(LlamaGguf.RopeFreqsTensor, tensor(factors), GgmlType.F32);
+        writer.Save(path);
+    }
+
+    /// <summary>Loads the HF checkpoint folder <paramref name="checkpointFolder"/> (model and tokenizer) and exports it.</summary>
+    public static void Export(string checkpointFolder, string path, GgufFileType fileType = GgufFileType.F16)
+    {
+        using var model = PretrainedModels.LoadCausalLM(checkpointFolder);
+        Export(model, TextTokenizer.FromPretrained(checkpointFolder), path, fileType);
+    }
+
+    /// <summary>
+    /// Converts a GGUF file of the Llama family (F32, F16, BF16 or Q8_0 tensors) into an HF checkpoint folder: config.json,
+    /// model.safetensors in float32 (q/k rows restored to HF's layout) and tokenizer.json + tokenizer_config.json.
+    /// </summary>
+    /// <exception cref="InvalidDataException">The file is malformed or its tensors do not fit its hyperparameters.</exception>
+    /// <exception cref="NotSupportedException">Another architecture, a tensor type this library cannot read (K-quants, I-quants), or a tensor with no HF counterpart.</exception>
+    public static void ImportToFolder(string ggufPath, string folder)
+    {
+        TorchRuntime.EnsureAvailable();
+        using var file = GgufFile.Open(ggufPath);
+        var config = LlamaGguf.ReadConfig(file);
+        string arch = LlamaGguf.Architecture(config);
+        foreach (var t in file.Tensors)
+        {
+            if (!GgmlTypes.CanDecode(t.Type))
+                throw new NotSupportedException($"GGUF file '{file.Path}': tensor '{t.Name}' is of type {t.Type}, which this library cannot read; supported: F32, F16, BF16 and Q8_0.");
+            if (LlamaGguf.HfName(t.Name) is null)
+                throw new NotSupportedException($"GGUF file '{file.Path}': tensor '{t.Name}' has no counterpart in the Llama family's HF layout.");
+        }
+        var tokens = file.Require("tokenizer.ggml.tokens").AsStringArray("tokenizer.ggml.tokens");
+        config.VocabSize = file.Find($"{arch}.vocab_size") is { } v ? checked((int)v.AsInteger($"{arch}.vocab_size")) : tokens.Length;
+        if (config.VocabSize != tokens.Length)
+            throw new InvalidDataException($"GGUF file '{file.Path}' says {arch}.vocab_size is {config.VocabSize} but lists {tokens.Length} tokens.");
+        int? Id(string key) => file.Find(key) is { } value ? checked((int)value.AsInteger(key)) : null;
+        config.BosTokenId = Id("tokenizer.ggml.bos_token_id");
+        config.PadTokenId = Id("tokenizer.ggml.padding_token_id");
+        if (Id("tokenizer.ggml.eos_token_id") is { } eos) config.EosTokenIdNode = JsonValue.Create(eos);
+        try { config.Validate(); }
+        catch (InvalidDataException e) { throw new InvalidDataException($"GGUF file '{file.Path}': {e.Message}", e); }
+
+        using var weights = new HfNamedWeights(file, config, arch);
+        PretrainedModels.CheckSizes(config, weights, file.Path);
+        using var model = PretrainedModels.CreateCausalLM(config);
+        model.LoadWeights(weights, file.Path);
+        Directory.CreateDirectory(folder);
+        model.SavePretrained(folder);
+        GgufTokenizer.WritePretrainedFiles(file, folder);
+    }
+
+    /// <summary>A GGUF file's tensors under their HF names, with the q/k row permutation undone on read.</summary>
+    private sealed class HfNamedWeights(GgufFile file, LlamaConfig config, string arch) : ITensorReader
+    {
+        private readonly Dictionary<string, string> _ggufOf = file.Tensors.ToDictionary(t => LlamaGguf.HfName(t.Name)!, t => t.Name, StringComparer.Ordinal);
+
+        public string Source => file.Path;
+        public IReadOnlyCollection<string> TensorNames => _ggufOf.Keys;
+        public bool Contains(string name) => _ggufOf.ContainsKey(name);
+        public long[] ShapeOf(string name) => file.ShapeOf(_ggufOf[name]);
+        public ScalarType DTypeOf(string name) => file.DTypeOf(_ggufOf[name]);
+
+        public Tensor ReadTensor(string name)
+        {
+            var stored = file.ReadTensor(_ggufOf[name]);
+            if (LlamaGguf.PermutedHeads(name, config, arch) is not { } heads) return stored;
+            if (stored.shape[0] % (2 * heads) != 0)
+            {
+                stored.Dispose();
+                throw new InvalidDataException($"GGUF file '{file.Path}': tensor '{_ggufOf[name]}' has {stored.shape[0]} rows, not a multiple of 2 × {heads} heads.");
+            }
+            using (stored) return LlamaGguf.FromInterleavedRows(stored, heads);
+        }
+
+        public void ReadInto(string name, Tensor destination)
+        {
+            using var value = ReadTensor(name);
+            using var _ = no_grad();
+            destination.copy_(value);
+        }
+
+        public void Dispose() { }
+    }
+}

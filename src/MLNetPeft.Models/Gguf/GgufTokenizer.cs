@@ -1,0 +1,129 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using MLNetPeft.Checkpoints;
+using MLNetPeft.Tokenization;
+
+namespace MLNetPeft.Gguf;
+
+/// <summary>
+/// Byte-level BPE tokenizers in GGUF's <c>tokenizer.ggml.*</c> keys ("gpt2" model: tokens, token types, merges, the
+/// pre-tokenizer by llama.cpp's name for its regex) and back to HF tokenizer files that Microsoft.ML.Tokenizers reads.
+/// </summary>
+public static class GgufTokenizer
+{
+    /// <summary>llama.cpp's token types (<c>llama_token_type</c>).</summary>
+    public const int Normal = 1, Unknown = 2, Control = 3, UserDefined = 4, Unused = 5, Byte = 6;
+
+    /// <summary>HF's Split regexes of the families llama.cpp knows, by llama.cpp's <c>tokenizer.ggml.pre</c> name.</summary>
+    public static readonly IReadOnlyDictionary<string, string> PreTokenizerPatterns = new Dictionary<string, string>
+    {
+        ["gpt-2"] = TextTokenizer.Gpt2Pattern,
+        ["qwen2"] = @"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+        ["llama-bpe"] = @"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    };
+
+    /// <summary>Writes <paramref name="tokenizer"/> for a model of <paramref name="vocabSize"/> ids (ids without a token become unused "[PADn]" entries, as the converter writes them).</summary>
+    /// <exception cref="NotSupportedException">The tokenizer is not byte-level BPE, or its regex is not one llama.cpp implements.</exception>
+    public static void AddMetadata(GgufWriter writer, TextTokenizer tokenizer, int vocabSize)
+    {
+        var bpe = tokenizer.ByteLevelBpe ?? throw new NotSupportedException(
+            $"GGUF export writes byte-level BPE tokenizers (GPT-2, Llama 3, Qwen2 style); this one is '{tokenizer.Kind}'.");
+        var pre = PreTokenizerPatterns.FirstOrDefault(kv => kv.Value == bpe.Pattern).Key
+            ?? throw new NotSupportedException($"The tokenizer's pre-tokenization regex is none of those llama.cpp implements ({string.Join(", ", PreTokenizerPatterns.Keys)}): '{bpe.Pattern}'.");
+        if (bpe.AddPrefixSpace)
+            throw new NotSupportedException("The tokenizer adds a prefix space (add_prefix_space), which llama.cpp's BPE tokenizer does not do.");
+        var tokens = new string?[vocabSize];
+        var types = new int[vocabSize];
+        foreach (var (token, id) in bpe.Vocabulary)
+            if (id >= 0 && id < vocabSize) { tokens[id] = token; types[id] = Normal; }
+        foreach (var (token, id) in tokenizer.SpecialTokens)
+            if (id >= 0 && id < vocabSize) { tokens[id] = token; types[id] = Control; }
+        if (bpe.Vocabulary.Values.Concat(tokenizer.SpecialTokens.Values).Any(id => id < 0 || id >= vocabSize))
+            throw new ArgumentException($"The tokenizer has ids outside the model's vocabulary of {vocabSize}.", nameof(vocabSize));
+        for (int i = 0; i < vocabSize; i++)
+            if (tokens[i] is null) { tokens[i] = $"[PAD{i}]"; types[i] = Unused; }
+
+        writer.Add("tokenizer.ggml.model", GgufValue.Of("gpt2"))
+            .Add("tokenizer.ggml.pre", GgufValue.Of(pre))
+            .Add("tokenizer.ggml.tokens", GgufValue.Of(tokens!))
+            .Add("tokenizer.ggml.token_type", GgufValue.Of(types))
+            .Add("tokenizer.ggml.merges", GgufValue.Of(bpe.Merges.ToArray()));
+        if (tokenizer.BosId is { } bos) writer.Add("tokenizer.ggml.bos_token_id", GgufValue.Of((uint)bos));
+        if (tokenizer.EosId is { } eos) writer.Add("tokenizer.ggml.eos_token_id", GgufValue.Of((uint)eos));
+        if (tokenizer.PadId is { } pad) writer.Add("tokenizer.ggml.padding_token_id", GgufValue.Of((uint)pad));
+        writer.Add("tokenizer.ggml.add_bos_token", GgufValue.Of(tokenizer.AddBosToken))
+            .Add("tokenizer.ggml.add_eos_token", GgufValue.Of(tokenizer.AddEosToken));
+        if (tokenizer.ChatTemplateText is { Length: > 0 } template) writer.Add("tokenizer.chat_template", GgufValue.Of(template));
+    }
+
+    /// <summary>
+    /// Writes tokenizer.json and tokenizer_config.json into <paramref name="folder"/> from a GGUF file's tokenizer keys,
+    /// so that <see cref="TextTokenizer.FromPretrained"/> (and HF's AutoTokenizer) build the same tokenizer.
+    /// </summary>
+    public static void WritePretrainedFiles(GgufFile file, string folder)
+    {
+        var model = file.Require("tokenizer.ggml.model").AsString("tokenizer.ggml.model");
+        if (model != "gpt2")
+            throw new NotSupportedException($"GGUF file '{file.Path}' has a '{model}' tokenizer; import reads byte-level BPE ('gpt2') tokenizers.");
+        var preName = file.Find("tokenizer.ggml.pre")?.AsString("tokenizer.ggml.pre") ?? "default";
+        if (!PreTokenizerPatterns.TryGetValue(preName, out var pattern))
+            throw new NotSupportedException($"GGUF file '{file.Path}' has pre-tokenizer '{preName}'; import knows {string.Join(", ", PreTokenizerPatterns.Keys)}.");
+        var tokens = file.Require("tokenizer.ggml.tokens").AsStringArray("tokenizer.ggml.tokens");
+        var types = file.Find("tokenizer.ggml.token_type")?.AsInt32Array("tokenizer.ggml.token_type") ?? Enumerable.Repeat(Normal, tokens.Length).ToArray();
+        if (types.Length != tokens.Length)
+            throw new InvalidDataException($"GGUF file '{file.Path}' has {tokens.Length} tokens but {types.Length} token types.");
+        var merges = file.Require("tokenizer.ggml.merges").AsStringArray("tokenizer.ggml.merges");
+
+        var vocab = new JsonObject();
+        var added = new JsonArray();
+        var decoder = new JsonObject();
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        for (int id = 0; id < tokens.Length; id++)
+        {
+            if (types[id] == Unused) continue;
+            if (!seen.Add(tokens[id])) throw new InvalidDataException($"GGUF file '{file.Path}' has token '{tokens[id]}' twice (id {id}).");
+            if (types[id] is Control or UserDefined)
+            {
+                bool special = types[id] == Control;
+                added.Add(new JsonObject { ["id"] = id, ["content"] = tokens[id], ["single_word"] = false, ["lstrip"] = false, ["rstrip"] = false, ["normalized"] = !special, ["special"] = special });
+                decoder[id.ToString(System.Globalization.CultureInfo.InvariantCulture)] = new JsonObject { ["content"] = tokens[id], ["special"] = special };
+            }
+            else vocab[tokens[id]] = id;
+        }
+        JsonNode byteLevel = new JsonObject { ["type"] = "ByteLevel", ["add_prefix_space"] = false, ["trim_offsets"] = true, ["use_regex"] = preName == "gpt-2" };
+        JsonNode preTokenizer = preName == "gpt-2" ? byteLevel : new JsonObject
+        {
+            ["type"] = "Sequence",
+            ["pretokenizers"] = new JsonArray(
+                new JsonObject { ["type"] = "Split", ["pattern"] = new JsonObject { ["Regex"] = pattern }, ["behavior"] = "Isolated", ["invert"] = false },
+                byteLevel),
+        };
+        var tokenizerJson = new JsonObject
+        {
+            ["version"] = "1.0",
+            ["added_tokens"] = added,
+            ["pre_tokenizer"] = preTokenizer,
+            ["decoder"] = new JsonObject { ["type"] = "ByteLevel", ["add_prefix_space"] = true, ["trim_offsets"] = true, ["use_regex"] = true },
+            ["model"] = new JsonObject
+            {
+                ["type"] = "BPE", ["dropout"] = null, ["unk_token"] = null, ["fuse_unk"] = false, ["byte_fallback"] = false,
+                ["vocab"] = vocab, ["merges"] = new JsonArray(merges.Select(m => (JsonNode)m).ToArray()),
+            },
+        };
+        string? Token(string key) => file.Find(key) is { } v && v.AsInteger(key) is var id && id >= 0 && id < tokens.Length ? tokens[id] : null;
+        var config = new JsonObject
+        {
+            ["tokenizer_class"] = "PreTrainedTokenizerFast",
+            ["add_bos_token"] = file.Find("tokenizer.ggml.add_bos_token")?.AsBool("tokenizer.ggml.add_bos_token") ?? false,
+            ["add_eos_token"] = file.Find("tokenizer.ggml.add_eos_token")?.AsBool("tokenizer.ggml.add_eos_token") ?? false,
+            ["added_tokens_decoder"] = decoder,
+        };
+        if (Token("tokenizer.ggml.bos_token_id") is { } bos) config["bos_token"] = bos;
+        if (Token("tokenizer.ggml.eos_token_id") is { } eos) config["eos_token"] = eos;
+        if (Token("tokenizer.ggml.padding_token_id") is { } pad) config["pad_token"] = pad;
+        if (file.Find("tokenizer.chat_template") is { } template) config["chat_template"] = template.AsString("tokenizer.chat_template");
+        var options = new JsonSerializerOptions { WriteIndented = true };
+        AtomicFile.WriteAllText(Path.Combine(folder, "tokenizer.json"), tokenizerJson.ToJsonString(options));
+        AtomicFile.WriteAllText(Path.Combine(folder, "tokenizer_config.json"), config.ToJsonString(options));
+    }
+}
