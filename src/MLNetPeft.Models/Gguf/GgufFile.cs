@@ -243,10 +243,17 @@ public sealed class GgufFile : ITensorReader
                     throw Bad($"says tensor '{name}' takes bytes {offset:N0} to {offset + bytes:N0} of a data section of {dataLength:N0}");
                 tensors.Add(new GgufTensorInfo(name, ne.Reverse().ToArray(), type, offset, bytes));
             }
-            var sorted = tensors.OrderBy(t => t.Offset).ToList();
-            for (int i = 1; i < sorted.Count; i++)
-                if (sorted[i].Offset < sorted[i - 1].Offset + sorted[i - 1].ByteLength)
-                    throw Bad($"has tensors '{sorted[i - 1].Name}' and '{sorted[i].Name}' overlapping in the data section");
+            // As ggml requires: tensors follow each other in the order listed, each at the next aligned offset, and the
+            // data section ends with the last one (padded or not), so a header that lost or gained bytes cannot shift them.
+            long expected = 0;
+            foreach (var t in tensors)
+            {
+                if (t.Offset != expected) throw Bad($"says tensor '{t.Name}' starts at data offset {t.Offset:N0}; after the tensors before it, it starts at {expected:N0}");
+                expected = (t.Offset + t.ByteLength + alignment - 1) / alignment * alignment;
+            }
+            long unpaddedEnd = tensors.Count == 0 ? 0 : tensors[^1].Offset + tensors[^1].ByteLength;
+            if (dataLength < unpaddedEnd || dataLength > expected)
+                throw Bad($"has a data section of {dataLength:N0} bytes; its tensors take {unpaddedEnd:N0} ({expected:N0} padded)");
             return (version, metadata, tensors, dataStart);
         }
 

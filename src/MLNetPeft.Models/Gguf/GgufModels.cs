@@ -85,10 +85,16 @@ public static class GgufModels
                 throw new NotSupportedException($"GGUF file '{file.Path}': tensor '{t.Name}' has no counterpart in the Llama family's HF layout.");
         }
         var tokens = file.Require("tokenizer.ggml.tokens").AsStringArray("tokenizer.ggml.tokens");
-        config.VocabSize = file.Find($"{arch}.vocab_size") is { } v ? checked((int)v.AsInteger($"{arch}.vocab_size")) : tokens.Length;
-        if (config.VocabSize != tokens.Length)
-            throw new InvalidDataException($"GGUF file '{file.Path}' says {arch}.vocab_size is {config.VocabSize} but lists {tokens.Length} tokens.");
-        int? Id(string key) => file.Find(key) is { } value ? checked((int)value.AsInteger(key)) : null;
+        long vocab = file.Find($"{arch}.vocab_size") is { } v ? v.AsInteger($"{arch}.vocab_size") : tokens.Length;
+        if (vocab != tokens.Length)
+            throw new InvalidDataException($"GGUF file '{file.Path}' says {arch}.vocab_size is {vocab} but lists {tokens.Length} tokens.");
+        config.VocabSize = tokens.Length;
+        int? Id(string key)
+        {
+            if (file.Find(key) is not { } value) return null;
+            long id = value.AsInteger(key);
+            return id >= 0 && id < tokens.Length ? (int)id : throw new InvalidDataException($"GGUF file '{file.Path}': {key} is {id}, outside the {tokens.Length} tokens.");
+        }
         config.BosTokenId = Id("tokenizer.ggml.bos_token_id");
         config.PadTokenId = Id("tokenizer.ggml.padding_token_id");
         if (Id("tokenizer.ggml.eos_token_id") is { } eos) config.EosTokenIdNode = JsonValue.Create(eos);
@@ -98,10 +104,25 @@ public static class GgufModels
         using var weights = new HfNamedWeights(file, config, arch);
         PretrainedModels.CheckSizes(config, weights, file.Path);
         using var model = PretrainedModels.CreateCausalLM(config);
-        model.LoadWeights(weights, file.Path);
-        Directory.CreateDirectory(folder);
-        model.SavePretrained(folder);
-        GgufTokenizer.WritePretrainedFiles(file, folder);
+        var report = model.LoadWeights(weights, file.Path);
+        if (report.UnusedCheckpointKeys.Count > 0)
+            throw new InvalidDataException($"GGUF file '{file.Path}' has tensors its hyperparameters leave no place for: {string.Join(", ", report.UnusedCheckpointKeys.Take(5).Select(n => weights.GgufName(n)))}.");
+        // Written into a staging folder and checked (the tokenizer must load) before any file reaches the destination.
+        var target = Path.GetFullPath(folder);
+        var staging = Path.Combine(Path.GetDirectoryName(target.TrimEnd(Path.DirectorySeparatorChar))!, $".{Path.GetFileName(target.TrimEnd(Path.DirectorySeparatorChar))}.{Guid.NewGuid():N}.tmp");
+        try
+        {
+            model.SavePretrained(staging);
+            GgufTokenizer.WritePretrainedFiles(file, staging);
+            TextTokenizer.FromPretrained(staging);
+            Directory.CreateDirectory(target);
+            foreach (var written in Directory.GetFiles(staging))
+                File.Move(written, Path.Combine(target, Path.GetFileName(written)), overwrite: true);
+        }
+        finally
+        {
+            try { Directory.Delete(staging, recursive: true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+        }
     }
 
     /// <summary>A GGUF file's tensors under their HF names, with the q/k row permutation undone on read.</summary>
@@ -109,6 +130,7 @@ public static class GgufModels
     {
         private readonly Dictionary<string, string> _ggufOf = file.Tensors.ToDictionary(t => LlamaGguf.HfName(t.Name)!, t => t.Name, StringComparer.Ordinal);
 
+        public string GgufName(string hfName) => _ggufOf[hfName];
         public string Source => file.Path;
         public IReadOnlyCollection<string> TensorNames => _ggufOf.Keys;
         public bool Contains(string name) => _ggufOf.ContainsKey(name);

@@ -18,6 +18,7 @@ public sealed class GgufWriter
 
     private readonly List<(string Key, GgufValue Value)> _metadata = [];
     private readonly List<(string Name, Tensor Tensor, GgmlType Type)> _tensors = [];
+    private readonly Dictionary<string, byte[]> _raw = new(StringComparer.Ordinal);
 
     public IReadOnlyList<(string Key, GgufValue Value)> Metadata => _metadata;
 
@@ -37,8 +38,27 @@ public sealed class GgufWriter
         if (tensor.dim() is < 1 or > 4) throw new ArgumentException($"Tensor '{name}' has {tensor.dim()} dimensions; GGUF holds 1 to 4.", nameof(tensor));
         if (type == GgmlType.Q8_0 && tensor.shape[^1] % GgmlCodec.Q8BlockElements != 0)
             throw new ArgumentException($"Tensor '{name}': Q8_0 needs rows of a multiple of {GgmlCodec.Q8BlockElements} values, its rows have {tensor.shape[^1]}.", nameof(type));
-        _tensors.Add((name, tensor, type));
+        AddTensorUnchecked(name, tensor, type);
         return this;
+    }
+
+    /// <summary>Adds a tensor whose data is already in ggml's layout of <paramref name="type"/> (any type with a known block size).</summary>
+    internal GgufWriter AddRawTensor(string name, long[] shape, GgmlType type, byte[] data)
+    {
+        var (elements, bytes) = GgmlTypes.Block(type) ?? throw new ArgumentException($"ggml type {type} has no known block size.", nameof(type));
+        long count = shape.Aggregate(1L, (a, b) => a * b);
+        if (shape[^1] % elements != 0 || data.Length != count / elements * bytes)
+            throw new ArgumentException($"Tensor '{name}': {data.Length} bytes are not {type} data of shape [{string.Join(", ", shape)}].", nameof(data));
+        // A placeholder tensor carries the shape; the bytes are written as given.
+        AddTensorUnchecked(name, empty(shape, ScalarType.Int8), type);
+        _raw[name] = data;
+        return this;
+    }
+
+    private void AddTensorUnchecked(string name, Tensor tensor, GgmlType type)
+    {
+        if (_tensors.Any(t => t.Name == name)) throw new ArgumentException($"GGUF tensor '{name}' is given twice.", nameof(name));
+        _tensors.Add((name, tensor, type));
     }
 
     /// <summary>Writes the file atomically (a temporary file renamed over <paramref name="path"/>).</summary>
@@ -67,15 +87,17 @@ public sealed class GgufWriter
             WriteUInt32(header, (uint)type);
             WriteUInt64(header, (ulong)offset);
             offsets.Add(offset);
-            offset = Align(offset + ByteLength(tensor, type));
+            offset = Align(offset + (_raw.TryGetValue(name, out var raw) ? raw.Length : ByteLength(tensor, type)));
         }
         header.Write(new byte[Align(header.Length) - header.Length]);
         header.Position = 0;
         header.CopyTo(stream);
         for (int i = 0; i < _tensors.Count; i++)
         {
-            var (_, tensor, type) = _tensors[i];
-            long written = WriteData(stream, tensor, type);
+            var (name, tensor, type) = _tensors[i];
+            long written;
+            if (_raw.TryGetValue(name, out var raw)) { stream.Write(raw); written = raw.Length; }
+            else written = WriteData(stream, tensor, type);
             stream.Write(new byte[Align(written) - written]);
         }
     }

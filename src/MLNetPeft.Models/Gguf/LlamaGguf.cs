@@ -198,8 +198,10 @@ public static partial class LlamaGguf
                 int key = U("attention.key_length");
                 if (config.NumAttentionHeads <= 0 || key != config.HiddenSize / config.NumAttentionHeads) config.HeadDimField = key;
             }
+            if (config.NumAttentionHeads <= 0 || config.HiddenSize <= 0)
+                throw new InvalidDataException($"GGUF file '{file.Path}' has {arch}.attention.head_count {config.NumAttentionHeads} and {arch}.embedding_length {config.HiddenSize}; both must be positive.");
             if (file.Find($"{arch}.rope.dimension_count") is not null && U("rope.dimension_count") != config.HeadDim)
-                throw new NotSupportedException($"GGUF file '{file.Path}' rotates {U("rope.dimension_count")} of {config.HeadDim} dimensions per head (partial rotary), which the Llama family here does not.");
+                throw new InvalidDataException($"GGUF file '{file.Path}': {arch}.rope.dimension_count ({U("rope.dimension_count")}) is not the head size ({config.HeadDim}) its other hyperparameters give; the {arch} architecture rotates whole heads.");
             config.RopeScaling = file.Find($"{arch}.rope.scaling.type")?.AsString($"{arch}.rope.scaling.type") switch
             {
                 null or "none" => null,
