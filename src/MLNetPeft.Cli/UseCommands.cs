@@ -8,6 +8,7 @@ using Microsoft.Extensions.Logging;
 using Microsoft.ML;
 using Microsoft.ML.Data;
 using MLNetPeft.Checkpoints;
+using MLNetPeft.Gguf;
 using MLNetPeft.ML;
 using MLNetPeft.ML.Evaluation;
 using MLNetPeft.ML.Generation;
@@ -150,42 +151,84 @@ internal static class UseCommands
 
     public static Command Convert(CommandContext context)
     {
-        var command = new Command("convert", "Convert between a model zip and an HF checkpoint folder: zip -> folder exports the model (an unmerged adapter to adapter/ in PEFT's format); folder -> zip wraps it for ML.NET.");
-        var from = new Option<string>("--from") { Description = "A model zip, or an HF checkpoint folder.", Required = true };
-        var to = new Option<string>("--to") { Description = "The folder (from a zip) or the zip (from a folder) to write.", Required = true };
-        var maxNewTokens = new Option<int>("--max-new-tokens") { Description = "Folder -> zip: tokens the zip generates at most per row.", DefaultValueFactory = _ => 64 };
-        foreach (var option in new Option[] { from, to, maxNewTokens }) command.Options.Add(option);
+        var command = new Command("convert", "Convert between a model zip, an HF checkpoint folder and GGUF: zip -> folder exports the model (an unmerged adapter to adapter/ in PEFT's format); folder -> zip wraps it for ML.NET; zip or folder -> *.gguf writes llama.cpp's format (an unmerged LoRA adapter beside it as *.lora.gguf); *.gguf -> folder or zip imports a Llama-family GGUF file.");
+        var from = new Option<string>("--from") { Description = "A model zip, an HF checkpoint folder, or a .gguf file.", Required = true };
+        var to = new Option<string>("--to") { Description = "The folder, zip or .gguf file to write.", Required = true };
+        var maxNewTokens = new Option<int>("--max-new-tokens") { Description = "To a zip: tokens the zip generates at most per row.", DefaultValueFactory = _ => 64 };
+        var ggufType = new Option<string>("--gguf-type") { Description = "To .gguf: f32, f16 or q8_0 for the matrices (vectors stay f32).", DefaultValueFactory = _ => "f16" };
+        ggufType.AcceptOnlyFromAmong("f32", "f16", "q8_0");
+        foreach (var option in new Option[] { from, to, maxNewTokens, ggufType }) command.Options.Add(option);
         command.SetAction((p, ct) =>
         {
             string source = p.GetValue(from)!, target = p.GetValue(to)!;
             var ml = new MLContext(seed: 1);
-            if (File.Exists(source))
+            bool toGguf = target.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase);
+            var fileType = p.GetValue(ggufType) switch { "f32" => GgufFileType.F32, "q8_0" => GgufFileType.Q8_0, _ => GgufFileType.F16 };
+            if (source.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase) && File.Exists(source))
+            {
+                if (!target.EndsWith(".zip", StringComparison.OrdinalIgnoreCase))
+                {
+                    GgufModels.ImportToFolder(source, target);
+                    context.Output.WriteLine($"Imported the GGUF file {source} into the HF checkpoint folder {target}.");
+                    return Task.FromResult(0);
+                }
+                var folder = Directory.CreateTempSubdirectory("mlnetpeft-gguf-import-").FullName;
+                try
+                {
+                    GgufModels.ImportToFolder(source, folder);
+                    WrapFolder(ml, folder, target, p.GetValue(maxNewTokens));
+                }
+                finally { Directory.Delete(folder, recursive: true); }
+                context.Output.WriteLine($"Imported the GGUF file {source} as the model zip {target} (input column Prompt, output GeneratedText).");
+            }
+            else if (File.Exists(source))
             {
                 var model = Models.Load(ml, source, out _);
                 try
                 {
                     var generator = model.FindTransformer<TextGenerationTransformer>() ?? throw new CliException($"'{source}' is not a text generation model.");
-                    generator.ExportPretrained(target);
-                    context.Output.WriteLine($"Exported {source} to the HF checkpoint folder {target}{(generator.HasUnmergedAdapter ? " (adapter in adapter/)" : "")}.");
+                    if (toGguf)
+                    {
+                        var adapter = generator.ExportGguf(target, fileType);
+                        context.Output.WriteLine($"Exported {source} to the GGUF file {target}{(adapter is null ? "" : $" with its LoRA adapter in {adapter}")}.");
+                    }
+                    else
+                    {
+                        generator.ExportPretrained(target);
+                        context.Output.WriteLine($"Exported {source} to the HF checkpoint folder {target}{(generator.HasUnmergedAdapter ? " (adapter in adapter/)" : "")}.");
+                    }
                 }
                 finally { (model as IDisposable)?.Dispose(); }
             }
             else if (Directory.Exists(source))
             {
-                var (model, tokenizer) = Models.LoadBase(source);
-                using (model)
+                if (toGguf)
                 {
-                    var prompts = ml.Data.LoadFromEnumerable(new[] { new TrainCommands.SftRow() });
-                    using var generator = ml.Transforms.Text.GenerateText(model, tokenizer, options: new MLNetPeft.Generation.GenerationOptions { MaxNewTokens = p.GetValue(maxNewTokens) })
-                        .Fit(prompts);
-                    Models.Save(ml, generator, prompts.Schema, target);
+                    GgufModels.Export(source, target, fileType);
+                    context.Output.WriteLine($"Exported the HF checkpoint {source} to the GGUF file {target}.");
                 }
-                context.Output.WriteLine($"Wrapped the HF checkpoint {source} as the model zip {target} (input column Prompt, output GeneratedText).");
+                else
+                {
+                    WrapFolder(ml, source, target, p.GetValue(maxNewTokens));
+                    context.Output.WriteLine($"Wrapped the HF checkpoint {source} as the model zip {target} (input column Prompt, output GeneratedText).");
+                }
             }
             else throw new CliException($"--from '{source}' is neither a file nor a folder.");
             return Task.FromResult(0);
         });
         return command;
+    }
+
+    private static void WrapFolder(MLContext ml, string folder, string zip, int maxNewTokens)
+    {
+        var (model, tokenizer) = Models.LoadBase(folder);
+        using (model)
+        {
+            var prompts = ml.Data.LoadFromEnumerable(new[] { new TrainCommands.SftRow() });
+            using var generator = ml.Transforms.Text.GenerateText(model, tokenizer, options: new MLNetPeft.Generation.GenerationOptions { MaxNewTokens = maxNewTokens })
+                .Fit(prompts);
+            Models.Save(ml, generator, prompts.Schema, zip);
+        }
     }
 
     private static void WriteJsonLines(string path, IEnumerable<Dictionary<string, string>> rows) =>

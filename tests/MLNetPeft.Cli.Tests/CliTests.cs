@@ -89,6 +89,32 @@ public class CliTests(Xunit.Abstractions.ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task ConvertWritesGgufAndImportsIt()
+    {
+        using var dir = new TempFolder();
+        Assert.Equal(0, (await Run("convert", "--from", BundledBaseModel.Folder, "--to", dir.File("a.zip"), "--max-new-tokens", "8")).Code);
+        var exported = await Run("convert", "--from", BundledBaseModel.Folder, "--to", dir.File("m.gguf"), "--gguf-type", "f32");
+        Assert.Equal(0, exported.Code);
+        Assert.Contains("GGUF file", exported.Output);
+        var fromZip = await Run("convert", "--from", dir.File("a.zip"), "--to", dir.File("z.gguf"), "--gguf-type", "q8_0");
+        Assert.Equal(0, fromZip.Code);
+        using (var file = MLNetPeft.Gguf.GgufFile.Open(dir.File("z.gguf")))
+            Assert.Equal(MLNetPeft.Gguf.GgmlType.Q8_0, file.Info("blk.0.attn_q.weight").Type);
+        Assert.Equal(0, (await Run("convert", "--from", dir.File("m.gguf"), "--to", dir.File("b.zip"), "--max-new-tokens", "8")).Code);
+        Assert.Equal(0, (await Run("convert", "--from", dir.File("m.gguf"), "--to", dir.File("hf"))).Code);
+        Assert.True(File.Exists(dir.File("hf/tokenizer.json")));
+        var a = await Run("generate", "-m", dir.File("a.zip"), "-p", "Alice lives in");
+        var b = await Run("generate", "-m", dir.File("b.zip"), "-p", "Alice lives in");
+        Assert.Equal(a.Output, b.Output);
+
+        File.WriteAllBytes(dir.File("bad.gguf"), File.ReadAllBytes(dir.File("m.gguf"))[..1000]);
+        var bad = await Run("convert", "--from", dir.File("bad.gguf"), "--to", dir.File("bad"));
+        Assert.Equal(1, bad.Code);
+        Assert.Contains("bad.gguf", bad.Error);
+        Assert.DoesNotContain("   at ", bad.Error);
+    }
+
+    [Fact]
     public async Task TrainGrpoWithARuleRewardFromTheAnswerColumn()
     {
         using var dir = new TempFolder();

@@ -164,6 +164,37 @@ public sealed class TextGenerationTransformer : RowToRowTransformerBase, IDispos
     }
 
     /// <summary>
+    /// Writes the model as a GGUF file that llama.cpp (LLamaSharp, Ollama) runs. An unmerged LoRA adapter is written
+    /// beside it as a llama.cpp GGUF adapter (<paramref name="adapterPath"/>, by default <c>{name}.lora.gguf</c>), the
+    /// base file holding the base weights; other unmerged adapters cannot be represented and are refused.
+    /// </summary>
+    /// <returns>The adapter file written, or null when the model has no unmerged adapter.</returns>
+    public string? ExportGguf(string path, MLNetPeft.Gguf.GgufFileType fileType = MLNetPeft.Gguf.GgufFileType.F16, string? adapterPath = null)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(path);
+        var folder = Directory.CreateTempSubdirectory("mlnetpeft-gguf-export-").FullName;
+        try
+        {
+            _package.Export(folder);
+            MLNetPeft.Gguf.GgufModels.Export(folder, path, fileType);
+            var adapterFolder = Path.Combine(folder, "adapter");
+            if (!Directory.Exists(adapterFolder)) return null;
+            var peftType = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(adapterFolder, "adapter_config.json")))?["peft_type"]?.GetValue<string>();
+            if (peftType != "LORA")
+                throw new NotSupportedException($"The model's unmerged adapter is {peftType}; llama.cpp applies LoRA adapters only. Train with MergeAdapter set to export it merged.");
+            adapterPath ??= Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path))!, Path.GetFileNameWithoutExtension(path) + ".lora.gguf");
+            using var model = PretrainedModels.LoadCausalLM(folder);
+            using var lora = MLNetPeft.Tuners.Lora.LoraAdapterFiles.Load(model, adapterFolder, out _);
+            MLNetPeft.Tuners.Lora.LoraGguf.Save(lora, adapterPath, fileType == MLNetPeft.Gguf.GgufFileType.Q8_0 ? MLNetPeft.Gguf.GgufFileType.F16 : fileType);
+            return adapterPath;
+        }
+        finally
+        {
+            try { Directory.Delete(folder, recursive: true); } catch (IOException) { }
+        }
+    }
+
+    /// <summary>
     /// The output shape of the estimators that produce this transformer: the text columns they read must be scalar
     /// text; the generated-text column is added, and with <paramref name="scored"/> the LogLikelihood and Perplexity columns.
     /// </summary>
