@@ -13,13 +13,14 @@ using static TorchSharp.torch;
 // matmul measured in the same run, and as a step-time ratio against minimal hand-written TorchSharp models
 // (MinimalModels.cs). Ours and the baseline alternate, so machine noise hits both alike.
 //
-//   dotnet run -c Release --project tests/MLNetPeft.Benchmarks [-- --batch 8 --seq 256 --steps 6 --rounds 5] [--peft-only [--method QLoRA] | --generation-only | --preference-only | --rl-only | --qlora-memory | --large-zip [folder]]
+//   dotnet run -c Release --project tests/MLNetPeft.Benchmarks [-- --batch 8 --seq 256 --steps 6 --rounds 5] [--peft-only [--method QLoRA] | --generation-only | --preference-only | --rl-only | --qlora-memory | --large-zip [folder] | --llama-cpp]
 //
 // The last table trains every PEFT method for the same steps on the same toy task and ~10M-parameter model.
 // --preference-only: reward-model and DPO steps against hand-written TorchSharp steps (PreferenceBenchmark.cs).
 // --rl-only: rollout tokens/s, generation's share of a PPO cycle, a GRPO step against a hand-written one (RlBenchmark.cs).
 // --qlora-memory measures the peak resident memory of one training step (full, LoRA, QLoRA; one process each).
 // --large-zip saves and loads a model zip holding a 3 GB weights file (LargeZipBenchmark.cs).
+// --llama-cpp: generation tokens/s against llama.cpp on the same GGUF model, and our per-token profile (LlamaCppBenchmark.cs).
 
 int Arg(string name, int fallback) => args.SkipWhile(a => a != name).Skip(1).Select(int.Parse).DefaultIfEmpty(fallback).First();
 int batch = Arg("--batch", 8), seq = Arg("--seq", 256), steps = Arg("--steps", 6), rounds = Arg("--rounds", 5);
@@ -33,6 +34,11 @@ if (args.SkipWhile(a => a != "--memory-probe").Skip(1).FirstOrDefault() is { } p
 if (args.Contains("--large-zip"))
 {
     LargeZipBenchmark.Run(args.SkipWhile(a => a != "--large-zip").Skip(1).FirstOrDefault());
+    return;
+}
+if (args.Contains("--llama-cpp"))
+{
+    LlamaCppBenchmark.Run(Arg("--rounds", 3));
     return;
 }
 if (args.Contains("--qlora-memory"))

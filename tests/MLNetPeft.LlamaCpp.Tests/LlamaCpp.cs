@@ -47,31 +47,45 @@ internal sealed class LlamaCpp : IDisposable
         _context.NativeHandle.MemoryClear(true);
         var batch = new LLamaBatch();
         for (int i = 0; i < ids.Count; i++) batch.Add((LLamaToken)ids[i], i, LLamaSeqId.Zero, true);
-        var result = _context.NativeHandle.Decode(batch);
-        if (result != DecodeResult.Ok) throw new InvalidOperationException($"llama_decode returned {result}.");
+        Decode(batch);
         return Enumerable.Range(0, ids.Count).Select(i => _context.NativeHandle.GetLogitsIth(i).ToArray()).ToArray();
+    }
+
+    /// <summary>Runs <paramref name="prompt"/> from an empty cache as one batch, computing the last position's logits only.</summary>
+    public void Prefill(IReadOnlyList<int> prompt)
+    {
+        _context.NativeHandle.MemoryClear(true);
+        var batch = new LLamaBatch();
+        for (int i = 0; i < prompt.Count; i++) batch.Add((LLamaToken)prompt[i], i, LLamaSeqId.Zero, i == prompt.Count - 1);
+        Decode(batch);
+        _lastIndex = batch.TokenCount - 1;
     }
 
     /// <summary>Greedy decoding of <paramref name="newTokens"/> tokens after <paramref name="prompt"/>, one token per decode call.</summary>
     public List<int> Greedy(IReadOnlyList<int> prompt, int newTokens, int? stopId = null)
     {
-        _context.NativeHandle.MemoryClear(true);
-        var batch = new LLamaBatch();
-        for (int i = 0; i < prompt.Count; i++) batch.Add((LLamaToken)prompt[i], i, LLamaSeqId.Zero, i == prompt.Count - 1);
+        Prefill(prompt);
         var output = new List<int>();
-        int position = prompt.Count;
+        var batch = new LLamaBatch();
         for (int step = 0; step < newTokens; step++)
         {
-            var result = _context.NativeHandle.Decode(batch);
-            if (result != DecodeResult.Ok) throw new InvalidOperationException($"llama_decode returned {result}.");
-            var logits = _context.NativeHandle.GetLogitsIth(batch.TokenCount - 1);
-            int next = ArgMax(logits);
+            int next = ArgMax(_context.NativeHandle.GetLogitsIth(_lastIndex));
             output.Add(next);
-            if (next == stopId) break;
+            if (next == stopId || step == newTokens - 1) break;
             batch.Clear();
-            batch.Add((LLamaToken)next, position++, LLamaSeqId.Zero, true);
+            batch.Add((LLamaToken)next, prompt.Count + step, LLamaSeqId.Zero, true);
+            Decode(batch);
+            _lastIndex = 0;
         }
         return output;
+    }
+
+    private int _lastIndex;
+
+    private void Decode(LLamaBatch batch)
+    {
+        var result = _context.NativeHandle.Decode(batch);
+        if (result != DecodeResult.Ok) throw new InvalidOperationException($"llama_decode returned {result}.");
     }
 
     /// <summary>llama.cpp's tokenization of <paramref name="text"/> (special tokens parsed, no bos added).</summary>

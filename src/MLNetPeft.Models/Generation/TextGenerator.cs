@@ -74,7 +74,10 @@ public sealed class TextGenerator
                     mask[b * promptLength + t] = t < offset ? 0 : 1;
                 }
             }
-            var attentionMask = tensor(mask, [batch, promptLength]).to(device);
+            // Without padding (every prompt of the same length, batch 1 always) no mask is needed: positions follow the cache,
+            // and each step saves building a mask and counting positions over it.
+            bool padded = prompts.Any(p => p.Count != promptLength);
+            Tensor? attentionMask = padded ? tensor(mask, [batch, promptLength]).to(device) : null;
             var input = tensor(ids, [batch, promptLength]).to(device);
             for (int step = 0; step < options.MaxNewTokens && rows.Any(r => !r.Finished); step++)
             {
@@ -91,9 +94,12 @@ public sealed class TextGenerator
                 // The next step's inputs outlive this step's scope; they belong to the call's scope.
                 input.Dispose();
                 input = tensor(next.Select(t => (long)t).ToArray(), [batch, 1]).to(device).MoveToOuterDisposeScope();
-                var grown = cat([attentionMask, ones(batch, 1, ScalarType.Int64, device)], 1).MoveToOuterDisposeScope();
-                attentionMask.Dispose();
-                attentionMask = grown;
+                if (attentionMask is not null)
+                {
+                    var grown = cat([attentionMask, ones(batch, 1, ScalarType.Int64, device)], 1).MoveToOuterDisposeScope();
+                    attentionMask.Dispose();
+                    attentionMask = grown;
+                }
             }
             return rows.Select(r => r.Result()).ToList();
         }

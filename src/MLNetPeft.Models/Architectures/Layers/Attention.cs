@@ -89,17 +89,28 @@ public static class Attention
         long heads = query.shape[1], kvHeads = key.shape[1];
         if (heads % kvHeads != 0)
             throw new ArgumentException($"{heads} query heads cannot share {kvHeads} key/value heads evenly.");
+        // The fused kernel always scales by 1/sqrt(d); another scale is folded into the queries.
+        double defaultScale = 1.0 / Math.Sqrt(query.shape[^1]);
+        if (scale is { } s && s != defaultScale) query = query.Times(s / defaultScale);
+        long queryLength = query.shape[2];
+        bool explicitDropout = dropout > 0 && StepDropout.IsActive;
+        if (heads != kvHeads && queryLength == 1 && !mask.IsCausal && !explicitDropout && (mask.Additive is null || mask.Additive.shape[1] == 1))
+        {
+            // One new token (decoding): each group of query heads becomes a group of queries of its key/value head, so the
+            // cache is not copied heads / kvHeads times per layer and step. The mask [b, 1, 1, k] broadcasts the same.
+            long batch = query.shape[0], d = query.shape[^1];
+            var grouped = query.reshape(batch, kvHeads, heads / kvHeads, d);
+            var attended = nn.functional.scaled_dot_product_attention(grouped, key, value, mask.Additive, dropout, false);
+            return attended.reshape(batch, heads, 1, d).MoveToOuterDisposeScope();
+        }
         if (heads != kvHeads)
         {
             key = key.repeat_interleave(heads / kvHeads, dim: 1);
             value = value.repeat_interleave(heads / kvHeads, dim: 1);
         }
-        // The fused kernel always scales by 1/sqrt(d); another scale is folded into the queries.
-        double defaultScale = 1.0 / Math.Sqrt(query.shape[^1]);
-        if (scale is { } s && s != defaultScale) query = query.Times(s / defaultScale);
         // The fused kernel's dropout draws from libtorch's process-wide generator; a training step that owns a
         // generator (StepDropout.Begin) gets the same computation spelled out, with its dropout drawn from that one.
-        var output = dropout > 0 && StepDropout.IsActive
+        var output = explicitDropout
             ? ExplicitAttention(query.Times(defaultScale), key, value, mask, dropout)
             : nn.functional.scaled_dot_product_attention(query, key, value, mask.Additive, dropout, mask.IsCausal);
         return output.MoveToOuterDisposeScope();
