@@ -52,7 +52,9 @@ public sealed class LogitTests(ITestOutputHelper output) : IDisposable
         if (fileType == GgufFileType.F32)
         {
             output.WriteLine($"| {variant} | {fileType} | {vsOriginal} |");
-            Assert.True(vsOriginal.Relative < 1e-4, $"{variant} {fileType}: {vsOriginal}");
+            // ggml's CPU GELU reads a float16 table (GGML_GELU_FP16): GPT-2's MLP is off by float16 rounding on their
+            // side (GeluIsTheOnlyGpt2Difference shows the rest agrees to float32 precision).
+            Assert.True(vsOriginal.Relative < (variant == "gpt2" ? 2e-3 : 1e-4), $"{variant} {fileType}: {vsOriginal}");
             return;
         }
         // The same weights as llama.cpp has: ours rounded as the file stores them.
@@ -63,11 +65,29 @@ public sealed class LogitTests(ITestOutputHelper output) : IDisposable
         Assert.True(vsSameWeights.Relative < (fileType == GgufFileType.F16 ? 1e-2 : 8e-2), $"{variant} {fileType}: {vsSameWeights}");
     }
 
+    [Fact]
+    public void GeluIsTheOnlyGpt2Difference()
+    {
+        // With the MLP's input projection zeroed, GELU only ever sees 0, which its table holds exactly.
+        using var model = TinyModels.Create("gpt2");
+        using (TorchSharp.torch.no_grad())
+            foreach (var (name, p) in model.named_parameters())
+                if (name.Contains(".mlp.c_fc.", StringComparison.Ordinal)) p.zero_();
+        var path = Path.Combine(_folder, "gpt2-zero-mlp.gguf");
+        GgufModels.Export(model, TinyModels.Tokenizer, path, GgufFileType.F32);
+        var ids = Ids(TinyModels.Tokenizer);
+        using var llama = new LlamaCpp(path);
+        var difference = LogitDifference.Between(LogitDifference.Ours(model, ids), llama.Logits(ids));
+        output.WriteLine($"| gpt2, MLP input zeroed | F32 | {difference} |");
+        Assert.True(difference.Relative < 1e-4, difference.ToString());
+    }
+
     [Theory]
     [InlineData("bundled")]
     [InlineData("llama-gqa-untied")]
     [InlineData("qwen2")]
     [InlineData("mistral")]
+    [InlineData("gpt2")]
     public void Greedy_generation_of_64_tokens_is_identical(string variant)
     {
         using var model = variant == "bundled" ? PretrainedModels.LoadCausalLM(BundledBaseModel.Folder) : TinyModels.Create(variant);

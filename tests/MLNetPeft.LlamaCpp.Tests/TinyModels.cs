@@ -46,12 +46,15 @@ internal static class TinyModels
     }
 
     public static readonly string[] Variants =
-        ["llama-gqa-untied", "llama-mha-tied", "llama-head-dim", "llama-rope-linear", "llama-rope-llama3", "mistral", "qwen2", "qwen2-tied"];
+        ["llama-gqa-untied", "llama-mha-tied", "llama-head-dim", "llama-rope-linear", "llama-rope-llama3", "mistral", "qwen2", "qwen2-tied", "gpt2"];
 
     /// <summary>A model of <paramref name="variant"/> with random weights, norms and biases (so that a misplaced one shows).</summary>
     public static CausalLanguageModel Create(string variant, long seed = 7)
     {
-        var model = PretrainedModels.CreateCausalLM(Config(variant));
+        ModelConfig config = variant == "gpt2"
+            ? new Gpt2Config { VocabSize = 2048, NEmbd = 64, NLayer = 2, NHead = 4, NPositions = 512, ResidPdrop = 0, EmbdPdrop = 0, AttnPdrop = 0, InitializerRange = 0.15 }
+            : Config(variant);
+        var model = PretrainedModels.CreateCausalLM(config);
         model.InitializeWeights(seed);
         var generator = new TorchSharp.torch.Generator((ulong)seed + 1);
         using (no_grad())

@@ -15,48 +15,68 @@ namespace MLNetPeft.Gguf;
 public static class GgufModels
 {
     /// <summary>
-    /// Writes <paramref name="model"/> with <paramref name="tokenizer"/> as a GGUF v3 file, atomically. Matrices are stored
-    /// as <paramref name="fileType"/> (Q8_0 falls back to F16 for a matrix whose rows are not a multiple of 32, as the
-    /// converter does), vectors (norms, biases) always in F32. Adapters attached to the model are not written (see the
-    /// LoRA adapter export); a merged adapter is part of the weights.
+    /// Writes <paramref name="model"/> with <paramref name="tokenizer"/> as a GGUF v3 file, atomically: the Llama family
+    /// (llama, mistral, qwen2) and GPT-2. Matrices are stored as <paramref name="fileType"/> (Q8_0 falls back to F16 for a
+    /// matrix whose rows are not a multiple of 32, as the converter does), vectors (norms, biases) always in F32.
+    /// Adapters attached to the model are not written (see the LoRA adapter export); a merged adapter is part of the weights.
     /// </summary>
-    /// <exception cref="NotSupportedException">Not a Llama-family model, or a tokenizer or rope scaling llama.cpp cannot represent.</exception>
+    /// <exception cref="NotSupportedException">Another architecture, or a tokenizer, rope scaling or variant llama.cpp cannot represent.</exception>
     public static void Export(CausalLanguageModel model, TextTokenizer tokenizer, string path, GgufFileType fileType = GgufFileType.F16, string? name = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(tokenizer);
-        var config = model.Config as LlamaConfig ?? throw new NotSupportedException(
-            $"GGUF export covers the Llama family (llama, mistral, qwen2); this model is '{model.Config.ModelType}'.");
         if (model.VirtualPrompt is { Enabled: true })
             throw new NotSupportedException("The model has a virtual prompt (prompt or prefix tuning), which GGUF cannot hold.");
-        string arch = LlamaGguf.Architecture(config);
+        string arch = model.Config switch
+        {
+            LlamaConfig llama => LlamaGguf.Architecture(llama),
+            Gpt2Config => Gpt2Gguf.Architecture,
+            var other => throw new NotSupportedException($"GGUF export covers the Llama family (llama, mistral, qwen2) and GPT-2; this model is '{other.ModelType}'."),
+        };
         var writer = new GgufWriter();
         writer.Add("general.architecture", GgufValue.Of(arch))
             .Add("general.type", GgufValue.Of("model"))
             .Add("general.name", GgufValue.Of(name ?? (model.SourceFolder is { } folder ? Path.GetFileName(folder.TrimEnd(Path.DirectorySeparatorChar)) : arch)))
             .Add("general.file_type", GgufValue.Of((uint)fileType))
             .Add("general.quantization_version", GgufValue.Of(2u));
-        LlamaGguf.AddHyperparameters(writer, config, arch);
-        GgufTokenizer.AddMetadata(writer, tokenizer, config.VocabSize);
 
         using var scope = NewDisposeScope();
         var state = model.state_dict();
-        foreach (var hfName in LlamaGguf.WeightNames(config))
+        Tensor Weight(string hfName) => state.TryGetValue(hfName, out var t) ? t.detach() : throw new InvalidOperationException($"The model has no weight '{hfName}'.");
+        if (model.Config is LlamaConfig config)
         {
-            if (!state.TryGetValue(hfName, out var tensor)) throw new InvalidOperationException($"The model has no weight '{hfName}'.");
-            var ggufName = LlamaGguf.GgufName(hfName)!;
-            if (LlamaGguf.PermutedHeads(hfName, config, arch) is { } heads) tensor = LlamaGguf.ToInterleavedRows(tensor.detach(), heads);
-            var type = tensor.dim() == 1 ? GgmlType.F32 : fileType switch
+            LlamaGguf.AddHyperparameters(writer, config, arch);
+            GgufTokenizer.AddMetadata(writer, tokenizer, config.VocabSize);
+            foreach (var hfName in LlamaGguf.WeightNames(config))
             {
-                GgufFileType.F32 => GgmlType.F32,
-                GgufFileType.Q8_0 when tensor.shape[^1] % GgmlCodec.Q8BlockElements == 0 => GgmlType.Q8_0,
-                _ => GgmlType.F16,
-            };
-            writer.AddTensor(ggufName, tensor, type);
+                var tensor = Weight(hfName);
+                if (LlamaGguf.PermutedHeads(hfName, config, arch) is { } heads) tensor = LlamaGguf.ToInterleavedRows(tensor, heads);
+                writer.AddTensor(LlamaGguf.GgufName(hfName)!, tensor, StoredType(tensor, fileType));
+            }
+            if (LlamaGguf.RopeFrequencyFactors(config) is { } factors) writer.AddTensor(LlamaGguf.RopeFreqsTensor, tensor(factors), GgmlType.F32);
         }
-        if (LlamaGguf.RopeFrequencyFactors(config) is { } factors) writer.AddTensor(LlamaGguf.RopeFreqsTensor, tensor(factors), GgmlType.F32);
+        else
+        {
+            var gpt2 = (Gpt2Config)model.Config;
+            Gpt2Gguf.AddHyperparameters(writer, gpt2);
+            GgufTokenizer.AddMetadata(writer, tokenizer, gpt2.VocabSize);
+            foreach (var (hfName, ggufName, transpose) in Gpt2Gguf.Weights(gpt2))
+            {
+                var tensor = Weight(hfName);
+                if (transpose) tensor = tensor.t().contiguous();
+                writer.AddTensor(ggufName, tensor, StoredType(tensor, fileType));
+            }
+        }
         writer.Save(path);
     }
+
+    // As the converter stores them: vectors in F32, matrices in the file's type (Q8_0 only where rows fill whole blocks).
+    private static GgmlType StoredType(Tensor tensor, GgufFileType fileType) => tensor.dim() == 1 ? GgmlType.F32 : fileType switch
+    {
+        GgufFileType.F32 => GgmlType.F32,
+        GgufFileType.Q8_0 when tensor.shape[^1] % GgmlCodec.Q8BlockElements == 0 => GgmlType.Q8_0,
+        _ => GgmlType.F16,
+    };
 
     /// <summary>Loads the HF checkpoint folder <paramref name="checkpointFolder"/> (model and tokenizer) and exports it.</summary>
     public static void Export(string checkpointFolder, string path, GgufFileType fileType = GgufFileType.F16)
