@@ -36,6 +36,7 @@ internal static class TinyModels
             case "llama-rope-llama3":
                 c.RopeScaling = new RopeScaling { RopeType = "llama3", Factor = 8, LowFreqFactor = 1, HighFreqFactor = 4, OriginalMaxPositionEmbeddings = 64 };
                 break;
+            case "llama-rope-yarn": c.RopeScaling = new RopeScaling { RopeType = "yarn", Factor = 4, OriginalMaxPositionEmbeddings = 128 }; break;
             case "mistral": c.ModelType = "mistral"; c.SlidingWindow = 4096; break;
             case "qwen2": c.RopeTheta = 1e6; break;
             case "qwen2-tied": c.RopeTheta = 1e6; c.TieWordEmbeddingsField = true; c.NumKeyValueHeads = 1; break;
@@ -46,7 +47,7 @@ internal static class TinyModels
     }
 
     public static readonly string[] Variants =
-        ["llama-gqa-untied", "llama-mha-tied", "llama-head-dim", "llama-rope-linear", "llama-rope-llama3", "mistral", "qwen2", "qwen2-tied", "gpt2"];
+        ["llama-gqa-untied", "llama-mha-tied", "llama-head-dim", "llama-rope-linear", "llama-rope-llama3", "llama-rope-yarn", "mistral", "qwen2", "qwen2-tied", "gpt2"];
 
     /// <summary>A model of <paramref name="variant"/> with random weights, norms and biases (so that a misplaced one shows).</summary>
     public static CausalLanguageModel Create(string variant, long seed = 7)

@@ -136,7 +136,8 @@ public sealed class GgufFile : ITensorReader
     private void ReadQ8_0(GgufTensorInfo info, Tensor tensor)
     {
         using var flat = tensor.view(-1);
-        long blocks = info.ElementCount / GgmlCodec.Q8BlockElements, chunkBlocks = ChunkBytes / GgmlCodec.Q8BlockBytes;
+        // Chunks of 64 MiB of decoded floats: the buffers stay bounded whatever the tensor's size.
+        long blocks = info.ElementCount / GgmlCodec.Q8BlockElements, chunkBlocks = ChunkBytes / (GgmlCodec.Q8BlockElements * sizeof(float));
         var raw = new byte[Math.Min(blocks, chunkBlocks) * GgmlCodec.Q8BlockBytes];
         var values = new float[Math.Min(blocks, chunkBlocks) * GgmlCodec.Q8BlockElements];
         for (long start = 0; start < blocks; start += chunkBlocks)

@@ -17,8 +17,8 @@ public sealed class GgufWriter
     public const int Alignment = 32;
 
     private readonly List<(string Key, GgufValue Value)> _metadata = [];
-    private readonly List<(string Name, Tensor Tensor, GgmlType Type)> _tensors = [];
-    private readonly Dictionary<string, byte[]> _raw = new(StringComparer.Ordinal);
+    // Each tensor comes either as a torch tensor (converted when written) or as bytes already in ggml's layout.
+    private readonly List<(string Name, long[] Shape, GgmlType Type, Tensor? Tensor, byte[]? Raw)> _tensors = [];
 
     public IReadOnlyList<(string Key, GgufValue Value)> Metadata => _metadata;
 
@@ -38,7 +38,7 @@ public sealed class GgufWriter
         if (tensor.dim() is < 1 or > 4) throw new ArgumentException($"Tensor '{name}' has {tensor.dim()} dimensions; GGUF holds 1 to 4.", nameof(tensor));
         if (type == GgmlType.Q8_0 && tensor.shape[^1] % GgmlCodec.Q8BlockElements != 0)
             throw new ArgumentException($"Tensor '{name}': Q8_0 needs rows of a multiple of {GgmlCodec.Q8BlockElements} values, its rows have {tensor.shape[^1]}.", nameof(type));
-        AddTensorUnchecked(name, tensor, type);
+        AddEntry(name, tensor.shape, type, tensor, null);
         return this;
     }
 
@@ -49,16 +49,15 @@ public sealed class GgufWriter
         long count = shape.Aggregate(1L, (a, b) => a * b);
         if (shape[^1] % elements != 0 || data.Length != count / elements * bytes)
             throw new ArgumentException($"Tensor '{name}': {data.Length} bytes are not {type} data of shape [{string.Join(", ", shape)}].", nameof(data));
-        // A placeholder tensor carries the shape; the bytes are written as given.
-        AddTensorUnchecked(name, empty(shape, ScalarType.Int8), type);
-        _raw[name] = data;
+        if (shape.Length is < 1 or > 4) throw new ArgumentException($"Tensor '{name}' has {shape.Length} dimensions; GGUF holds 1 to 4.", nameof(shape));
+        AddEntry(name, shape, type, null, data);
         return this;
     }
 
-    private void AddTensorUnchecked(string name, Tensor tensor, GgmlType type)
+    private void AddEntry(string name, long[] shape, GgmlType type, Tensor? tensor, byte[]? raw)
     {
         if (_tensors.Any(t => t.Name == name)) throw new ArgumentException($"GGUF tensor '{name}' is given twice.", nameof(name));
-        _tensors.Add((name, tensor, type));
+        _tensors.Add((name, shape, type, tensor, raw));
     }
 
     /// <summary>Writes the file atomically (a temporary file renamed over <paramref name="path"/>).</summary>
@@ -78,26 +77,23 @@ public sealed class GgufWriter
             WriteValue(header, value);
         }
         long offset = 0;
-        var offsets = new List<long>();
-        foreach (var (name, tensor, type) in _tensors)
+        foreach (var (name, shape, type, tensor, raw) in _tensors)
         {
             WriteString(header, name);
-            WriteUInt32(header, (uint)tensor.dim());
-            for (int d = (int)tensor.dim() - 1; d >= 0; d--) WriteUInt64(header, (ulong)tensor.shape[d]);
+            WriteUInt32(header, (uint)shape.Length);
+            for (int d = shape.Length - 1; d >= 0; d--) WriteUInt64(header, (ulong)shape[d]);
             WriteUInt32(header, (uint)type);
             WriteUInt64(header, (ulong)offset);
-            offsets.Add(offset);
-            offset = Align(offset + (_raw.TryGetValue(name, out var raw) ? raw.Length : ByteLength(tensor, type)));
+            offset = Align(offset + (raw?.Length ?? ByteLength(tensor!, type)));
         }
         header.Write(new byte[Align(header.Length) - header.Length]);
         header.Position = 0;
         header.CopyTo(stream);
-        for (int i = 0; i < _tensors.Count; i++)
+        foreach (var (_, _, type, tensor, raw) in _tensors)
         {
-            var (name, tensor, type) = _tensors[i];
             long written;
-            if (_raw.TryGetValue(name, out var raw)) { stream.Write(raw); written = raw.Length; }
-            else written = WriteData(stream, tensor, type);
+            if (raw is not null) { stream.Write(raw); written = raw.Length; }
+            else written = WriteData(stream, tensor!, type);
             stream.Write(new byte[Align(written) - written]);
         }
     }
