@@ -179,12 +179,11 @@ public sealed class TextGenerationTransformer : RowToRowTransformerBase, IDispos
             MLNetPeft.Gguf.GgufModels.Export(folder, path, fileType);
             var adapterFolder = Path.Combine(folder, "adapter");
             if (!Directory.Exists(adapterFolder)) return null;
-            var peftType = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(adapterFolder, "adapter_config.json")))?["peft_type"]?.GetValue<string>();
-            if (peftType != "LORA")
-                throw new NotSupportedException($"The model's unmerged adapter is {peftType}; llama.cpp applies LoRA adapters only. Train with MergeAdapter set to export it merged.");
-            adapterPath ??= Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path))!, Path.GetFileNameWithoutExtension(path) + ".lora.gguf");
             using var model = PretrainedModels.LoadCausalLM(folder);
-            using var lora = MLNetPeft.Tuners.Lora.LoraAdapterFiles.Load(model, adapterFolder, out _);
+            using var peft = MLNetPeft.Tuners.PeftAdapterFiles.Load(model, adapterFolder, out _);
+            if (peft is not MLNetPeft.Tuners.Lora.LoraModel lora)
+                throw new NotSupportedException($"The model's unmerged adapter is {peft.Config.PeftType}; llama.cpp applies LoRA adapters only. Train with MergeAdapter set to export it merged.");
+            adapterPath ??= Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path))!, Path.GetFileNameWithoutExtension(path) + ".lora.gguf");
             MLNetPeft.Tuners.Lora.LoraGguf.Save(lora, adapterPath, fileType == MLNetPeft.Gguf.GgufFileType.Q8_0 ? MLNetPeft.Gguf.GgufFileType.F16 : fileType);
             return adapterPath;
         }

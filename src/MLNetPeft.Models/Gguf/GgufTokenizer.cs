@@ -32,14 +32,12 @@ public static class GgufTokenizer
             ?? throw new NotSupportedException($"The tokenizer's pre-tokenization regex is none of those llama.cpp implements ({string.Join(", ", PreTokenizerPatterns.Keys)}): '{bpe.Pattern}'.");
         if (bpe.AddPrefixSpace)
             throw new NotSupportedException("The tokenizer adds a prefix space (add_prefix_space), which llama.cpp's BPE tokenizer does not do.");
-        var tokens = new string?[vocabSize];
-        var types = new int[vocabSize];
-        foreach (var (token, id) in bpe.Vocabulary)
-            if (id >= 0 && id < vocabSize) { tokens[id] = token; types[id] = Normal; }
-        foreach (var (token, id) in tokenizer.SpecialTokens)
-            if (id >= 0 && id < vocabSize) { tokens[id] = token; types[id] = Control; }
         if (bpe.Vocabulary.Values.Concat(tokenizer.SpecialTokens.Values).Any(id => id < 0 || id >= vocabSize))
             throw new ArgumentException($"The tokenizer has ids outside the model's vocabulary of {vocabSize}.", nameof(vocabSize));
+        var tokens = new string?[vocabSize];
+        var types = new int[vocabSize];
+        foreach (var (token, id) in bpe.Vocabulary) { tokens[id] = token; types[id] = Normal; }
+        foreach (var (token, id) in tokenizer.SpecialTokens) { tokens[id] = token; types[id] = Control; }
         for (int i = 0; i < vocabSize; i++)
             if (tokens[i] is null) { tokens[i] = $"[PAD{i}]"; types[i] = Unused; }
 
