@@ -119,7 +119,7 @@ public class LlamaForCausalLM : CausalLanguageModel
     }
 
     public override Tensor ComputeLogits(Tensor hidden) =>
-        _lmHead is null ? nn.functional.linear(hidden, _embedTokens.weight!) : _lmHead.call(hidden);
+        _lmHead is null ? SmallBatchLinear.Functional(hidden, _embedTokens.weight!) : SmallBatchLinear.Call(_lmHead, hidden);
 }
 
 /// <summary>One Llama decoder layer: x + attn(norm(x)), then x + mlp(norm(x)).</summary>
@@ -191,12 +191,12 @@ public sealed class LlamaAttention : nn.Module
     public Tensor Forward(Tensor x, Tensor cos, Tensor sin, AttentionMask mask, KvCache? cache)
     {
         using var scope = NewDisposeScope();
-        var q = RotaryEmbedding.Apply(Layers.Attention.SplitHeads(_q.call(x), _heads), cos, sin);
-        var k = RotaryEmbedding.Apply(Layers.Attention.SplitHeads(_k.call(x), _kvHeads), cos, sin);
-        var v = Layers.Attention.SplitHeads(_v.call(x), _kvHeads);
+        var q = RotaryEmbedding.Apply(Layers.Attention.SplitHeads(SmallBatchLinear.Call(_q, x), _heads), cos, sin);
+        var k = RotaryEmbedding.Apply(Layers.Attention.SplitHeads(SmallBatchLinear.Call(_k, x), _kvHeads), cos, sin);
+        var v = Layers.Attention.SplitHeads(SmallBatchLinear.Call(_v, x), _kvHeads);
         if (cache is not null) (k, v) = cache.Append(_layerIndex, k, v);
         var attended = Layers.Attention.ScaledDotProduct(q, k, v, mask, dropout: training ? _dropout : 0.0);
-        return _o.call(Layers.Attention.MergeHeads(attended)).MoveToOuterDisposeScope();
+        return SmallBatchLinear.Call(_o, Layers.Attention.MergeHeads(attended)).MoveToOuterDisposeScope();
     }
 }
 
@@ -227,6 +227,6 @@ public sealed class LlamaMlp : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
-        return _down.call(_act(_gate.call(x)) * _up.call(x)).MoveToOuterDisposeScope();
+        return SmallBatchLinear.Call(_down, _act(SmallBatchLinear.Call(_gate, x)) * SmallBatchLinear.Call(_up, x)).MoveToOuterDisposeScope();
     }
 }
