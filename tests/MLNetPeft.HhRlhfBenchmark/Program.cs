@@ -20,11 +20,14 @@ using MLNetPeft.Tuners.Lora;
 //   dotnet run -c Release --project tests/MLNetPeft.HhRlhfBenchmark -- ../shared/data/hh_rlhf_helpful
 //       [--models minilm-lora,minilm-full,base-lora] [--steps 250] [--batch 8] [--max-length 256] [--curve 250,500,1000]
 //       [--lr X] [--no-baseline]
-//   dotnet run -c Release --project tests/MLNetPeft.HhRlhfBenchmark -- --synthetic-world [--per-person 4] [--reward-from-sft]   (SyntheticWorldBenchmark.cs)
+//   dotnet run -c Release --project tests/MLNetPeft.HhRlhfBenchmark -- --synthetic-world [--per-person 4] [--reward-from-sft]
+//       [--reward-grid lora:400:1e-3,full:400:1e-4,layernorm:400:1e-2,ia3:400:1e-2] [--reward-only]   (SyntheticWorldBenchmark.cs)
 
 if (args.Contains("--synthetic-world"))
 {
-    SyntheticWorldBenchmark.Run(int.Parse(args.SkipWhile(a => a != "--per-person").Skip(1).DefaultIfEmpty("4").First()), args.Contains("--reward-from-sft"));
+    string? grid = args.SkipWhile(a => a != "--reward-grid").Skip(1).FirstOrDefault();
+    SyntheticWorldBenchmark.Run(int.Parse(args.SkipWhile(a => a != "--per-person").Skip(1).DefaultIfEmpty("4").First()), args.Contains("--reward-from-sft"),
+        grid is null ? null : SyntheticWorldBenchmark.ParseGrid(grid), args.Contains("--reward-only"));
     return 0;
 }
 if (args.Length == 0 || args[0].StartsWith("--", StringComparison.Ordinal))

@@ -26,7 +26,24 @@ internal static class SyntheticWorldBenchmark
 {
     private static readonly GenerationOptions Answer = new() { MaxNewTokens = 6, StopStrings = ["\n"] };
 
-    public static void Run(int perPerson, bool rewardFromSft)
+    /// <summary>
+    /// "method:steps:lr[:targets],…" (method as <see cref="FineTuningMethod"/>, case ignored; targets a LoRA target-module
+    /// regular expression, all linear layers when left out) into the reward model grid.
+    /// </summary>
+    public static RewardRun[] ParseGrid(string text) =>
+        text.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(item =>
+        {
+            var parts = item.Split(':');
+            if (parts.Length is not (3 or 4) || !Enum.TryParse<FineTuningMethod>(parts[0], ignoreCase: true, out var method))
+                throw new ArgumentException($"--reward-grid: '{item}' is not method:steps:lr[:targets] with a method of {string.Join(", ", Enum.GetNames<FineTuningMethod>())}.");
+            return new RewardRun(method, int.Parse(parts[1], System.Globalization.CultureInfo.InvariantCulture),
+                double.Parse(parts[2], System.Globalization.CultureInfo.InvariantCulture), parts.Length == 4 ? parts[3] : null);
+        }).ToArray();
+
+    /// <summary>One reward model of the grid; <paramref name="Targets"/> a LoRA target-module regex, or null for all linear layers.</summary>
+    public sealed record RewardRun(FineTuningMethod Method, int Steps, double LearningRate, string? Targets = null);
+
+    public static void Run(int perPerson, bool rewardFromSft, RewardRun[]? rewardGrid = null, bool rewardOnly = false)
     {
         var ml = new MLContext(seed: 1);
         var world = BaseModelRecipe.World();
@@ -68,15 +85,15 @@ internal static class SyntheticWorldBenchmark
         Console.WriteLine($"| reward model from the {(rewardFromSft ? "SFT" : "base")} model (batch 8) | validation accuracy | held-out accuracy | wrong-fact pairs | rambling pairs | train time |");
         Console.WriteLine("|---|---|---|---|---|---|");
         (double Validation, string Line) best = (-1, "");
-        var grid = rewardFromSft
-            ? new[] { (FineTuningMethod.Lora, 400, 1e-3), (FineTuningMethod.Lora, 1000, 3e-4), (FineTuningMethod.Full, 400, 1e-4), (FineTuningMethod.Full, 1500, 1e-4) }
-            : new[] { (FineTuningMethod.Lora, 150, 1e-3), (FineTuningMethod.Lora, 150, 3e-3), (FineTuningMethod.Lora, 400, 1e-3),
-                (FineTuningMethod.Lora, 400, 3e-3), (FineTuningMethod.Full, 400, 1e-4), (FineTuningMethod.Full, 400, 3e-4) };
-        foreach (var (method, steps, lr) in grid)
+        var grid = rewardGrid ?? (rewardFromSft
+            ? new RewardRun[] { new(FineTuningMethod.Lora, 400, 1e-3), new(FineTuningMethod.Lora, 1000, 3e-4), new(FineTuningMethod.Full, 400, 1e-4), new(FineTuningMethod.Full, 1500, 1e-4) }
+            : [new(FineTuningMethod.Lora, 150, 1e-3), new(FineTuningMethod.Lora, 150, 3e-3), new(FineTuningMethod.Lora, 400, 1e-3),
+                new(FineTuningMethod.Lora, 400, 3e-3), new(FineTuningMethod.Full, 400, 1e-4), new(FineTuningMethod.Full, 400, 3e-4)]);
+        foreach (var (method, steps, lr, targets) in grid)
         {
             var options = new RewardModelOptions
             {
-                Method = method, MaxLength = 64, Seed = 1, Lora = new LoraConfig { R = 8, LoraAlpha = 16, TargetModules = [LoraConfig.AllLinear] },
+                Method = method, MaxLength = 64, Seed = 1, Lora = targets is null ? new LoraConfig { R = 8, LoraAlpha = 16, TargetModules = [LoraConfig.AllLinear] } : new LoraConfig { R = 8, LoraAlpha = 16, TargetModulesRegex = targets },
                 Training = new TrainingOptions { MaxSteps = steps, BatchSize = 8, LearningRate = lr, WarmupSteps = 10, WeightDecay = 0, Seed = 1 },
             };
             var clock = Stopwatch.StartNew();
@@ -90,12 +107,13 @@ internal static class SyntheticWorldBenchmark
                 return RewardMetrics.Of(kept.Select(i => chosen[i]).ToList(), kept.Select(i => rejected[i]).ToList()).Accuracy;
             }
             double val = Accuracy(validation);
-            var line = $"| {(method == FineTuningMethod.Full ? "full" : "LoRA r 8 all-linear")}, {steps} steps, lr {lr} | {val:P1} | {Accuracy(heldOut):P1} | {Accuracy(heldOut, r => !Rambling(r)):P1} | {Accuracy(heldOut, Rambling):P1} | {TimeSpan.FromSeconds(seconds):mm\\:ss} |";
+            var line = $"| {(method switch { FineTuningMethod.Full => "full", FineTuningMethod.Lora => $"LoRA r 8 {targets ?? "all-linear"}", _ => method.ToString() })}, {steps} steps, lr {lr} | {val:P1} | {Accuracy(heldOut):P1} | {Accuracy(heldOut, r => !Rambling(r)):P1} | {Accuracy(heldOut, Rambling):P1} | {TimeSpan.FromSeconds(seconds):mm\\:ss} |";
             Console.WriteLine(line);
             if (val > best.Validation) best = (val, line);
         }
         Console.WriteLine($"chosen on validation: {best.Line}");
         Console.WriteLine();
+        if (rewardOnly) return;
 
         // DPO against SFT on the chosen responses, the same LoRA, steps and learning rate.
         var heldOutView = ml.Data.LoadFromEnumerable(heldOut);
