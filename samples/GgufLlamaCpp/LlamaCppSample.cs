@@ -5,25 +5,28 @@ using Microsoft.ML;
 using Microsoft.ML.Data;
 using MLNetPeft.BaseModel;
 using MLNetPeft.BaseModel.Tasks;
+using MLNetPeft.Display;
 using MLNetPeft.Generation;
 using MLNetPeft.Gguf;
 using MLNetPeft.ML.FineTuning;
 using MLNetPeft.ML.Generation;
 using MLNetPeft.Training;
 using MLNetPeft.Tuners.Lora;
+using Spectre.Console;
 
 namespace MLNetPeft.Samples.GgufLlamaCpp;
 
-/// <summary>What the sample measured: the held-out answers of each runtime and their exact match.</summary>
+/// <summary>What the sample measured: the held-out answers of each runtime and their exact match, and the fit's loss curve.</summary>
 public sealed record SampleResult(IReadOnlyList<string> Expected, IReadOnlyList<string> BaseAnswers, IReadOnlyList<string> OurAnswers,
-    IReadOnlyList<string> LlamaCppAnswers, string BasePath, string AdapterPath)
+    IReadOnlyList<string> LlamaCppAnswers, string BasePath, string AdapterPath, IReadOnlyList<(int Step, double Loss)> Losses, string LossPlotPath)
 {
     public double ExactMatch(IReadOnlyList<string> answers) => answers.Zip(Expected).Count(p => p.First.Trim() == p.Second) / (double)Expected.Count;
 }
 
 public static class LlamaCppSample
 {
-    public static SampleResult Run(int steps, string folder, TextWriter log, int heldOutCount = int.MaxValue)
+    /// <summary>Runs the sample; the fit's progress goes to <paramref name="console"/> (null: plain lines in <paramref name="log"/>).</summary>
+    public static SampleResult Run(int steps, string folder, TextWriter log, int heldOutCount = int.MaxValue, IAnsiConsole? console = null)
     {
         // llama.cpp reports every tensor it loads; only its errors are of interest here.
         NativeLogConfig.llama_log_set((level, message) => { if (level == LLamaLogLevel.Error) log.Write(message); });
@@ -47,17 +50,24 @@ public static class LlamaCppSample
             MaxLength = 64, Generation = answer, Seed = 1,
             MergeAdapter = false,   // keep the adapter separate: llama.cpp applies it to the base file at load time
         };
-        var tuned = ml.Transforms.Text.FineTuneCausalLm(model, tokenizer, options).Fit(train);
+        // A live progress bar on a terminal, a line every 20 steps in a log; the loss curve as a PNG afterwards.
+        var display = new TrainingDisplay(steps, console: console ?? AnsiConsole.Create(new AnsiConsoleSettings
+            { Out = new AnsiConsoleOutput(log), Interactive = InteractionSupport.No, Ansi = AnsiSupport.No })) { LineInterval = 20 };
+        options.Progress = display;
+        var tuned = display.Run(() => ml.Transforms.Text.FineTuneCausalLm(model, tokenizer, options).Fit(train));
         var ourAnswers = tuned.Transform(test).GetColumn<string>("GeneratedText").ToList();
 
         Directory.CreateDirectory(folder);
+        var plotPath = Path.Combine(folder, "loss.png");
+        display.SavePlot(plotPath, $"LoRA SFT of the bundled model, {steps} steps");
+        log.WriteLine($"loss {display.Losses[0].Loss:F3} -> {display.Losses[^1].Loss:F3}; curve in {plotPath}");
         var basePath = Path.Combine(folder, "base.gguf");
         var adapterPath = tuned.ExportGguf(basePath, GgufFileType.F32)
             ?? throw new InvalidOperationException("The fine-tuned model has no unmerged adapter.");
         log.WriteLine($"exported {basePath} ({new FileInfo(basePath).Length / 1e6:F1} MB) and the LoRA adapter {adapterPath} ({new FileInfo(adapterPath).Length / 1e6:F2} MB)");
 
         var llamaAnswers = AnswerWithLlamaCpp(basePath, adapterPath, heldOut.Select(e => e.Prompt).ToList(), answer.MaxNewTokens);
-        var result = new SampleResult(heldOut.Select(e => e.Response).ToList(), baseAnswers, ourAnswers, llamaAnswers, basePath, adapterPath);
+        var result = new SampleResult(heldOut.Select(e => e.Response).ToList(), baseAnswers, ourAnswers, llamaAnswers, basePath, adapterPath, display.Losses, plotPath);
         log.WriteLine("| instruction | expected | base | ours (ML.NET) | llama.cpp + adapter |");
         log.WriteLine("|---|---|---|---|---|");
         for (int i = 0; i < Math.Min(5, heldOut.Count); i++)

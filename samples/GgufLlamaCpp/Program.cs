@@ -9,5 +9,5 @@ for (int i = 0; i + 1 < args.Length; i += 2)
     if (args[i] == "--steps") steps = int.Parse(args[i + 1], System.Globalization.CultureInfo.InvariantCulture);
     else if (args[i] == "--out") folder = args[i + 1];
 }
-var result = MLNetPeft.Samples.GgufLlamaCpp.LlamaCppSample.Run(steps, folder, Console.Out);
+var result = MLNetPeft.Samples.GgufLlamaCpp.LlamaCppSample.Run(steps, folder, Console.Out, console: Spectre.Console.AnsiConsole.Console);
 return result.LlamaCppAnswers.SequenceEqual(result.OurAnswers) ? 0 : 1;

@@ -3,6 +3,7 @@ using Microsoft.ML;
 using Microsoft.ML.Data;
 using MLNetPeft.BaseModel;
 using MLNetPeft.BaseModel.Tasks;
+using MLNetPeft.Display;
 using MLNetPeft.Generation;
 using MLNetPeft.ML.FineTuning;
 using MLNetPeft.ML.Generation;
@@ -34,12 +35,16 @@ var options = new CausalLmFineTuningOptions
     Lora = new LoraConfig { R = 8, LoraAlpha = 16, TargetModules = [LoraConfig.AllLinear] },
     Training = new TrainingOptions { MaxSteps = 200, BatchSize = 16, LearningRate = 5e-3, WarmupSteps = 10, WeightDecay = 0, Seed = 1 },
     MaxLength = 64, Generation = answer, Seed = 1,
-    Progress = new LiveLine(),
 };
+// A live progress bar (step, loss, tokens/s, ETA) while it trains, plain lines when the output is redirected.
+var display = new TrainingDisplay(options.Training.MaxSteps) { LineInterval = 50 };
+options.Progress = display;
 var pipeline = ml.Transforms.CopyColumns("Prompt", "Question")                      // a built-in ML.NET transform
     .Append(ml.Transforms.Text.FineTuneCausalLm(model, tokenizer, options));
-var tuned = pipeline.Fit(train);
-Console.WriteLine();
+var tuned = display.Run(() => pipeline.Fit(train));
+var plot = Path.Combine(Path.GetTempPath(), "mlnetpeft-quickstart-loss.png");
+display.SavePlot(plot, "QuickStart: LoRA SFT of the bundled model");
+Console.WriteLine($"loss {display.Losses[0].Loss:F3} -> {display.Losses[^1].Loss:F3}; the curve is in {plot}");
 
 var path = Path.Combine(Path.GetTempPath(), "mlnetpeft-quickstart.zip");
 ml.Model.Save(tuned, train.Schema, path);
@@ -60,14 +65,3 @@ return 0;
 double ExactMatch(IReadOnlyList<string> answers) => answers.Zip(heldOut).Count(x => x.First.Trim() == x.Second.Response) / (double)heldOut.Count;
 
 sealed record Row(string Question, string Response);
-
-/// <summary>One console line that updates after every optimizer step.</summary>
-sealed class LiveLine : IProgress<TrainingProgress>
-{
-    public void Report(TrainingProgress p)
-    {
-        var line = $"fine-tuning: step {p.Step}/{p.TotalSteps}  loss {p.Loss:F3}  {p.TokensPerSecond:F0} tok/s  eta {p.Eta:mm\\:ss}";
-        if (Console.IsOutputRedirected) { if (p.Step % 50 == 0) Console.WriteLine(line); }
-        else Console.Write("\r" + line);
-    }
-}

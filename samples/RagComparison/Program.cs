@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using Microsoft.ML;
 using Microsoft.ML.Data;
+using MLNetPeft.Display;
 using MLNetPeft.BaseModel;
 using MLNetPeft.BaseModel.Tasks;
 using MLNetPeft.BaseModel.World;
@@ -126,13 +127,15 @@ foreach (var variant in new[] { "d", "d-true-facts" }.Where(methods.Contains))
     IReadOnlyList<Person> Draw(int seed) => variant == "d" ? SyntheticWorld.Redraw(world.People, seed) : world.People;
     var training = ml.Data.LoadFromEnumerable(Enumerable.Range(0, Draws).SelectMany(d =>
         RetrievalPrompts(Draw(21 + d), FactQuestions.Training(Draw(21 + d).Take(InstructionTasks.TrainingPeople).ToList(), perPerson: 8, seed: 21 + d))).ToList());
-    using var reader = ml.Transforms.Text.FineTuneCausalLm(model, tokenizer, new CausalLmFineTuningOptions
+    var display = new TrainingDisplay(600) { LineInterval = 100 };
+    using var reader = display.Run(() => ml.Transforms.Text.FineTuneCausalLm(model, tokenizer, new CausalLmFineTuningOptions
     {
         PromptColumnName = "Prompt", ResponseColumnName = "Response", OutputColumnName = "Answer", MaxLength = 256, Generation = answer, Seed = 1,
         Lora = new LoraConfig { R = 16, LoraAlpha = 32, TargetModules = [LoraConfig.AllLinear] },
         Training = new TrainingOptions { MaxSteps = 600, BatchSize = 16, LearningRate = 3e-3, WarmupSteps = 20, WeightDecay = 0, Seed = 1 },
-        Progress = new EveryHundredSteps(variant),
-    }).Fit(training);
+        Progress = display,
+    }).Fit(training));
+    display.SavePlot(Path.Combine(Path.GetTempPath(), $"mlnetpeft-rag-comparison-{variant}-loss.png"), $"RAG reader ({variant}): LoRA SFT on retrieved passages");
 
     // The deployed pipeline: retrieval over the real knowledge base, the prompt, the tuned reader; saved and reloaded.
     var questions = Rows(test);
@@ -185,14 +188,5 @@ sealed record Score(double ExactMatch, IReadOnlyDictionary<string, double> ByFac
         var right = questions.Zip(answers, (q, a) => (q.Fact, Right: FactQuestions.IsExactMatch(a, q.Answer))).ToList();
         return new Score(right.Count(r => r.Right) / (double)right.Count,
             right.GroupBy(r => r.Fact).ToDictionary(g => g.Key, g => g.Count(r => r.Right) / (double)g.Count()));
-    }
-}
-
-/// <summary>A progress line every 100 optimizer steps.</summary>
-sealed class EveryHundredSteps(string name) : IProgress<TrainingProgress>
-{
-    public void Report(TrainingProgress p)
-    {
-        if (p.Step % 100 == 0) Console.WriteLine($"  {name}: step {p.Step}/{p.TotalSteps}  loss {p.Loss:F3}  {p.TokensPerSecond:F0} tok/s");
     }
 }

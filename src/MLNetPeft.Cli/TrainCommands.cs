@@ -1,3 +1,4 @@
+using MLNetPeft.Display;
 using System.CommandLine;
 using Microsoft.ML;
 using Microsoft.ML.Data;
@@ -262,7 +263,7 @@ internal static class TrainCommands
     {
         var file = DataFile.Read(p.GetValue(common.Data)!);
         var ml = new MLContext(seed: (int)p.GetValue(common.Seed));
-        var display = new TrainingDisplay(context.Console, p.GetValue(common.Steps), common.Training(p).EvalInterval);
+        var display = new TrainingDisplay(p.GetValue(common.Steps), common.Training(p).EvalInterval, context.Console);
         var (model, schema, baseModel) = display.Run(progress => fit(ml, file, progress));
         try
         {

@@ -21,6 +21,11 @@ public sealed class SampleTests(ITestOutputHelper output)
             Assert.Equal(result.OurAnswers, result.LlamaCppAnswers);
             Assert.True(result.ExactMatch(result.LlamaCppAnswers) > result.ExactMatch(result.BaseAnswers) + 0.5,
                 $"exact match {result.ExactMatch(result.BaseAnswers):P0} -> {result.ExactMatch(result.LlamaCppAnswers):P0}");
+            // The sample's progress display saw every step, printed plain lines into the log, and drew the curve.
+            Assert.Equal(Enumerable.Range(1, 120), result.Losses.Select(l => l.Step));
+            Assert.True(result.Losses[^1].Loss < result.Losses[0].Loss / 2, $"loss {result.Losses[0].Loss} -> {result.Losses[^1].Loss}");
+            Assert.Contains("step 120/120  loss", log.ToString());
+            Assert.Equal([0x89, (byte)'P', (byte)'N', (byte)'G'], File.ReadAllBytes(result.LossPlotPath)[..4]);
         }
         finally { Directory.Delete(folder, recursive: true); }
     }
