@@ -1,5 +1,6 @@
 using System.Numerics;
 using System.Reflection;
+using System.Runtime.CompilerServices;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -99,6 +100,8 @@ public static class SmallBatchLinear
     {
         private readonly nint _x = (nint)x, _w = (nint)w, _b = (nint)b, _y = (nint)y;
 
+        // Optimised from the first call: tier-0 code of these loops is many times slower, and a server's first requests would pay it.
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public void Run(long from, long to)
         {
             float* xs = (float*)_x, ws = (float*)_w, bs = (float*)_b, ys = (float*)_y;
@@ -121,6 +124,7 @@ public static class SmallBatchLinear
 
         // Every row is summed in the same order whether it comes alone or with three others (two accumulators over
         // alternating vectors, then the scalar tail), so a prompt's tokens do not depend on what else is in its batch.
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         private static float Dot(float* w, float* x, long n)
         {
             int width = Vector<float>.Count;
@@ -138,6 +142,7 @@ public static class SmallBatchLinear
         }
 
         // Four rows against one weight row, each exactly as Dot sums it: the weight is loaded once per four products.
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         private static void Dot4(float* w, float* x, long n, out float d0, out float d1, out float d2, out float d3)
         {
             int width = Vector<float>.Count;
