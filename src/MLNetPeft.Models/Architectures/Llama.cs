@@ -112,9 +112,10 @@ public class LlamaForCausalLM : CausalLanguageModel
         long past = cache?.Length ?? 0;
         positionIds ??= DefaultPositions(inputsEmbeds, attentionMask, cache);
         var (cos, sin) = _rotary.Compute(positionIds, inputsEmbeds.dtype);
+        var angles = RotaryEmbedding.ForHeads(cos, sin);
         using var mask = AttentionMask.Causal(inputsEmbeds.shape[1], past, attentionMask, _config.EffectiveSlidingWindow, inputsEmbeds.dtype, inputsEmbeds.device);
         var x = inputsEmbeds;
-        for (int i = 0; i < _layers.Count; i++) x = _layers[i].Forward(x, cos, sin, mask, cache);
+        for (int i = 0; i < _layers.Count; i++) x = _layers[i].Forward(x, angles, mask, cache);
         return _norm.call(x).MoveToOuterDisposeScope();
     }
 
@@ -147,10 +148,11 @@ public sealed class LlamaDecoderLayer : nn.Module
     public LlamaAttention SelfAttention => _selfAttn;
     public LlamaMlp Mlp => _mlp;
 
-    public Tensor Forward(Tensor x, Tensor cos, Tensor sin, AttentionMask mask, KvCache? cache)
+    /// <param name="angles">The rotary angles of the positions, laid out by <see cref="RotaryEmbedding.ForHeads"/>.</param>
+    public Tensor Forward(Tensor x, (Tensor Cos, Tensor SignedSin) angles, AttentionMask mask, KvCache? cache)
     {
         using var scope = NewDisposeScope();
-        x = x.Plus(_selfAttn.Forward(_inputNorm.call(x), cos, sin, mask, cache));
+        x = x.Plus(_selfAttn.Forward(_inputNorm.call(x), angles, mask, cache));
         x = x.Plus(_mlp.call(_postAttentionNorm.call(x)));
         return x.MoveToOuterDisposeScope();
     }
@@ -188,11 +190,12 @@ public sealed class LlamaAttention : nn.Module
     public Linear VProj => _v;
     public Linear OProj => _o;
 
-    public Tensor Forward(Tensor x, Tensor cos, Tensor sin, AttentionMask mask, KvCache? cache)
+    /// <param name="angles">The rotary angles of the positions, laid out by <see cref="RotaryEmbedding.ForHeads"/>.</param>
+    public Tensor Forward(Tensor x, (Tensor Cos, Tensor SignedSin) angles, AttentionMask mask, KvCache? cache)
     {
         using var scope = NewDisposeScope();
-        var q = RotaryEmbedding.Apply(Layers.Attention.SplitHeads(SmallBatchLinear.Call(_q, x), _heads), cos, sin);
-        var k = RotaryEmbedding.Apply(Layers.Attention.SplitHeads(SmallBatchLinear.Call(_k, x), _kvHeads), cos, sin);
+        var q = RotaryEmbedding.Apply(Layers.Attention.SplitHeads(SmallBatchLinear.Call(_q, x), _heads), angles);
+        var k = RotaryEmbedding.Apply(Layers.Attention.SplitHeads(SmallBatchLinear.Call(_k, x), _kvHeads), angles);
         var v = Layers.Attention.SplitHeads(SmallBatchLinear.Call(_v, x), _kvHeads);
         if (cache is not null) (k, v) = cache.Append(_layerIndex, k, v);
         var attended = Layers.Attention.ScaledDotProduct(q, k, v, mask, dropout: training ? _dropout : 0.0);

@@ -129,13 +129,17 @@ public static class Attention
         return StepDropout.Apply(scores.softmax(-1), dropout, true).matmul(value);
     }
 
-    /// <summary>[batch, seq, heads·d] → [batch, heads, seq, d].</summary>
+    /// <summary>[batch, seq, heads·d] → [batch, heads, seq, d]; for one position (decoding) a single view of the same memory.</summary>
     public static Tensor SplitHeads(Tensor x, long heads) =>
-        x.view(x.shape[0], x.shape[1], heads, -1).transpose(1, 2);
+        x.shape[1] == 1 && x.is_contiguous()
+            ? x.view(x.shape[0], heads, 1, -1)
+            : x.view(x.shape[0], x.shape[1], heads, -1).transpose(1, 2);
 
-    /// <summary>[batch, heads, seq, d] → [batch, seq, heads·d].</summary>
+    /// <summary>[batch, heads, seq, d] → [batch, seq, heads·d]; for one position (decoding) a single reshape.</summary>
     public static Tensor MergeHeads(Tensor x) =>
-        x.transpose(1, 2).contiguous().view(x.shape[0], x.shape[2], -1);
+        x.shape[2] == 1
+            ? x.reshape(x.shape[0], 1, -1)
+            : x.transpose(1, 2).contiguous().view(x.shape[0], x.shape[2], -1);
 
     /// <summary>Positions 0..n-1 after the cached ones, or, with left padding, counted over real tokens only (HF's rule).</summary>
     public static Tensor PositionIds(long batch, long queryLength, long pastLength, Tensor? paddingMask, Device device)
