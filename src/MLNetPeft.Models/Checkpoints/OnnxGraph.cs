@@ -33,7 +33,7 @@ public sealed class OnnxGraph
         {
             ReadOnlySpan<byte> graph = default;
             bool found = false;
-            var reader = new Reader(model);
+            var reader = new ProtobufReader(model);
             while (reader.Next(out int field, out int wire))
             {
                 if (field == 7 && wire == 2) { graph = reader.Bytes(); found = true; }   // ModelProto.graph
@@ -54,7 +54,7 @@ public sealed class OnnxGraph
         var initializers = new Dictionary<string, Initializer>(StringComparer.Ordinal);
         var inputs = new List<string>();
         var outputs = new List<string>();
-        var reader = new Reader(graph);
+        var reader = new ProtobufReader(graph);
         while (reader.Next(out int field, out int wire))
         {
             switch (field, wire)
@@ -74,7 +74,7 @@ public sealed class OnnxGraph
         var inputs = new List<string>();
         var outputs = new List<string>();
         string name = "", op = "";
-        var reader = new Reader(node);
+        var reader = new ProtobufReader(node);
         while (reader.Next(out int field, out int wire))
         {
             switch (field, wire)
@@ -91,7 +91,7 @@ public sealed class OnnxGraph
 
     private static string ReadValueInfoName(ReadOnlySpan<byte> valueInfo)
     {
-        var reader = new Reader(valueInfo);
+        var reader = new ProtobufReader(valueInfo);
         while (reader.Next(out int field, out int wire))
         {
             if (field == 1 && wire == 2) return reader.String();
@@ -109,13 +109,13 @@ public sealed class OnnxGraph
         ReadOnlySpan<byte> raw = default;
         var floats = new List<float>();
         bool hasRaw = false;
-        var reader = new Reader(tensor);
+        var reader = new ProtobufReader(tensor);
         while (reader.Next(out int field, out int wire))
         {
             switch (field, wire)
             {
                 case (1, 0): dims.Add((long)reader.Varint()); break;
-                case (1, 2): { var packed = new Reader(reader.Bytes()); while (!packed.End) dims.Add((long)packed.Varint()); break; }
+                case (1, 2): { var packed = new ProtobufReader(reader.Bytes()); while (!packed.End) dims.Add((long)packed.Varint()); break; }
                 case (2, 0): dataType = (int)reader.Varint(); break;
                 case (4, 2): { var bytes = reader.Bytes(); for (int i = 0; i + 4 <= bytes.Length; i += 4) floats.Add(BitConverter.ToSingle(bytes[i..(i + 4)])); break; }
                 case (4, 5): floats.Add(reader.Fixed32Float()); break;
@@ -141,67 +141,5 @@ public sealed class OnnxGraph
             values = [.. floats];
         }
         return new Initializer(name, [.. dims], values);
-    }
-
-    /// <summary>Protobuf wire-format reading over a span.</summary>
-    private ref struct Reader(ReadOnlySpan<byte> data)
-    {
-        private readonly ReadOnlySpan<byte> _data = data;
-        private int _position;
-
-        public readonly bool End => _position >= _data.Length;
-
-        public bool Next(out int field, out int wire)
-        {
-            field = wire = 0;
-            if (End) return false;
-            ulong key = Varint();
-            field = (int)(key >> 3);
-            wire = (int)(key & 7);
-            return true;
-        }
-
-        public ulong Varint()
-        {
-            ulong result = 0;
-            for (int shift = 0; shift < 64; shift += 7)
-            {
-                byte b = _data[_position++];
-                result |= (ulong)(b & 0x7F) << shift;
-                if ((b & 0x80) == 0) return result;
-            }
-            throw new InvalidDataException("a varint is longer than 10 bytes");
-        }
-
-        public ReadOnlySpan<byte> Bytes()
-        {
-            int length = checked((int)Varint());
-            if (length < 0 || _position + length > _data.Length) throw new InvalidDataException("a length runs past the end of the data");
-            var slice = _data.Slice(_position, length);
-            _position += length;
-            return slice;
-        }
-
-        public string String() => Encoding.UTF8.GetString(Bytes());
-
-        public float Fixed32Float()
-        {
-            float value = BitConverter.ToSingle(_data.Slice(_position, 4));
-            _position += 4;
-            return value;
-        }
-
-        public void Skip(int wire)
-        {
-            switch (wire)
-            {
-                case 0: Varint(); break;
-                case 1: _position += 8; break;
-                case 2: Bytes(); break;
-                case 5: _position += 4; break;
-                default: throw new InvalidDataException($"unknown protobuf wire type {wire}");
-            }
-            if (_position > _data.Length) throw new InvalidDataException("a field runs past the end of the data");
-        }
     }
 }

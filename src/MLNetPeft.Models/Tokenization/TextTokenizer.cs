@@ -20,9 +20,11 @@ public sealed class TextTokenizer
     private readonly HashSet<int> _specialIds;
     private readonly bool _addPrefixSpace;
 
-    private TextTokenizer(Tokenizer inner, string kind, Dictionary<string, int> specialTokens, TokenSettings settings, bool addPrefixSpace, ByteLevelBpeModel? byteLevelBpe = null)
+    private TextTokenizer(Tokenizer inner, string kind, Dictionary<string, int> specialTokens, TokenSettings settings, bool addPrefixSpace,
+        ByteLevelBpeModel? byteLevelBpe = null, SentencePieceModel? sentencePiece = null)
     {
         ByteLevelBpe = byteLevelBpe;
+        SentencePiece = sentencePiece;
         ChatTemplateText = settings.ChatTemplate;
         Inner = inner;
         Kind = kind;
@@ -64,6 +66,9 @@ public sealed class TextTokenizer
     /// as they were read: what other formats (GGUF) need to rebuild the same tokenizer. Null for other kinds.
     /// </summary>
     public ByteLevelBpeModel? ByteLevelBpe { get; }
+
+    /// <summary>The pieces, scores and rules of a SentencePiece tokenizer (tokenizer.model), as read. Null for other kinds.</summary>
+    public SentencePieceModel? SentencePiece { get; }
 
     /// <summary>Token ids of <paramref name="text"/>; with <paramref name="addSpecialTokens"/> the model's bos/eos (or [CLS]/[SEP]) are added.</summary>
     public IReadOnlyList<int> Encode(string text, bool addSpecialTokens = true)
@@ -149,9 +154,11 @@ public sealed class TextTokenizer
 
         if (File.Exists(F("tokenizer.model")))
         {
-            using var stream = File.OpenRead(F("tokenizer.model"));
+            var bytes = File.ReadAllBytes(F("tokenizer.model"));
+            var pieces = SentencePieceModel.Read(bytes, F("tokenizer.model"));
+            using var stream = new MemoryStream(bytes, writable: false);
             var sp = LlamaTokenizer.Create(stream, addBeginOfSentence: false, addEndOfSentence: false, specialTokens: added.Count > 0 ? added : null);
-            return new TextTokenizer(sp, "sentencepiece", added, settings with { AddBos = settings.AddBosExplicit ?? true }, false);
+            return new TextTokenizer(sp, "sentencepiece", added, settings with { AddBos = settings.AddBosExplicit ?? true }, false, sentencePiece: pieces);
         }
         if (File.Exists(F("vocab.txt")))
         {
