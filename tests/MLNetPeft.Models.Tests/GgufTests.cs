@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.Text;
 using MLNetPeft.Architectures;
+using MLNetPeft.Architectures.Layers;
 using MLNetPeft.Gguf;
 using MLNetPeft.Tokenization;
 using static TorchSharp.torch;
@@ -14,11 +15,15 @@ public class GgufTests
     private static (CausalLanguageModel Model, TextTokenizer Tokenizer) Tiny(LlamaConfig config) =>
         (TinyModels.Randomize(PretrainedModels.CreateCausalLM(config), 3), TinyTokenizer.Create());
 
-    public static IEnumerable<object[]> Families() => [["llama"], ["llama-tied"], ["qwen2"], ["mistral"]];
+    public static IEnumerable<object[]> Families() => [["llama"], ["llama-tied"], ["llama-rope-llama3"], ["qwen2"], ["mistral"]];
+
+    private static RopeScaling Llama3(double factor, double low, double high, int context) =>
+        new() { RopeType = "llama3", Factor = factor, LowFreqFactor = low, HighFreqFactor = high, OriginalMaxPositionEmbeddings = context };
 
     private static LlamaConfig Config(string family) => family switch
     {
         "llama" => TinyModels.Llama(),
+        "llama-rope-llama3" => TinyModels.Llama(Llama3(8, 1, 4, 16)),
         "llama-tied" => TinyModels.Llama(tie: true),
         "mistral" => TinyModels.Llama(modelType: "mistral", slidingWindow: 32),
         _ => TinyModels.Qwen2(),
@@ -39,6 +44,10 @@ public class GgufTests
         var back = imported.state_dict();
         Assert.Equal(original.Keys.Order(), back.Keys.Order());
         foreach (var (name, t) in original) TensorAssert.BitIdentical(t, back[name], name);
+        var scaling = ((LlamaConfig)imported.Config).RopeScaling;
+        Assert.Equal(((LlamaConfig)model.Config).RopeScaling?.Kind, scaling?.Kind);
+        if (scaling?.Kind == "llama3")   // llama.cpp's rope_freqs.weight read back into HF's parameters
+            Assert.Equal((8.0, 1.0, 4.0, 16), (scaling.Factor!.Value, scaling.LowFreqFactor!.Value, scaling.HighFreqFactor!.Value, scaling.OriginalMaxPositionEmbeddings!.Value));
         var importedTokenizer = TextTokenizer.FromPretrained(dir.File("hf"));
         foreach (var text in Texts) Assert.Equal(tokenizer.Encode(text), importedTokenizer.Encode(text));
         Assert.Equal(tokenizer.EosId, importedTokenizer.EosId);
@@ -196,6 +205,45 @@ public class GgufTests
         }
         Assert.True(failures.Count == 0, $"{failures.Count} of {variants.Count} variants:\n{string.Join("\n", failures.Take(20))}");
         Assert.False(Directory.Exists(dir.File("out")));
+    }
+
+    public static TheoryData<int, double, string> Llama3Models => new()
+    {
+        { 128, 500000, "8,1,4,8192" },     // Llama 3.1
+        { 64, 500000, "32,1,4,8192" },     // Llama 3.2 1B
+        { 64, 10000, "4,2,8,256" },        // low_freq_factor ≠ 1: a different point on the same line
+        { 16, 10000, "8,1,4,16" },         // one blended frequency
+        { 16, 10000, "8,1,4,5" },          // none blended
+    };
+
+    [Theory]
+    [MemberData(nameof(Llama3Models))]
+    public void Llama3_rope_scaling_is_recovered_from_llama_cpp_frequency_divisors(int headDim, double theta, string parameters)
+    {
+        var p = parameters.Split(',').Select(double.Parse).ToArray();
+        var config = new LlamaConfig { HiddenSize = headDim * 2, NumAttentionHeads = 2, RopeTheta = theta, MaxPositionEmbeddings = 131072, RopeScaling = Llama3(p[0], p[1], p[2], (int)p[3]) };
+        var divisors = LlamaGguf.RopeFrequencyFactors(config)!;
+
+        var recovered = LlamaGguf.Llama3ScalingFromFactors(divisors, config, "test.gguf")!;
+        Assert.Equal("llama3", recovered.Kind);
+        Assert.Equal(p[0], recovered.Factor);
+        if (p[1] == 1 && divisors.Count(d => d > 1 + 1e-4 && d < p[0] - 1e-4) >= 1)   // Llama 3's own parameters come back as they were
+            Assert.Equal((p[2], (int)p[3]), (recovered.HighFreqFactor!.Value, recovered.OriginalMaxPositionEmbeddings!.Value));
+        // Whatever the point on the line, the model rotates exactly as llama.cpp does with these divisors.
+        var back = LlamaGguf.RopeFrequencyFactors(new LlamaConfig { HiddenSize = headDim * 2, NumAttentionHeads = 2, RopeTheta = theta, MaxPositionEmbeddings = 131072, RopeScaling = recovered })!;
+        for (int i = 0; i < divisors.Length; i++) Assert.True(Math.Abs(back[i] - divisors[i]) <= 1e-5 * divisors[i], $"divisor {i}: {back[i]} vs {divisors[i]}");
+    }
+
+    [Fact]
+    public void Frequency_divisors_no_llama3_scaling_gives_are_refused()
+    {
+        var config = new LlamaConfig { HiddenSize = 256, NumAttentionHeads = 2, RopeTheta = 500000, MaxPositionEmbeddings = 131072 };
+        Assert.Null(LlamaGguf.Llama3ScalingFromFactors(Enumerable.Repeat(1f, 64).ToArray(), config, "ones.gguf"));
+        var notMonotone = Enumerable.Range(0, 64).Select(i => i % 2 == 0 ? 1f : 3f).ToArray();
+        Assert.Contains("not those of any Llama 3", Assert.Throws<InvalidDataException>(() => LlamaGguf.Llama3ScalingFromFactors(notMonotone, config, "odd.gguf")).Message);
+        Assert.Contains("≥ 1", Assert.Throws<InvalidDataException>(() => LlamaGguf.Llama3ScalingFromFactors(Enumerable.Repeat(0.5f, 64).ToArray(), config, "low.gguf")).Message);
+        Assert.Contains("≥ 1", Assert.Throws<InvalidDataException>(() => LlamaGguf.Llama3ScalingFromFactors(Enumerable.Repeat(float.NaN, 64).ToArray(), config, "nan.gguf")).Message);
+        Assert.Contains("expected 64", Assert.Throws<InvalidDataException>(() => LlamaGguf.Llama3ScalingFromFactors(new float[3], config, "short.gguf")).Message);
     }
 
     [Fact]

@@ -99,6 +99,7 @@ public static class GgufModels
         string arch = LlamaGguf.Architecture(config);
         foreach (var t in file.Tensors)
         {
+            if (t.Name == LlamaGguf.RopeFreqsTensor) continue;   // read into the config's rope_scaling
             if (!GgmlTypes.CanDecode(t.Type))
                 throw new NotSupportedException($"GGUF file '{file.Path}': tensor '{t.Name}' is of type {t.Type}, which this library cannot read; supported: F32, F16, BF16 and Q8_0.");
             if (LlamaGguf.HfName(t.Name) is null)
@@ -148,7 +149,7 @@ public static class GgufModels
     /// <summary>A GGUF file's tensors under their HF names, with the q/k row permutation undone on read.</summary>
     private sealed class HfNamedWeights(GgufFile file, LlamaConfig config, string arch) : ITensorReader
     {
-        private readonly Dictionary<string, string> _ggufOf = file.Tensors.ToDictionary(t => LlamaGguf.HfName(t.Name)!, t => t.Name, StringComparer.Ordinal);
+        private readonly Dictionary<string, string> _ggufOf = file.Tensors.Where(t => t.Name != LlamaGguf.RopeFreqsTensor).ToDictionary(t => LlamaGguf.HfName(t.Name)!, t => t.Name, StringComparer.Ordinal);
 
         public string GgufName(string hfName) => _ggufOf[hfName];
         public string Source => file.Path;

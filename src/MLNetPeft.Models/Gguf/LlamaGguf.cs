@@ -166,10 +166,73 @@ public static partial class LlamaGguf
     public static float[]? RopeFrequencyFactors(LlamaConfig config)
     {
         if (config.RopeScaling?.Kind != "llama3") return null;
-        var (plain, _) = RotaryEmbedding.ComputeInverseFrequencies(config.HeadDim, config.RopeTheta, null, config.MaxPositionEmbeddings);
-        var (scaled, _) = RotaryEmbedding.ComputeInverseFrequencies(config.HeadDim, config.RopeTheta, config.RopeScaling, config.MaxPositionEmbeddings);
+        return FrequencyDivisors(config.HeadDim, config.RopeTheta, config.RopeScaling, config.MaxPositionEmbeddings);
+    }
+
+    private static float[] FrequencyDivisors(int headDim, double theta, RopeScaling scaling, int maxPositions)
+    {
+        var (plain, _) = RotaryEmbedding.ComputeInverseFrequencies(headDim, theta, null, maxPositions);
+        var (scaled, _) = RotaryEmbedding.ComputeInverseFrequencies(headDim, theta, scaling, maxPositions);
         return plain.Zip(scaled, (p, s) => (float)(p / s)).ToArray();
     }
+
+    /// <summary>
+    /// HF's llama3 rope_scaling recovered from the per-frequency divisors <see cref="RopeFrequencyFactors"/> writes (and
+    /// llama.cpp's converter does), or null when every divisor is 1. The divisors depend on factor, low/high_freq_factor and
+    /// original_max_position_embeddings only through the factor and the line s = (L / wavelength − low) / (high − low),
+    /// so any parameters on that line are the same rotation: low_freq_factor = 1 (Llama 3's own) is chosen, and high = 4
+    /// where fewer than two frequencies lie in the blended band to fix the line. The result is accepted only when it
+    /// gives back every divisor.
+    /// </summary>
+    /// <exception cref="InvalidDataException">Divisors that are not finite, below 1, or that no llama3 scaling gives.</exception>
+    public static RopeScaling? Llama3ScalingFromFactors(float[] divisors, LlamaConfig config, string source)
+    {
+        var (plain, _) = RotaryEmbedding.ComputeInverseFrequencies(config.HeadDim, config.RopeTheta, null, config.MaxPositionEmbeddings);
+        if (divisors.Length != plain.Length)
+            throw new InvalidDataException($"GGUF file '{source}': '{RopeFreqsTensor}' has {divisors.Length} divisors; expected {plain.Length}, one per rotary frequency.");
+        if (divisors.Any(d => !float.IsFinite(d) || d < 1 - DivisorTolerance))
+            throw new InvalidDataException($"GGUF file '{source}': '{RopeFreqsTensor}' holds a divisor that is not a finite number ≥ 1; Llama 3 scaling only lowers frequencies.");
+        double factor = divisors.Max();
+        if (factor <= 1 + DivisorTolerance) return null;
+
+        // Per frequency: x = 1 / wavelength and the blend s (0 where divided by the factor, 1 where unchanged).
+        var x = plain.Select(f => f / (2 * Math.PI)).ToArray();
+        var blend = divisors.Select(d => (1 / (double)d - 1 / factor) / (1 - 1 / factor)).ToArray();
+        var band = Enumerable.Range(0, x.Length).Where(i => blend[i] is > BlendTolerance and < 1 - BlendTolerance).ToArray();
+        var candidates = new List<(double Low, double High, double Context)>();
+        if (band.Length >= 2)
+        {
+            // Least squares s = a·x + b; with low = 1: high − low = −1/b and L = a·(high − low).
+            double mx = band.Average(i => x[i]), ms = band.Average(i => blend[i]);
+            double a = band.Sum(i => (x[i] - mx) * (blend[i] - ms)) / band.Sum(i => (x[i] - mx) * (x[i] - mx)), b = ms - a * mx;
+            if (b < 0) candidates.Add((1, 1 - 1 / b, -a / b));
+        }
+        else if (band.Length == 1)
+            candidates.Add((1, 4, (3 * blend[band[0]] + 1) / x[band[0]]));
+        else
+        {
+            // No blended frequency: any L that divides every low frequency and leaves every high one.
+            var lowX = Enumerable.Range(0, x.Length).Where(i => blend[i] <= BlendTolerance).Select(i => x[i]).ToArray();
+            var highX = Enumerable.Range(0, x.Length).Where(i => blend[i] >= 1 - BlendTolerance).Select(i => x[i]).ToArray();
+            double context = Math.Floor(1 / lowX.Max());
+            candidates.Add((1, 4, context));
+            if (highX.Length > 0 && context * highX.Min() > 1) candidates.Add((1, context * highX.Min(), context));
+        }
+        foreach (var (low, high, context) in candidates)
+        {
+            if (!double.IsFinite(context) || context < 1 || context > int.MaxValue || !(high > low)) continue;
+            foreach (var h in new[] { Math.Round(high, 4), high })
+            {
+                var scaling = new RopeScaling { RopeType = "llama3", Factor = factor, LowFreqFactor = low, HighFreqFactor = h, OriginalMaxPositionEmbeddings = (int)Math.Round(context) };
+                var back = FrequencyDivisors(config.HeadDim, config.RopeTheta, scaling, config.MaxPositionEmbeddings);
+                if (back.Zip(divisors).All(p => Math.Abs(p.First - p.Second) <= DivisorTolerance * p.Second)) return scaling;
+            }
+        }
+        throw new InvalidDataException($"GGUF file '{source}': the divisors in '{RopeFreqsTensor}' are not those of any Llama 3 rope scaling (factor {factor}); import of this file is not supported.");
+    }
+
+    // float32 divisors against their double recomputation: a few ulps; blends nearer 0 or 1 than this are the plain bands.
+    private const double DivisorTolerance = 1e-5, BlendTolerance = 1e-4;
 
     /// <summary>The config a GGUF file's hyperparameters describe (vocabulary size from its token list).</summary>
     public static LlamaConfig ReadConfig(GgufFile file)
@@ -218,7 +281,16 @@ public static partial class LlamaGguf
         }
         catch (OverflowException e) { throw new InvalidDataException($"GGUF file '{file.Path}': a hyperparameter does not fit a 32-bit integer.", e); }
         if (file.Contains(RopeFreqsTensor))
-            throw new NotSupportedException($"GGUF file '{file.Path}' has '{RopeFreqsTensor}' (Llama 3 rope scaling as per-frequency factors), from which HF's llama3 rope_scaling parameters cannot be recovered; import of such files is not supported.");
+        {
+            if (config.RopeScaling is not null)
+                throw new NotSupportedException($"GGUF file '{file.Path}' has both {arch}.rope.scaling.type '{config.RopeScaling.Kind}' and '{RopeFreqsTensor}'; HF's rope_scaling holds one kind only.");
+            var shape = file.ShapeOf(RopeFreqsTensor);
+            if (shape.Length != 1 || shape[0] != config.HeadDim / 2)
+                throw new InvalidDataException($"GGUF file '{file.Path}': '{RopeFreqsTensor}' has shape [{string.Join(", ", shape)}]; expected [{config.HeadDim / 2}], one divisor per rotary frequency.");
+            using var stored = file.ReadTensor(RopeFreqsTensor);
+            using var divisors = stored.to_type(ScalarType.Float32);
+            config.RopeScaling = Llama3ScalingFromFactors(divisors.data<float>().ToArray(), config, file.Path);
+        }
         config.TieWordEmbeddingsField = !file.Contains("output.weight");
         config.Architectures = [arch == "qwen2" ? "Qwen2ForCausalLM" : "LlamaForCausalLM"];
         config.TorchDtype = "float32";
