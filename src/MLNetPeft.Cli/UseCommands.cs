@@ -151,7 +151,7 @@ internal static class UseCommands
 
     public static Command Convert(CommandContext context)
     {
-        var command = new Command("convert", "Convert between a model zip, an HF checkpoint folder and GGUF: zip -> folder exports the model (an unmerged adapter to adapter/ in PEFT's format); folder -> zip wraps it for ML.NET; zip or folder -> *.gguf writes llama.cpp's format (an unmerged LoRA adapter beside it as *.lora.gguf); *.gguf -> folder or zip imports a Llama-family GGUF file.");
+        var command = new Command("convert", "Convert between a model zip, an HF checkpoint folder and GGUF: zip -> folder exports the model (an unmerged adapter to adapter/ in PEFT's format); folder -> zip wraps it for ML.NET; zip or folder -> *.gguf writes llama.cpp's format (an unmerged LoRA adapter beside it as *.lora.gguf); *.gguf -> folder or zip imports a Llama-family or GPT-2 GGUF file.");
         var from = new Option<string>("--from") { Description = "A model zip, an HF checkpoint folder, or a .gguf file.", Required = true };
         var to = new Option<string>("--to") { Description = "The folder, zip or .gguf file to write.", Required = true };
         var maxNewTokens = new Option<int>("--max-new-tokens") { Description = "To a zip: tokens the zip generates at most per row.", DefaultValueFactory = _ => 64 };

@@ -12,16 +12,17 @@ public class GgufTests
 {
     private static readonly string[] Texts = ["hello world", "Numbers 123, symbols #!", "two\nlines", ""];
 
-    private static (CausalLanguageModel Model, TextTokenizer Tokenizer) Tiny(LlamaConfig config) =>
+    private static (CausalLanguageModel Model, TextTokenizer Tokenizer) Tiny(ModelConfig config) =>
         (TinyModels.Randomize(PretrainedModels.CreateCausalLM(config), 3), TinyTokenizer.Create());
 
-    public static IEnumerable<object[]> Families() => [["llama"], ["llama-tied"], ["llama-rope-llama3"], ["qwen2"], ["mistral"]];
+    public static IEnumerable<object[]> Families() => [["llama"], ["llama-tied"], ["llama-rope-llama3"], ["qwen2"], ["mistral"], ["gpt2"]];
 
     private static RopeScaling Llama3(double factor, double low, double high, int context) =>
         new() { RopeType = "llama3", Factor = factor, LowFreqFactor = low, HighFreqFactor = high, OriginalMaxPositionEmbeddings = context };
 
-    private static LlamaConfig Config(string family) => family switch
+    private static ModelConfig Config(string family) => family switch
     {
+        "gpt2" => Gpt2(),
         "llama" => TinyModels.Llama(),
         "llama-rope-llama3" => TinyModels.Llama(Llama3(8, 1, 4, 16)),
         "llama-tied" => TinyModels.Llama(tie: true),
@@ -44,8 +45,9 @@ public class GgufTests
         var back = imported.state_dict();
         Assert.Equal(original.Keys.Order(), back.Keys.Order());
         foreach (var (name, t) in original) TensorAssert.BitIdentical(t, back[name], name);
-        var scaling = ((LlamaConfig)imported.Config).RopeScaling;
-        Assert.Equal(((LlamaConfig)model.Config).RopeScaling?.Kind, scaling?.Kind);
+        var scaling = (imported.Config as LlamaConfig)?.RopeScaling;
+        Assert.Equal((model.Config as LlamaConfig)?.RopeScaling?.Kind, scaling?.Kind);
+        Assert.Equal(model.Config.GetType(), imported.Config.GetType());
         if (scaling?.Kind == "llama3")   // llama.cpp's rope_freqs.weight read back into HF's parameters
             Assert.Equal((8.0, 1.0, 4.0, 16), (scaling.Factor!.Value, scaling.LowFreqFactor!.Value, scaling.HighFreqFactor!.Value, scaling.OriginalMaxPositionEmbeddings!.Value));
         var importedTokenizer = TextTokenizer.FromPretrained(dir.File("hf"));
@@ -153,18 +155,12 @@ public class GgufTests
         using var _ = model;
         GgufModels.Export(model, tokenizer, dir.File("m.gguf"), GgufFileType.F32);
         // The same file with ffn_down as Q4_K blocks (256 values per 144 bytes).
-        var writer = new GgufWriter();
-        using (var file = GgufFile.Open(dir.File("m.gguf")))
-        using (var scope = NewDisposeScope())
+        CopyReplacing(dir.File("m.gguf"), dir.File("k.gguf"), (writer, file, t) =>
         {
-            foreach (var (key, value) in file.Metadata) writer.Add(key, value);
-            foreach (var t in file.Tensors)
-            {
-                if (t.Name == "blk.0.ffn_down.weight") writer.AddRawTensor(t.Name, t.Shape, GgmlType.Q4_K, new byte[t.ElementCount / 256 * 144]);
-                else writer.AddTensor(t.Name, file.ReadTensor(t.Name), t.Type);
-            }
-            writer.Save(dir.File("k.gguf"));
-        }
+            if (t.Name != "blk.0.ffn_down.weight") return false;
+            writer.AddRawTensor(t.Name, t.Shape, GgmlType.Q4_K, new byte[t.ElementCount / 256 * 144]);
+            return true;
+        });
         using (var k = GgufFile.Open(dir.File("k.gguf")))
         {
             Assert.Equal(GgmlType.Q4_K, k.Info("blk.0.ffn_down.weight").Type);
@@ -177,16 +173,21 @@ public class GgufTests
         Assert.False(Directory.Exists(dir.File("hf")));
     }
 
-    [Fact]
-    public void Malformed_files_give_InvalidDataException_without_large_allocations()
+    [Theory]
+    [InlineData("llama")]
+    [InlineData("llama-rope-llama3")]
+    [InlineData("gpt2")]
+    public void Malformed_files_give_InvalidDataException_without_large_allocations(string family)
     {
         using var dir = new TempFolder();
-        var (model, tokenizer) = Tiny(TinyModels.Llama());
+        var (model, tokenizer) = Tiny(Config(family));
         using var _ = model;
         GgufModels.Export(model, tokenizer, dir.File("m.gguf"), GgufFileType.F32);
         var valid = File.ReadAllBytes(dir.File("m.gguf"));
         GgufModels.ImportToFolder(dir.File("m.gguf"), dir.File("ok"));   // the unmutated file imports
-        var variants = GgufLayout.Malformed(valid).ToList();
+        long dataEnd;
+        using (var file = GgufFile.Open(dir.File("m.gguf"))) dataEnd = file.DataStart + file.Tensors.Max(t => t.Offset + t.ByteLength);
+        var variants = GgufLayout.Malformed(valid, dataEnd).ToList();
         Assert.True(variants.Count >= 300, $"{variants.Count} variants");
         var failures = new List<string>();
         foreach (var (what, bytes) in variants)
@@ -244,6 +245,44 @@ public class GgufTests
         Assert.Contains("≥ 1", Assert.Throws<InvalidDataException>(() => LlamaGguf.Llama3ScalingFromFactors(Enumerable.Repeat(0.5f, 64).ToArray(), config, "low.gguf")).Message);
         Assert.Contains("≥ 1", Assert.Throws<InvalidDataException>(() => LlamaGguf.Llama3ScalingFromFactors(Enumerable.Repeat(float.NaN, 64).ToArray(), config, "nan.gguf")).Message);
         Assert.Contains("expected 64", Assert.Throws<InvalidDataException>(() => LlamaGguf.Llama3ScalingFromFactors(new float[3], config, "short.gguf")).Message);
+    }
+
+    /// <summary>Copies a GGUF file, letting <paramref name="replace"/> write a tensor differently (it returns true when it did).</summary>
+    private static void CopyReplacing(string source, string destination, Func<GgufWriter, GgufFile, GgufTensorInfo, bool> replace)
+    {
+        var writer = new GgufWriter();
+        using var file = GgufFile.Open(source);
+        using var scope = NewDisposeScope();
+        foreach (var (key, value) in file.Metadata) writer.Add(key, value);
+        foreach (var t in file.Tensors)
+            if (!replace(writer, file, t)) writer.AddTensor(t.Name, file.ReadTensor(t.Name), t.Type);
+        writer.Save(destination);
+    }
+
+    private static Gpt2Config Gpt2()
+    {
+        var config = TinyModels.Gpt2();
+        config.NInner = 48;   // not 4 × n_embd: feed_forward_length must come back as n_inner
+        return config;
+    }
+
+    [Fact]
+    public void A_gpt2_file_whose_head_is_not_its_embedding_is_refused()
+    {
+        using var dir = new TempFolder();
+        var (model, tokenizer) = Tiny(Gpt2());
+        using var _ = model;
+        GgufModels.Export(model, tokenizer, dir.File("tied.gguf"), GgufFileType.F32);
+        CopyReplacing(dir.File("tied.gguf"), dir.File("untied.gguf"), (writer, file, t) =>
+        {
+            if (t.Name != "output.weight") return false;
+            writer.AddTensor(t.Name, file.ReadTensor(t.Name) * 2, t.Type);
+            return true;
+        });
+        var e = Assert.Throws<NotSupportedException>(() => GgufModels.ImportToFolder(dir.File("untied.gguf"), dir.File("hf")));
+        Assert.Contains("output.weight", e.Message);
+        Assert.Contains("ties its head", e.Message);
+        Assert.False(Directory.Exists(dir.File("hf")));
     }
 
     [Fact]
@@ -322,8 +361,12 @@ internal sealed class GgufLayout
         return layout;
     }
 
-    /// <summary>At least 300 corruptions of <paramref name="valid"/>: truncations, lying counts, lengths, types, dimensions and offsets, bad strings, impossible hyperparameters.</summary>
-    public static IEnumerable<(string What, byte[] Bytes)> Malformed(byte[] valid)
+    /// <summary>
+    /// At least 300 corruptions of <paramref name="valid"/>: truncations, lying counts, lengths, types, dimensions and offsets,
+    /// bad strings, impossible hyperparameters. Truncations stop short of <paramref name="dataEnd"/>, the end of the last
+    /// tensor's bytes: the alignment padding after it carries nothing (llama.cpp reads such a file too).
+    /// </summary>
+    public static IEnumerable<(string What, byte[] Bytes)> Malformed(byte[] valid, long dataEnd)
     {
         var layout = Scan(valid);
         byte[] With(long at, ulong value, int width)
@@ -339,7 +382,7 @@ internal sealed class GgufLayout
             long length = layout.HeaderEnd * i / 100;
             yield return ($"truncated to {length} bytes", valid[..(int)length]);
         }
-        foreach (var length in new[] { layout.HeaderEnd + 1, layout.HeaderEnd + 100, valid.Length / 2, valid.Length - 100, valid.Length - 1 })
+        foreach (var length in new[] { layout.HeaderEnd + 1, layout.HeaderEnd + 100, valid.Length / 2, dataEnd - 100, dataEnd - 1 })
             yield return ($"truncated to {length} bytes", valid[..(int)length]);
         yield return ("wrong magic", With(0, 0x46554746, 4));
         yield return ("version 1", With(4, 1, 4));

@@ -68,6 +68,17 @@ public sealed class GgufFile : ITensorReader
 
     public GgufValue? Find(string key) => Metadata.TryGetValue(key, out var v) ? v : null;
 
+    /// <summary>An integer hyperparameter that must be present and fit an int.</summary>
+    public int RequireInt32(string key)
+    {
+        long value = Require(key).AsInteger(key);
+        return value is >= int.MinValue and <= int.MaxValue ? (int)value
+            : throw new InvalidDataException($"GGUF file '{Path}': {key} is {value}, which does not fit a 32-bit integer.");
+    }
+
+    /// <summary>A numeric hyperparameter that must be present.</summary>
+    public double RequireNumber(string key) => Require(key).AsNumber(key);
+
     /// <summary>Opens <paramref name="path"/> and validates its header.</summary>
     /// <exception cref="InvalidDataException">The file is not a well-formed GGUF file (the message says where).</exception>
     public static GgufFile Open(string path)

@@ -86,8 +86,9 @@ public static class GgufModels
     }
 
     /// <summary>
-    /// Converts a GGUF file of the Llama family (F32, F16, BF16 or Q8_0 tensors) into an HF checkpoint folder: config.json,
-    /// model.safetensors in float32 (q/k rows restored to HF's layout) and tokenizer.json + tokenizer_config.json.
+    /// Converts a GGUF file of the Llama family or GPT-2 (F32, F16, BF16 or Q8_0 tensors) into an HF checkpoint folder:
+    /// config.json, model.safetensors in float32 (layout transforms of the converter undone: q/k rows of <c>llama</c>,
+    /// GPT-2's transposed Conv1D weights) and tokenizer.json or tokenizer.model + tokenizer_config.json.
     /// </summary>
     /// <exception cref="InvalidDataException">The file is malformed or its tensors do not fit its hyperparameters.</exception>
     /// <exception cref="NotSupportedException">Another architecture, a tensor type this library cannot read (K-quants, I-quants), or a tensor with no HF counterpart.</exception>
@@ -95,20 +96,18 @@ public static class GgufModels
     {
         TorchRuntime.EnsureAvailable();
         using var file = GgufFile.Open(ggufPath);
-        var config = LlamaGguf.ReadConfig(file);
-        string arch = LlamaGguf.Architecture(config);
         foreach (var t in file.Tensors)
-        {
-            if (t.Name == LlamaGguf.RopeFreqsTensor) continue;   // read into the config's rope_scaling
             if (!GgmlTypes.CanDecode(t.Type))
                 throw new NotSupportedException($"GGUF file '{file.Path}': tensor '{t.Name}' is of type {t.Type}, which this library cannot read; supported: F32, F16, BF16 and Q8_0.");
-            if (LlamaGguf.HfName(t.Name) is null)
-                throw new NotSupportedException($"GGUF file '{file.Path}': tensor '{t.Name}' has no counterpart in the Llama family's HF layout.");
-        }
+        var family = ReadFamily(file);
+        var config = family.Config;
+        foreach (var t in file.Tensors)
+            if (!family.NotWeights.Contains(t.Name) && family.HfName(t.Name) is null)
+                throw new NotSupportedException($"GGUF file '{file.Path}': tensor '{t.Name}' has no counterpart in the {family.Architecture} architecture's HF layout.");
         var tokens = file.Require("tokenizer.ggml.tokens").AsStringArray("tokenizer.ggml.tokens");
-        long vocab = file.Find($"{arch}.vocab_size") is { } v ? v.AsInteger($"{arch}.vocab_size") : tokens.Length;
+        long vocab = file.Find($"{family.Architecture}.vocab_size") is { } v ? v.AsInteger($"{family.Architecture}.vocab_size") : tokens.Length;
         if (vocab != tokens.Length)
-            throw new InvalidDataException($"GGUF file '{file.Path}' says {arch}.vocab_size is {vocab} but lists {tokens.Length} tokens.");
+            throw new InvalidDataException($"GGUF file '{file.Path}' says {family.Architecture}.vocab_size is {vocab} but lists {tokens.Length} tokens.");
         config.VocabSize = tokens.Length;
         int? Id(string key)
         {
@@ -122,7 +121,7 @@ public static class GgufModels
         try { config.Validate(); }
         catch (InvalidDataException e) { throw new InvalidDataException($"GGUF file '{file.Path}': {e.Message}", e); }
 
-        using var weights = new HfNamedWeights(file, config, arch);
+        using var weights = new HfNamedWeights(file, family);
         PretrainedModels.CheckSizes(config, weights, file.Path);
         using var model = PretrainedModels.CreateCausalLM(config);
         var report = model.LoadWeights(weights, file.Path);
@@ -146,29 +145,75 @@ public static class GgufModels
         }
     }
 
-    /// <summary>A GGUF file's tensors under their HF names, with the q/k row permutation undone on read.</summary>
-    private sealed class HfNamedWeights(GgufFile file, LlamaConfig config, string arch) : ITensorReader
+    /// <summary>
+    /// How one architecture's GGUF tensors map onto HF's: the config, llama.cpp name → HF name, which tensors HF stores
+    /// transposed, the converter's layout transform undone (disposing the stored tensor), and tensors that are not weights
+    /// of the HF model.
+    /// </summary>
+    private sealed record Family(string Architecture, ModelConfig Config, Func<string, string?> HfName, Func<string, bool> Transposes,
+        Func<string, Tensor, Tensor> ToHfLayout, IReadOnlySet<string> NotWeights);
+
+    private static Family ReadFamily(GgufFile file)
     {
-        private readonly Dictionary<string, string> _ggufOf = file.Tensors.Where(t => t.Name != LlamaGguf.RopeFreqsTensor).ToDictionary(t => LlamaGguf.HfName(t.Name)!, t => t.Name, StringComparer.Ordinal);
+        string arch = file.Require("general.architecture").AsString("general.architecture");
+        if (arch == Gpt2Gguf.Architecture)
+        {
+            var gpt2 = Gpt2Gguf.ReadConfig(file);
+            var names = Gpt2Gguf.HfNames(gpt2);
+            RequireTiedGpt2Head(file);
+            return new Family(arch, gpt2, n => names.TryGetValue(n, out var hf) ? hf.Hf : null, n => names[n].Transpose,
+                (n, stored) => names[n].Transpose ? Transposed(stored) : stored, new HashSet<string> { Gpt2Gguf.TiedOutput });
+        }
+        var llama = LlamaGguf.ReadConfig(file);
+        arch = LlamaGguf.Architecture(llama);
+        return new Family(arch, llama, LlamaGguf.HfName, _ => false, (n, stored) =>
+        {
+            if (LlamaGguf.PermutedHeads(LlamaGguf.HfName(n)!, llama, arch) is not { } heads) return stored;
+            using (stored)
+            {
+                if (stored.shape[0] % (2 * heads) != 0)
+                    throw new InvalidDataException($"GGUF file '{file.Path}': tensor '{n}' has {stored.shape[0]} rows, not a multiple of 2 × {heads} heads.");
+                return LlamaGguf.FromInterleavedRows(stored, heads);
+            }
+        }, new HashSet<string> { LlamaGguf.RopeFreqsTensor });   // read into the config's rope_scaling
+    }
+
+    private static Tensor Transposed(Tensor stored)
+    {
+        using (stored) return stored.t().contiguous();
+    }
+
+    // HF's GPT2LMHeadModel always ties its head to the embedding; llama.cpp's converter writes the head out as a copy.
+    private static void RequireTiedGpt2Head(GgufFile file)
+    {
+        if (!file.Contains(Gpt2Gguf.TiedOutput)) return;
+        const string embedding = "token_embd.weight";
+        if (!file.Contains(embedding) || !file.ShapeOf(embedding).SequenceEqual(file.ShapeOf(Gpt2Gguf.TiedOutput)))
+            throw new InvalidDataException($"GGUF file '{file.Path}': '{Gpt2Gguf.TiedOutput}' has no '{embedding}' of its shape to be tied to.");
+        using var head = file.ReadTensor(Gpt2Gguf.TiedOutput);
+        using var tokens = file.ReadTensor(embedding);
+        if (!head.bytes.SequenceEqual(tokens.bytes))
+            throw new NotSupportedException($"GGUF file '{file.Path}': '{Gpt2Gguf.TiedOutput}' differs from '{embedding}'; HF's GPT2LMHeadModel ties its head to the embedding, so a GPT-2 with its own head cannot be imported.");
+    }
+
+    /// <summary>A GGUF file's tensors under their HF names, in HF's layout.</summary>
+    private sealed class HfNamedWeights(GgufFile file, Family family) : ITensorReader
+    {
+        private readonly Dictionary<string, string> _ggufOf = file.Tensors.Where(t => !family.NotWeights.Contains(t.Name))
+            .ToDictionary(t => family.HfName(t.Name)!, t => t.Name, StringComparer.Ordinal);
 
         public string GgufName(string hfName) => _ggufOf[hfName];
         public string Source => file.Path;
         public IReadOnlyCollection<string> TensorNames => _ggufOf.Keys;
         public bool Contains(string name) => _ggufOf.ContainsKey(name);
-        public long[] ShapeOf(string name) => file.ShapeOf(_ggufOf[name]);
+        public long[] ShapeOf(string name)
+        {
+            var shape = file.ShapeOf(_ggufOf[name]);
+            return shape.Length == 2 && family.Transposes(_ggufOf[name]) ? [shape[1], shape[0]] : shape;
+        }
         public ScalarType DTypeOf(string name) => file.DTypeOf(_ggufOf[name]);
 
-        public Tensor ReadTensor(string name)
-        {
-            var stored = file.ReadTensor(_ggufOf[name]);
-            if (LlamaGguf.PermutedHeads(name, config, arch) is not { } heads) return stored;
-            if (stored.shape[0] % (2 * heads) != 0)
-            {
-                stored.Dispose();
-                throw new InvalidDataException($"GGUF file '{file.Path}': tensor '{_ggufOf[name]}' has {stored.shape[0]} rows, not a multiple of 2 × {heads} heads.");
-            }
-            using (stored) return LlamaGguf.FromInterleavedRows(stored, heads);
-        }
+        public Tensor ReadTensor(string name) => family.ToHfLayout(_ggufOf[name], file.ReadTensor(_ggufOf[name]));
 
         public void ReadInto(string name, Tensor destination)
         {

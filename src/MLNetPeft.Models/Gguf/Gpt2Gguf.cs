@@ -31,8 +31,35 @@ public static class Gpt2Gguf
         }
         yield return ("transformer.ln_f.weight", "output_norm.weight", false);
         yield return ("transformer.ln_f.bias", "output_norm.bias", false);
-        yield return ("transformer.wte.weight", "output.weight", false);   // the head is tied to the embedding
+        yield return ("transformer.wte.weight", TiedOutput, false);   // the head is tied to the embedding
     }
+
+    /// <summary>The config a gpt2 GGUF file's hyperparameters describe (vocabulary size from its token list), as HF's GPT2LMHeadModel.</summary>
+    public static Gpt2Config ReadConfig(GgufFile file)
+    {
+        int U(string key) => file.RequireInt32($"{Architecture}.{key}");
+        var config = new Gpt2Config
+        {
+            NPositions = U("context_length"),
+            NEmbd = U("embedding_length"),
+            NLayer = U("block_count"),
+            NHead = U("attention.head_count"),
+            LayerNormEpsilon = file.RequireNumber($"{Architecture}.attention.layer_norm_epsilon"),
+            ActivationFunction = "gelu_new",   // the only GELU llama.cpp's gpt2 graph computes
+            Architectures = ["GPT2LMHeadModel"],
+            TorchDtype = "float32",
+        };
+        int feedForward = U("feed_forward_length");
+        config.NInner = feedForward == 4 * config.NEmbd ? null : feedForward;
+        return config;
+    }
+
+    /// <summary>llama.cpp's tensor name → (HF name, whether to transpose back to Conv1D), the tied <c>output.weight</c> left out.</summary>
+    public static Dictionary<string, (string Hf, bool Transpose)> HfNames(Gpt2Config config) =>
+        Weights(config).Where(w => w.Gguf != TiedOutput).ToDictionary(w => w.Gguf, w => (w.Hf, w.Transpose), StringComparer.Ordinal);
+
+    /// <summary>The head llama.cpp's converter writes out although HF ties it to <c>token_embd</c>.</summary>
+    public const string TiedOutput = "output.weight";
 
     /// <exception cref="NotSupportedException">A variant llama.cpp's gpt2 graph does not compute (another activation, per-layer attention scaling).</exception>
     public static void AddHyperparameters(GgufWriter writer, Gpt2Config config)

@@ -242,44 +242,40 @@ public static partial class LlamaGguf
         {
             "llama" => new LlamaConfig(),
             "qwen2" => new Qwen2Config(),
-            _ => throw new NotSupportedException($"GGUF file '{file.Path}' holds a '{arch}' model; this library imports the Llama family: llama (Llama, Mistral, SmolLM) and qwen2."),
+            _ => throw new NotSupportedException($"GGUF file '{file.Path}' holds a '{arch}' model; this library imports llama (Llama, Mistral, SmolLM), qwen2 and gpt2."),
         };
-        int U(string key) => checked((int)file.Require($"{arch}.{key}").AsInteger($"{arch}.{key}"));
-        double F(string key) => file.Require($"{arch}.{key}").AsNumber($"{arch}.{key}");
-        try
+        int U(string key) => file.RequireInt32($"{arch}.{key}");
+        double F(string key) => file.RequireNumber($"{arch}.{key}");
+        config.HiddenSize = U("embedding_length");
+        config.IntermediateSize = U("feed_forward_length");
+        config.NumHiddenLayers = U("block_count");
+        config.NumAttentionHeads = U("attention.head_count");
+        config.NumKeyValueHeads = file.Find($"{arch}.attention.head_count_kv") is null ? null : U("attention.head_count_kv");
+        config.MaxPositionEmbeddings = U("context_length");
+        config.RmsNormEps = F("attention.layer_norm_rms_epsilon");
+        config.RopeTheta = file.Find($"{arch}.rope.freq_base") is null ? 10000.0 : F("rope.freq_base");
+        if (file.Find($"{arch}.attention.key_length") is not null)
         {
-            config.HiddenSize = U("embedding_length");
-            config.IntermediateSize = U("feed_forward_length");
-            config.NumHiddenLayers = U("block_count");
-            config.NumAttentionHeads = U("attention.head_count");
-            config.NumKeyValueHeads = file.Find($"{arch}.attention.head_count_kv") is null ? null : U("attention.head_count_kv");
-            config.MaxPositionEmbeddings = U("context_length");
-            config.RmsNormEps = F("attention.layer_norm_rms_epsilon");
-            config.RopeTheta = file.Find($"{arch}.rope.freq_base") is null ? 10000.0 : F("rope.freq_base");
-            if (file.Find($"{arch}.attention.key_length") is not null)
-            {
-                int key = U("attention.key_length");
-                if (config.NumAttentionHeads <= 0 || key != config.HiddenSize / config.NumAttentionHeads) config.HeadDimField = key;
-            }
-            if (config.NumAttentionHeads <= 0 || config.HiddenSize <= 0)
-                throw new InvalidDataException($"GGUF file '{file.Path}' has {arch}.attention.head_count {config.NumAttentionHeads} and {arch}.embedding_length {config.HiddenSize}; both must be positive.");
-            if (file.Find($"{arch}.rope.dimension_count") is not null && U("rope.dimension_count") != config.HeadDim)
-                throw new InvalidDataException($"GGUF file '{file.Path}': {arch}.rope.dimension_count ({U("rope.dimension_count")}) is not the head size ({config.HeadDim}) its other hyperparameters give; the {arch} architecture rotates whole heads.");
-            config.RopeScaling = file.Find($"{arch}.rope.scaling.type")?.AsString($"{arch}.rope.scaling.type") switch
-            {
-                null or "none" => null,
-                "linear" => new RopeScaling { RopeType = "linear", Factor = F("rope.scaling.factor") },
-                "yarn" => new RopeScaling
-                {
-                    RopeType = "yarn", Factor = F("rope.scaling.factor"),
-                    OriginalMaxPositionEmbeddings = file.Find($"{arch}.rope.scaling.original_context_length") is null ? null : U("rope.scaling.original_context_length"),
-                    BetaFast = file.Find($"{arch}.rope.scaling.yarn_beta_fast") is null ? null : F("rope.scaling.yarn_beta_fast"),
-                    BetaSlow = file.Find($"{arch}.rope.scaling.yarn_beta_slow") is null ? null : F("rope.scaling.yarn_beta_slow"),
-                },
-                var other => throw new NotSupportedException($"GGUF file '{file.Path}' uses rope scaling '{other}'; supported on import: none, linear, yarn."),
-            };
+            int key = U("attention.key_length");
+            if (config.NumAttentionHeads <= 0 || key != config.HiddenSize / config.NumAttentionHeads) config.HeadDimField = key;
         }
-        catch (OverflowException e) { throw new InvalidDataException($"GGUF file '{file.Path}': a hyperparameter does not fit a 32-bit integer.", e); }
+        if (config.NumAttentionHeads <= 0 || config.HiddenSize <= 0)
+            throw new InvalidDataException($"GGUF file '{file.Path}' has {arch}.attention.head_count {config.NumAttentionHeads} and {arch}.embedding_length {config.HiddenSize}; both must be positive.");
+        if (file.Find($"{arch}.rope.dimension_count") is not null && U("rope.dimension_count") != config.HeadDim)
+            throw new InvalidDataException($"GGUF file '{file.Path}': {arch}.rope.dimension_count ({U("rope.dimension_count")}) is not the head size ({config.HeadDim}) its other hyperparameters give; the {arch} architecture rotates whole heads.");
+        config.RopeScaling = file.Find($"{arch}.rope.scaling.type")?.AsString($"{arch}.rope.scaling.type") switch
+        {
+            null or "none" => null,
+            "linear" => new RopeScaling { RopeType = "linear", Factor = F("rope.scaling.factor") },
+            "yarn" => new RopeScaling
+            {
+                RopeType = "yarn", Factor = F("rope.scaling.factor"),
+                OriginalMaxPositionEmbeddings = file.Find($"{arch}.rope.scaling.original_context_length") is null ? null : U("rope.scaling.original_context_length"),
+                BetaFast = file.Find($"{arch}.rope.scaling.yarn_beta_fast") is null ? null : F("rope.scaling.yarn_beta_fast"),
+                BetaSlow = file.Find($"{arch}.rope.scaling.yarn_beta_slow") is null ? null : F("rope.scaling.yarn_beta_slow"),
+            },
+            var other => throw new NotSupportedException($"GGUF file '{file.Path}' uses rope scaling '{other}'; supported on import: none, linear, yarn."),
+        };
         if (file.Contains(RopeFreqsTensor))
         {
             if (config.RopeScaling is not null)
