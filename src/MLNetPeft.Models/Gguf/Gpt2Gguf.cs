@@ -58,6 +58,10 @@ public static class Gpt2Gguf
     public static Dictionary<string, (string Hf, bool Transpose)> HfNames(Gpt2Config config) =>
         Weights(config).Where(w => w.Gguf != TiedOutput).ToDictionary(w => w.Gguf, w => (w.Hf, w.Transpose), StringComparer.Ordinal);
 
+    /// <summary>llama.cpp's name for an HF weight of GPT-2, or null when it has none.</summary>
+    public static string? GgufName(Gpt2Config config, string hfName) =>
+        Weights(config).Where(w => w.Hf == hfName && w.Gguf != TiedOutput).Select(w => w.Gguf).FirstOrDefault();
+
     /// <summary>The head llama.cpp's converter writes out although HF ties it to <c>token_embd</c>.</summary>
     public const string TiedOutput = "output.weight";
 
