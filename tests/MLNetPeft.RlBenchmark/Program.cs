@@ -28,6 +28,7 @@ double lr = double.Parse(Arg("--lr") ?? "1e-3", System.Globalization.CultureInfo
 double beta = double.Parse(Arg("--beta") ?? "0", System.Globalization.CultureInfo.InvariantCulture);
 int rank = int.Parse(Arg("--rank") ?? "8");
 int evalEvery = int.Parse(Arg("--eval-every") ?? "0"); // greedy validation accuracy every this many steps (0: only at the end)
+bool keepBest = args.Contains("--keep-best");            // end with the adapter of the best validation accuracy seen (needs --eval-every)
 
 var heldOutNumbers = new Random(2026).GetItems(Enumerable.Range(0, 50).ToArray(), 50).Distinct().Take(10).Order().ToArray();
 // Five more numbers are kept out of training for validation, so that settings are chosen, as the held-out set measures,
@@ -71,6 +72,7 @@ Console.WriteLine($"Base model: greedy held-out {Greedy(heldOut):P1}, pass@8 hel
 using var adapter = LoraModel.Apply(policy, new LoraConfig { R = rank, LoraAlpha = 2 * rank, TargetModules = [LoraConfig.AllLinear] }, seed: 1);
 var options = new TrainingOptions { MaxSteps = steps, BatchSize = batch, LearningRate = lr, WarmupSteps = 10, WeightDecay = 0, Seed = 1 };
 var clock = Stopwatch.StartNew();
+(double Accuracy, int Step, Dictionary<string, TorchSharp.torch.Tensor> Weights) best = (-1, 0, []);
 var log = new SynchronousProgress<TrainingProgress>(p =>
 {
     if (p.Step % 20 != 0 && p.Step != 1) return;
@@ -79,7 +81,16 @@ var log = new SynchronousProgress<TrainingProgress>(p =>
         ? $"reward {m["reward"]:F3}, zero-std groups {m["frac_reward_zero_std"]:P0}, length {m["completions/mean_length"]:F2}"
         : $"score {m["objective/scores"]:F3}, KL {m["objective/kl"]:F3}, clipfrac {m["policy/clipfrac_avg"]:F3}, value loss {m["loss/value_avg"]:F4}";
     Console.WriteLine($"step {p.Step,4}: loss {p.Loss:F4}, {shown}  [{clock.Elapsed:mm\\:ss}]");
-    if (evalEvery > 0 && p.Step % evalEvery == 0) Console.WriteLine($"step {p.Step,4}: greedy validation {Greedy(validation):P1}");
+    if (evalEvery > 0 && p.Step % evalEvery == 0)
+    {
+        double accuracy = Greedy(validation);
+        Console.WriteLine($"step {p.Step,4}: greedy validation {accuracy:P1}");
+        if (keepBest && accuracy > best.Accuracy)
+        {
+            foreach (var t in best.Weights.Values) t.Dispose();
+            best = (accuracy, p.Step, adapter.AdapterStateDict().ToDictionary(kv => kv.Key, kv => kv.Value.detach().clone().DetachFromDisposeScope()));   // the trainer disposes what a step creates
+        }
+    }
 });
 if (method == "grpo")
 {
@@ -91,6 +102,14 @@ else
     using var valueBackbone = BundledBaseModel.Load();
     var value = new CausalLmForSequenceClassification(valueBackbone, seed: 1);
     new PpoTrainer(policy, value, tokenizer, reward, options, new PpoOptions { Sampling = sampling, NumMiniBatches = 2 }, adapter).Train(train, log);
+}
+if (keepBest && best.Weights.Count > 0)
+{
+    var current = adapter.AdapterStateDict();
+    using (TorchSharp.torch.no_grad())
+        foreach (var (name, weight) in best.Weights) current[name].copy_(weight);
+    foreach (var t in best.Weights.Values) t.Dispose();
+    Console.WriteLine($"Kept the adapter of step {best.Step} (greedy validation {best.Accuracy:P1}).");
 }
 Console.WriteLine($"After {method} ({steps} steps, lr {lr}, β {beta}, LoRA r {rank}, {clock.Elapsed:mm\\:ss}): greedy held-out {Greedy(heldOut):P1}, pass@8 held-out {PassAt(8, heldOut):P1}, greedy validation {Greedy(validation):P1}");
 
