@@ -70,6 +70,29 @@ public class PreferenceLearningTests(Xunit.Abstractions.ITestOutputHelper output
         Assert.Equal(expected, await FreshProcess.RunAsync(path, rows, ["Score"], dir.Path));
     }
 
+    [Theory]
+    [InlineData(FineTuningMethod.Ia3, "model.layers.0.mlp.down_proj.weight", "model.layers.0.self_attn.q_proj.weight")]
+    [InlineData(FineTuningMethod.LayerNorm, "model.layers.0.input_layernorm.weight", "model.layers.0.self_attn.q_proj.weight")]
+    [InlineData(FineTuningMethod.Lora, "model.layers.0.self_attn.q_proj.weight", "model.layers.0.input_layernorm.weight")]
+    public void OtherPeftMethodsTrainTheRewardModelsBackboneWhereTheyAct(FineTuningMethod method, string adapted, string untouched)
+    {
+        var ml = new MLContext(seed: 1);
+        using var model = BundledBaseModel.Load();
+        var options = RewardOptions(steps: 6);
+        options.Method = method;
+        options.Training.LearningRate = 2e-2;
+        using var rewardModel = ml.Transforms.Text.TrainRewardModel(model, BundledBaseModel.LoadTokenizer(), options).Fit(ml.Data.LoadFromEnumerable(Pairs(heldOut: false, seed: 1)));
+        // The tuned weights (merged into the backbone) moved where the method acts and nowhere else; the head trains besides.
+        using var scope = TorchSharp.torch.NewDisposeScope();
+        var before = model.state_dict();
+        var after = rewardModel.Model.state_dict();
+        double Change(string name) => (after[name] - before[name]).abs().max().item<float>();
+        output.WriteLine($"{method}: max change {Change(adapted):E2} in {adapted}, {Change(untouched):E2} in {untouched}; {rewardModel.TrainedParameters:N0} parameters trained");
+        Assert.True(Change(adapted) > 1e-4, $"{adapted} did not move");
+        Assert.Equal(0, Change(untouched));
+        Assert.True(rewardModel.TrainedParameters > ((MLNetPeft.Architectures.LlamaConfig)model.Config).HiddenSize, "only the head trained");
+    }
+
     [Fact]
     public void BadPreferenceInputIsNamedAtFit()
     {
