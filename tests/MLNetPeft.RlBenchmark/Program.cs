@@ -27,6 +27,7 @@ int steps = int.Parse(Arg("--steps") ?? "200");
 double lr = double.Parse(Arg("--lr") ?? "1e-3", System.Globalization.CultureInfo.InvariantCulture);
 double beta = double.Parse(Arg("--beta") ?? "0", System.Globalization.CultureInfo.InvariantCulture);
 int rank = int.Parse(Arg("--rank") ?? "8");
+int generations = int.Parse(Arg("--generations") ?? "8");   // GRPO's completions per prompt (batch = prompts × this)
 int evalEvery = int.Parse(Arg("--eval-every") ?? "0"); // greedy validation accuracy every this many steps (0: only at the end)
 bool keepBest = args.Contains("--keep-best");            // end with the adapter of the best validation accuracy seen (needs --eval-every)
 
@@ -94,7 +95,7 @@ var log = new SynchronousProgress<TrainingProgress>(p =>
 });
 if (method == "grpo")
 {
-    new GrpoTrainer(policy, tokenizer, [new WeightedReward("sum", reward)], options, new GrpoOptions { NumGenerations = 8, Beta = beta, Sampling = sampling }, adapter).Train(train, log);
+    new GrpoTrainer(policy, tokenizer, [new WeightedReward("sum", reward)], options, new GrpoOptions { NumGenerations = generations, Beta = beta, Sampling = sampling }, adapter).Train(train, log);
 }
 else
 {
@@ -111,6 +112,6 @@ if (keepBest && best.Weights.Count > 0)
     foreach (var t in best.Weights.Values) t.Dispose();
     Console.WriteLine($"Kept the adapter of step {best.Step} (greedy validation {best.Accuracy:P1}).");
 }
-Console.WriteLine($"After {method} ({steps} steps, lr {lr}, β {beta}, LoRA r {rank}, {clock.Elapsed:mm\\:ss}): greedy held-out {Greedy(heldOut):P1}, pass@8 held-out {PassAt(8, heldOut):P1}, greedy validation {Greedy(validation):P1}");
+Console.WriteLine($"After {method} ({steps} steps, lr {lr}, β {beta}, LoRA r {rank}, G {generations}, {clock.Elapsed:mm\\:ss}): greedy held-out {Greedy(heldOut):P1}, pass@8 held-out {PassAt(8, heldOut):P1}, greedy validation {Greedy(validation):P1}");
 
 string? Arg(string name) => Array.IndexOf(args, name) is var i and >= 0 && i + 1 < args.Length ? args[i + 1] : null;
