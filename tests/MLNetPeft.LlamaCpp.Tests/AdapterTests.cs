@@ -5,10 +5,8 @@ using Xunit.Abstractions;
 namespace MLNetPeft.LlamaCpp.Tests;
 
 /// <summary>llama.cpp applies our LoRA adapters, exported unmerged, and computes the logits of our adapted model.</summary>
-public sealed class AdapterTests(ITestOutputHelper output) : IDisposable
+public sealed class AdapterTests(ITestOutputHelper output) : FolderPerTestClass("mlnetpeft-gguf-lora-")
 {
-    private readonly string _folder = Directory.CreateTempSubdirectory("mlnetpeft-gguf-lora-").FullName;
-
     [Theory]
     [InlineData("llama-gqa-untied", "plain")]
     [InlineData("llama-gqa-untied", "rslora-patterns")]
@@ -19,7 +17,7 @@ public sealed class AdapterTests(ITestOutputHelper output) : IDisposable
     {
         using var model = TinyModels.Create(variant);
         var tokenizer = TinyModels.Tokenizer;
-        var basePath = Path.Combine(_folder, $"{variant}-base.gguf");
+        var basePath = Path.Combine(Folder, $"{variant}-base.gguf");
         GgufModels.Export(model, tokenizer, basePath, GgufFileType.F32);
         var config = new LoraConfig
         {
@@ -38,7 +36,7 @@ public sealed class AdapterTests(ITestOutputHelper output) : IDisposable
             config.AlphaPattern = new() { ["k_proj"] = 3 };
         }
         using var lora = LoraModel.Apply(model, config, seed: 11);
-        var adapterPath = Path.Combine(_folder, $"{variant}-{kind}-lora.gguf");
+        var adapterPath = Path.Combine(Folder, $"{variant}-{kind}-lora.gguf");
         LoraGguf.Save(lora, adapterPath);
 
         var ids = tokenizer.Encode("The capital of Norland is Vell. What is the capital of Norland?").ToList();
@@ -62,13 +60,8 @@ public sealed class AdapterTests(ITestOutputHelper output) : IDisposable
     {
         using var model = TinyModels.Create("llama-gqa-untied");
         using var dora = LoraModel.Apply(model, new LoraConfig { UseDora = true });
-        var e = Assert.Throws<NotSupportedException>(() => LoraGguf.Save(dora, Path.Combine(_folder, "dora.gguf")));
+        var e = Assert.Throws<NotSupportedException>(() => LoraGguf.Save(dora, Path.Combine(Folder, "dora.gguf")));
         Assert.Contains("DoRA", e.Message);
-        Assert.False(File.Exists(Path.Combine(_folder, "dora.gguf")));
-    }
-
-    public void Dispose()
-    {
-        try { Directory.Delete(_folder, recursive: true); } catch (IOException) { }
+        Assert.False(File.Exists(Path.Combine(Folder, "dora.gguf")));
     }
 }

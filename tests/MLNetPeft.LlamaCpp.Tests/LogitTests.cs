@@ -15,10 +15,8 @@ namespace MLNetPeft.LlamaCpp.Tests;
 /// largest value), bounded at 1e-2 and 8e-2 relative (measured: at most 1.8e-3 and 5.2e-2, the largest on the tiny random
 /// models, whose activations are large; 1.1e-2 on the bundled model). The difference to our original float32 model is printed too.
 /// </summary>
-public sealed class LogitTests(ITestOutputHelper output) : IDisposable
+public sealed class LogitTests(ITestOutputHelper output) : FolderPerTestClass("mlnetpeft-gguf-")
 {
-    private readonly string _folder = Directory.CreateTempSubdirectory("mlnetpeft-gguf-").FullName;
-
     private static readonly string[] Texts =
     [
         "The capital of Norland is Vell. What is the capital of Norland?",
@@ -43,7 +41,7 @@ public sealed class LogitTests(ITestOutputHelper output) : IDisposable
     {
         using var model = variant == "bundled" ? PretrainedModels.LoadCausalLM(BundledBaseModel.Folder) : TinyModels.Create(variant);
         var tokenizer = TinyModels.Tokenizer;
-        var path = Path.Combine(_folder, $"{variant}-{fileType}.gguf");
+        var path = Path.Combine(Folder, $"{variant}-{fileType}.gguf");
         GgufModels.Export(model, tokenizer, path, fileType);
         var ids = Ids(tokenizer);
         float[][] theirs;
@@ -71,7 +69,7 @@ public sealed class LogitTests(ITestOutputHelper output) : IDisposable
         using (TorchSharp.torch.no_grad())
             foreach (var (name, p) in model.named_parameters())
                 if (name.Contains(".mlp.c_fc.", StringComparison.Ordinal)) p.zero_();
-        var path = Path.Combine(_folder, "gpt2-zero-mlp.gguf");
+        var path = Path.Combine(Folder, "gpt2-zero-mlp.gguf");
         GgufModels.Export(model, TinyModels.Tokenizer, path, GgufFileType.F32);
         var ids = Ids(TinyModels.Tokenizer);
         using var llama = new LlamaCpp(path);
@@ -90,7 +88,7 @@ public sealed class LogitTests(ITestOutputHelper output) : IDisposable
     {
         using var model = variant == "bundled" ? PretrainedModels.LoadCausalLM(BundledBaseModel.Folder) : TinyModels.Create(variant);
         var tokenizer = TinyModels.Tokenizer;
-        var path = Path.Combine(_folder, $"{variant}-greedy.gguf");
+        var path = Path.Combine(Folder, $"{variant}-greedy.gguf");
         GgufModels.Export(model, tokenizer, path, GgufFileType.F32);
         var prompt = tokenizer.Encode("### Instruction:\nWhat is the capital of Norland?\n\n### Response:\n");
         var ours = new TextGenerator(model, tokenizer).GenerateFromIds([prompt], new GenerationOptions { MaxNewTokens = 64, StopTokenIds = [] })[0].TokenIds;
@@ -110,7 +108,7 @@ public sealed class LogitTests(ITestOutputHelper output) : IDisposable
         // The bundled vocabulary under each pre-tokenizer llama.cpp implements: the regexes split text differently.
         var tokenizer = preTokenizer == "gpt-2" ? TinyModels.Tokenizer : WithPattern(GgufTokenizer.PreTokenizerPatterns[preTokenizer]);
         using var model = TinyModels.Create("llama-mha-tied");
-        var path = Path.Combine(_folder, $"tokenizer-{preTokenizer}.gguf");
+        var path = Path.Combine(Folder, $"tokenizer-{preTokenizer}.gguf");
         GgufModels.Export(model, tokenizer, path, GgufFileType.F16);
         using var llama = new LlamaCpp(path);
         int agree = 0;
@@ -138,7 +136,7 @@ public sealed class LogitTests(ITestOutputHelper output) : IDisposable
 
     private TextTokenizer WithPattern(string pattern)
     {
-        var folder = Path.Combine(_folder, "tokenizer-" + Math.Abs(pattern.GetHashCode()));
+        var folder = Path.Combine(Folder, "tokenizer-" + Math.Abs(pattern.GetHashCode()));
         Directory.CreateDirectory(folder);
         var bpe = TinyModels.Tokenizer.ByteLevelBpe!;
         var json = new System.Text.Json.Nodes.JsonObject
@@ -161,10 +159,5 @@ public sealed class LogitTests(ITestOutputHelper output) : IDisposable
         File.WriteAllText(Path.Combine(folder, "tokenizer.json"), json.ToJsonString());
         File.WriteAllText(Path.Combine(folder, "tokenizer_config.json"), "{\"eos_token\": \"<|endoftext|>\", \"bos_token\": \"<|endoftext|>\", \"add_bos_token\": false}");
         return TextTokenizer.FromPretrained(folder);
-    }
-
-    public void Dispose()
-    {
-        try { Directory.Delete(_folder, recursive: true); } catch (IOException) { }
     }
 }

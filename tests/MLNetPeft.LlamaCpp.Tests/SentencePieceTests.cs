@@ -10,10 +10,8 @@ namespace MLNetPeft.LlamaCpp.Tests;
 /// from, and import must give that tokenizer back. The vocabulary is generated here (no SentencePiece model ships with the
 /// repository's data): every piece of up to six characters of the words below, scored by frequency, over byte fallback.
 /// </summary>
-public sealed class SentencePieceTests(ITestOutputHelper output) : IDisposable
+public sealed class SentencePieceTests(ITestOutputHelper output) : FolderPerTestClass("mlnetpeft-spm-")
 {
-    private readonly string _folder = Directory.CreateTempSubdirectory("mlnetpeft-spm-").FullName;
-
     private static readonly string[] Corpus =
     [
         "The capital of Norland is Vell. What is the capital of Norland? The river that runs through Vell is the Orm.",
@@ -59,7 +57,7 @@ public sealed class SentencePieceTests(ITestOutputHelper output) : IDisposable
 
     private TextTokenizer WriteTokenizer(string name, SentencePieceModel model)
     {
-        var folder = Path.Combine(_folder, name);
+        var folder = Path.Combine(Folder, name);
         Directory.CreateDirectory(folder);
         File.WriteAllBytes(Path.Combine(folder, "tokenizer.model"), model.ToBytes());
         File.WriteAllText(Path.Combine(folder, "tokenizer_config.json"),
@@ -75,7 +73,7 @@ public sealed class SentencePieceTests(ITestOutputHelper output) : IDisposable
         Assert.Equal("sentencepiece", tokenizer.Kind);
         Assert.Equal(model.Pieces, tokenizer.SentencePiece!.Pieces);
         using var lm = TinyModels.Create("llama-gqa-untied");
-        var path = Path.Combine(_folder, "spm.gguf");
+        var path = Path.Combine(Folder, "spm.gguf");
         GgufModels.Export(lm, tokenizer, path, GgufFileType.F32);
 
         int agree = 0;
@@ -94,7 +92,7 @@ public sealed class SentencePieceTests(ITestOutputHelper output) : IDisposable
         output.WriteLine($"| SentencePiece BPE ({model.Pieces.Count} pieces, byte fallback) | {agree}/{Texts.Length} texts tokenized identically |");
         Assert.Equal(Texts.Length, agree);
 
-        var imported = Path.Combine(_folder, "imported");
+        var imported = Path.Combine(Folder, "imported");
         GgufModels.ImportToFolder(path, imported);
         var back = TextTokenizer.FromPretrained(imported);
         Assert.Equal("sentencepiece", back.Kind);
@@ -118,11 +116,9 @@ public sealed class SentencePieceTests(ITestOutputHelper output) : IDisposable
         })
         {
             var tokenizer = WriteTokenizer(name, changed);
-            var e = Assert.Throws<NotSupportedException>(() => GgufModels.Export(lm, tokenizer, Path.Combine(_folder, name + ".gguf"), GgufFileType.F32));
+            var e = Assert.Throws<NotSupportedException>(() => GgufModels.Export(lm, tokenizer, Path.Combine(Folder, name + ".gguf"), GgufFileType.F32));
             output.WriteLine($"{name}: {e.Message}");
-            Assert.False(File.Exists(Path.Combine(_folder, name + ".gguf")));
+            Assert.False(File.Exists(Path.Combine(Folder, name + ".gguf")));
         }
     }
-
-    public void Dispose() => Directory.Delete(_folder, recursive: true);
 }
