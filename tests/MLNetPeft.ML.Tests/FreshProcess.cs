@@ -31,6 +31,11 @@ internal static class FreshProcess
         var helper = AppContext.BaseDirectory.Replace("MLNetPeft.ML.Tests", "MLNetPeft.ML.FreshProcess") + "MLNetPeft.ML.FreshProcess.dll";
         Assert.True(File.Exists(helper), helper);
         var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        // The helper loads the zip and ends without disposing the model, as many apps do: the files the model unpacked
+        // into the temp folder must go all the same.
+        var temp = Path.Combine(scratchFolder, $"tmp-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(temp);
+        start.Environment["TMPDIR"] = temp;
         foreach (var a in new[] { helper, modelPath, rowsPath }.Concat(columns)) start.ArgumentList.Add(a);
         using var process = Process.Start(start)!;
         var stdout = process.StandardOutput.ReadToEndAsync();
@@ -38,6 +43,7 @@ internal static class FreshProcess
         using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(2));
         await process.WaitForExitAsync(timeout.Token);
         Assert.True(process.ExitCode == 0, await stderr);
+        Assert.Empty(Directory.GetFileSystemEntries(temp, "mlnetpeft-model-*"));
         return (await stdout).Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => l.TrimEnd('\r')).ToList();
     }
 }

@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using System.Security.Cryptography;
 using Microsoft.ML;
 
@@ -9,7 +10,7 @@ namespace MLNetPeft.ML.Persistence;
 /// Into and out of the ML.NET model zip the files stream in chunks, one binary stream each, so files over 2 GiB work
 /// and nothing is held whole in memory. The zip records each file's length and SHA-256, and loading checks both
 /// while it copies: a damaged or truncated zip fails naming the file instead of loading something else. The folder is
-/// deleted when the object is disposed (or collected).
+/// deleted when the object is disposed (or collected, or when the process exits).
 /// </summary>
 internal sealed class StoredFolder : IDisposable
 {
@@ -23,6 +24,11 @@ internal sealed class StoredFolder : IDisposable
 
     private readonly Dictionary<string, string> _sha256;
     private int _disposed;
+
+    // Finalizers do not run when a process exits: a process that loads a model and ends without disposing it (an app,
+    // the CLI, a fresh-process test) would leave a model-sized folder in the temp directory each time.
+    private static readonly ConcurrentDictionary<string, byte> s_owned = new(StringComparer.Ordinal);
+    static StoredFolder() => AppDomain.CurrentDomain.ProcessExit += (_, _) => { foreach (var path in s_owned.Keys) Remove(path); };
 
     private StoredFolder(string path, Dictionary<string, string> sha256)
     {
@@ -59,7 +65,7 @@ internal sealed class StoredFolder : IDisposable
         }
         catch
         {
-            Directory.Delete(owned, recursive: true);
+            Remove(owned);
             throw;
         }
     }
@@ -124,7 +130,7 @@ internal sealed class StoredFolder : IDisposable
         }
         catch
         {
-            Directory.Delete(owned, recursive: true);
+            Remove(owned);
             throw;
         }
     }
@@ -160,15 +166,22 @@ internal sealed class StoredFolder : IDisposable
     {
         var folder = System.IO.Path.Combine(System.IO.Path.GetTempPath(), "mlnetpeft-model-" + Guid.NewGuid().ToString("N"));
         Directory.CreateDirectory(folder);
+        s_owned[folder] = 0;
         return folder;
     }
 
     private void Delete()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
-        try { Directory.Delete(Path, recursive: true); }
+        Remove(Path);
+    }
+
+    private static void Remove(string folder)
+    {
+        try { Directory.Delete(folder, recursive: true); }
         catch (IOException) { }
         catch (UnauthorizedAccessException) { }
+        s_owned.TryRemove(folder, out _);
     }
 
     public void Dispose()
