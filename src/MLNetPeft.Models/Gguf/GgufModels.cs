@@ -147,8 +147,8 @@ public static class GgufModels
 
     /// <summary>
     /// How one architecture's GGUF tensors map onto HF's: the config, llama.cpp name → HF name, which tensors HF stores
-    /// transposed, the converter's layout transform undone (disposing the stored tensor), and tensors that are not weights
-    /// of the HF model.
+    /// transposed, any other layout transform of the converter undone (disposing the stored tensor), and tensors that are
+    /// not weights of the HF model.
     /// </summary>
     private sealed record Family(string Architecture, ModelConfig Config, Func<string, string?> HfName, Func<string, bool> Transposes,
         Func<string, Tensor, Tensor> ToHfLayout, IReadOnlySet<string> NotWeights);
@@ -162,7 +162,7 @@ public static class GgufModels
             var names = Gpt2Gguf.HfNames(gpt2);
             RequireTiedGpt2Head(file);
             return new Family(arch, gpt2, n => names.TryGetValue(n, out var hf) ? hf.Hf : null, n => names[n].Transpose,
-                (n, stored) => names[n].Transpose ? Transposed(stored) : stored, new HashSet<string> { Gpt2Gguf.TiedOutput });
+                (_, stored) => stored, new HashSet<string> { Gpt2Gguf.TiedOutput });
         }
         var llama = LlamaGguf.ReadConfig(file);
         arch = LlamaGguf.Architecture(llama);
@@ -176,11 +176,6 @@ public static class GgufModels
                 return LlamaGguf.FromInterleavedRows(stored, heads);
             }
         }, new HashSet<string> { LlamaGguf.RopeFreqsTensor });   // read into the config's rope_scaling
-    }
-
-    private static Tensor Transposed(Tensor stored)
-    {
-        using (stored) return stored.t().contiguous();
     }
 
     // HF's GPT2LMHeadModel always ties its head to the embedding; llama.cpp's converter writes the head out as a copy.
@@ -213,7 +208,17 @@ public static class GgufModels
         }
         public ScalarType DTypeOf(string name) => file.DTypeOf(_ggufOf[name]);
 
-        public Tensor ReadTensor(string name) => family.ToHfLayout(_ggufOf[name], file.ReadTensor(_ggufOf[name]));
+        public Tensor ReadTensor(string name)
+        {
+            string gguf = _ggufOf[name];
+            var stored = file.ReadTensor(gguf);
+            if (family.Transposes(gguf))
+            {
+                using var linearLayout = stored;
+                stored = linearLayout.t().contiguous();
+            }
+            return family.ToHfLayout(gguf, stored);
+        }
 
         public void ReadInto(string name, Tensor destination)
         {
