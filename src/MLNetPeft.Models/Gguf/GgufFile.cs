@@ -76,6 +76,15 @@ public sealed class GgufFile : ITensorReader
             : throw new InvalidDataException($"GGUF file '{Path}': {key} is {value}, which does not fit a 32-bit integer.");
     }
 
+    /// <summary>A token id under <paramref name="key"/> (bos, eos, pad …), or null when absent; an id outside the <paramref name="tokenCount"/> tokens is an error.</summary>
+    public int? FindTokenId(string key, int tokenCount)
+    {
+        if (Find(key) is not { } value) return null;
+        long id = value.AsInteger(key);
+        return id >= 0 && id < tokenCount ? (int)id
+            : throw new InvalidDataException($"GGUF file '{Path}': {key} is {id}, outside the {tokenCount} tokens.");
+    }
+
     /// <summary>A numeric hyperparameter that must be present.</summary>
     public double RequireNumber(string key) => Require(key).AsNumber(key);
 

@@ -109,15 +109,9 @@ public static class GgufModels
         if (vocab != tokens.Length)
             throw new InvalidDataException($"GGUF file '{file.Path}' says {family.Architecture}.vocab_size is {vocab} but lists {tokens.Length} tokens.");
         config.VocabSize = tokens.Length;
-        int? Id(string key)
-        {
-            if (file.Find(key) is not { } value) return null;
-            long id = value.AsInteger(key);
-            return id >= 0 && id < tokens.Length ? (int)id : throw new InvalidDataException($"GGUF file '{file.Path}': {key} is {id}, outside the {tokens.Length} tokens.");
-        }
-        config.BosTokenId = Id("tokenizer.ggml.bos_token_id");
-        config.PadTokenId = Id("tokenizer.ggml.padding_token_id");
-        if (Id("tokenizer.ggml.eos_token_id") is { } eos) config.EosTokenIdNode = JsonValue.Create(eos);
+        config.BosTokenId = file.FindTokenId("tokenizer.ggml.bos_token_id", tokens.Length);
+        config.PadTokenId = file.FindTokenId("tokenizer.ggml.padding_token_id", tokens.Length);
+        if (file.FindTokenId("tokenizer.ggml.eos_token_id", tokens.Length) is { } eos) config.EosTokenIdNode = JsonValue.Create(eos);
         try { config.Validate(); }
         catch (InvalidDataException e) { throw new InvalidDataException($"GGUF file '{file.Path}': {e.Message}", e); }
 

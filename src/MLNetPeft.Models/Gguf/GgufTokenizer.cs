@@ -186,14 +186,9 @@ public static class GgufTokenizer
             if (tokens[id].Length == 0) throw new InvalidDataException($"GGUF file '{file.Path}' has an empty token (id {id}).");
             if (!seen.Add(tokens[id])) throw new InvalidDataException($"GGUF file '{file.Path}' has token '{tokens[id]}' twice (id {id}).");
         }
-        int Id(string key, int fallback)
-        {
-            if (file.Find(key) is not { } value) return fallback;
-            long id = value.AsInteger(key);
-            return id >= 0 && id < tokens.Length ? (int)id : throw new InvalidDataException($"GGUF file '{file.Path}': {key} {id} is not a token id.");
-        }
+        int Id(string key, int fallback) => file.FindTokenId(key, tokens.Length) ?? fallback;
         int unk = Id("tokenizer.ggml.unknown_token_id", 0), bos = Id("tokenizer.ggml.bos_token_id", 1), eos = Id("tokenizer.ggml.eos_token_id", 2);
-        int pad = file.Find("tokenizer.ggml.padding_token_id") is null ? -1 : Id("tokenizer.ggml.padding_token_id", -1);
+        int pad = Id("tokenizer.ggml.padding_token_id", -1);
         bool addSpacePrefix = file.Find("tokenizer.ggml.add_space_prefix")?.AsBool("tokenizer.ggml.add_space_prefix") ?? true;
         // Microsoft.ML.Tokenizers finds a byte's piece by its offset from <0x00>: byte pieces must be all 256, in order.
         int firstByte = Array.IndexOf(types, Byte);
