@@ -99,21 +99,15 @@ internal static class SyntheticWorldBenchmark
             var clock = Stopwatch.StartNew();
             using var reward = ml.Transforms.Text.TrainRewardModel(backbone, tokenizer, options).Fit(trainView);
             double seconds = clock.Elapsed.TotalSeconds;
-            double Accuracy(PreferenceRow[] rows, Func<PreferenceRow, bool>? where = null)
-            {
-                var chosen = reward.Score(rows.Select(r => r.Prompt).ToList(), rows.Select(r => r.Chosen).ToList());
-                var rejected = reward.Score(rows.Select(r => r.Prompt).ToList(), rows.Select(r => r.Rejected).ToList());
-                var kept = Enumerable.Range(0, rows.Length).Where(i => where?.Invoke(rows[i]) ?? true).ToList();
-                return RewardMetrics.Of(kept.Select(i => chosen[i]).ToList(), kept.Select(i => rejected[i]).ToList()).Accuracy;
-            }
-            double val = Accuracy(validation);
-            var line = $"| {(method switch { FineTuningMethod.Full => "full", FineTuningMethod.Lora => $"LoRA r 8 {targets ?? "all-linear"}", _ => method.ToString() })}, {steps} steps, lr {lr} | {val:P1} | {Accuracy(heldOut):P1} | {Accuracy(heldOut, r => !Rambling(r)):P1} | {Accuracy(heldOut, Rambling):P1} | {TimeSpan.FromSeconds(seconds):mm\\:ss} |";
-            Console.WriteLine(line);
+            var (val, line) = RewardRow($"{(method switch { FineTuningMethod.Full => "full", FineTuningMethod.Lora => $"LoRA r 8 {targets ?? "all-linear"}", _ => method.ToString() })}, {steps} steps, lr {lr}",
+                reward, validation, heldOut, seconds);
             if (val > best.Validation) best = (val, line);
         }
-        Console.WriteLine($"chosen on validation: {best.Line}");
-        Console.WriteLine();
-        if (rewardOnly) return;
+        if (rewardOnly)
+        {
+            Console.WriteLine($"chosen on validation: {best.Line}");
+            return;
+        }
 
         // DPO against SFT on the chosen responses, the same LoRA, steps and learning rate.
         var heldOutView = ml.Data.LoadFromEnumerable(heldOut);
@@ -122,19 +116,47 @@ internal static class SyntheticWorldBenchmark
         using (var untouched = ml.Transforms.Text.GenerateText(model, tokenizer, options: Answer).Fit(heldOutView))
             Console.WriteLine($"| held-out greedy answer = chosen, base model | {Matches(untouched):P1} |");
         Console.WriteLine("|---|---|");
+        var implicitRows = new List<string>();
         foreach (var rpo in new double?[] { null, 1.0 })
         {
             var options = new CausalLmDpoOptions { MaxLength = 64, Seed = 1, Lora = lora, Generation = Answer, Training = Loop() };
             options.Dpo.RpoAlpha = rpo;
             var clock = Stopwatch.StartNew();
             using var tuned = ml.Transforms.Text.TrainDpo(model, tokenizer, options).Fit(trainView);
-            Console.WriteLine($"| DPO sigmoid β 0.1{(rpo is { } a ? $" + RPO α {a}" : "")}, {budget} steps ({clock.Elapsed:mm\\:ss}) | {Matches(tuned):P1} |");
+            double seconds = clock.Elapsed.TotalSeconds;
+            string name = $"DPO sigmoid β 0.1{(rpo is { } a ? $" + RPO α {a}" : "")}, {budget} steps";
+            Console.WriteLine($"| {name} ({clock.Elapsed:mm\\:ss}) | {Matches(tuned):P1} |");
+            // The DPO model as a reward model: its implicit reward β·(log π − log π_ref) against the base model.
+            var (val, line) = RewardRow($"implicit reward of {name}", tuned.AsImplicitReward(model, tokenizer, options.Dpo.Beta, maxLength: 64),
+                validation, heldOut, seconds, print: false);
+            implicitRows.Add(line);
+            if (val > best.Validation) best = (val, line);
         }
         {
             var clock = Stopwatch.StartNew();
             using var tuned = Sft();
             Console.WriteLine($"| SFT on the chosen responses, {budget} steps ({clock.Elapsed:mm\\:ss}) | {Matches(tuned):P1} |");
         }
+        Console.WriteLine();
+        Console.WriteLine("| DPO's implicit reward as a reward model | validation accuracy | held-out accuracy | wrong-fact pairs | rambling pairs | train time |");
+        Console.WriteLine("|---|---|---|---|---|---|");
+        foreach (var line in implicitRows) Console.WriteLine(line);
+        Console.WriteLine($"chosen on validation (scalar-head reward models and implicit rewards): {best.Line}");
+    }
+
+    /// <summary>A table row of a reward's pairwise accuracy on validation, held-out, and the held-out pairs of each kind; and the validation accuracy.</summary>
+    private static (double Validation, string Line) RewardRow(string name, IRewardFunction reward, PreferenceRow[] validation, PreferenceRow[] heldOut, double seconds, bool print = true)
+    {
+        double Accuracy(PreferenceRow[] rows, Func<PreferenceRow, bool>? where = null)
+        {
+            var kept = rows.Where(r => where?.Invoke(r) ?? true).ToList();
+            var prompts = kept.Select(r => r.Prompt).ToList();
+            return RewardMetrics.Of(reward.Score(prompts, kept.Select(r => r.Chosen).ToList()), reward.Score(prompts, kept.Select(r => r.Rejected).ToList())).Accuracy;
+        }
+        double val = Accuracy(validation);
+        var line = $"| {name} | {val:P1} | {Accuracy(heldOut):P1} | {Accuracy(heldOut, r => !Rambling(r)):P1} | {Accuracy(heldOut, Rambling):P1} | {TimeSpan.FromSeconds(seconds):mm\\:ss} |";
+        if (print) Console.WriteLine(line);
+        return (val, line);
     }
 
     private static bool Rambling(PreferenceRow r) => r.Rejected.Contains(r.Chosen.Trim(), StringComparison.Ordinal);

@@ -147,6 +147,12 @@ public class PreferenceLearningTests(Xunit.Abstractions.ITestOutputHelper output
         Assert.True(metrics.RewardsAccuracy >= 0.9, $"implicit-reward accuracy {metrics.RewardsAccuracy:P1}");
         Assert.True(metrics.RewardsMargin > 0);
         Assert.True(after >= 0.8 && after > before, $"greedy matches {before:P1} -> {after:P1}");
+        // The tuned model as a reward model (its implicit reward through IRewardFunction, each side scored on its own)
+        // ranks the held-out pairs as EvaluateDpo does.
+        var asReward = tuned.AsImplicitReward(model, tokenizer, maxLength: 64).EvaluatePreferences(heldOut, promptColumnName: "Text");
+        output.WriteLine($"implicit reward as a reward model: accuracy {asReward.Accuracy:P1}, mean margin {asReward.MeanMargin:F3}");
+        Assert.InRange(asReward.Accuracy, metrics.RewardsAccuracy - 1.0 / heldOutPairs.Length, metrics.RewardsAccuracy + 1.0 / heldOutPairs.Length);
+        Assert.Equal(metrics.RewardsMargin, asReward.MeanMargin, 2);
 
         // The tuned model generates the same answers in a process that only loads the zip.
         var rows = heldOutPairs.Take(12).Select(p => new FreshProcess.Row(p.Text, p.Chosen)).ToList();

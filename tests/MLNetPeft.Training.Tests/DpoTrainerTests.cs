@@ -198,4 +198,50 @@ public class DpoTrainerTests(Xunit.Abstractions.ITestOutputHelper output)
         var empty = PreferencePairs.FromExamples([([], [7], [8, 9], 0f)], maxLength: 8);
         Assert.Contains("BOS", Assert.Throws<ArgumentException>(() => DpoTrainer.ResponseLogProbs(policy, empty.Pairs)).Message);
     }
+
+    [Fact]
+    public void TheImplicitRewardIsBetaTimesTheLogRatioOfPolicyOverReferenceOnTheResponseAndEos()
+    {
+        using var testScope = NewDisposeScope();   // no test tensor is left to the finalizer
+        var tokenizer = TinyTokenizer.Create();
+        int eos = tokenizer.EosId!.Value;
+        var config = TinyModels.Llama();
+        config.VocabSize = TinyTokenizer.VocabSize;
+        using var policy = TinyModels.Randomize(new LlamaForCausalLM(config), seed: 3);
+        using var adapter = LoraModel.Apply(policy, new LoraConfig { R = 4, LoraAlpha = 8, TargetModules = ["q_proj", "v_proj", "down_proj"] }, seed: 1);
+        string[] prompts = ["Which town?", "Q: 2+2=", "Name it."];
+        string[] responses = [" Tolvan", " 4", " a long answer of many tokens"];
+        const double beta = 0.25;
+        var reward = new ImplicitReward(policy, tokenizer, beta, adapter, batchSize: 2);   // two batches, each right-padded
+
+        // A fresh LoRA (B = 0) is the reference: every reward is 0.
+        Assert.All(reward.Score(prompts, responses), r => Assert.Equal(0f, r));
+
+        using (no_grad())
+            foreach (var (name, p) in policy.named_parameters().Where(x => x.name.Contains("lora_B"))) p.normal_(0, 0.3);
+        policy.train();
+        double LogProb(int row)
+        {
+            using var scope = NewDisposeScope();
+            int[] prompt = [.. tokenizer.Encode(prompts[row])];
+            int[] ids = [.. prompt, .. tokenizer.Encode(responses[row], addSpecialTokens: false), eos];
+            var logits = policy.Forward(tensor(ids.Select(i => (long)i).ToArray()).unsqueeze(0))[0].log_softmax(-1);
+            return Enumerable.Range(prompt.Length, ids.Length - prompt.Length).Sum(t => (double)logits[t - 1, ids[t]].item<float>());
+        }
+        double[] expected;
+        policy.eval();
+        using (no_grad())
+        {
+            var tuned = Enumerable.Range(0, prompts.Length).Select(LogProb).ToArray();
+            using (adapter.DisableAdapters()) expected = Enumerable.Range(0, prompts.Length).Select(i => beta * (tuned[i] - LogProb(i))).ToArray();
+        }
+        policy.train();
+        var actual = reward.Score(prompts, responses);
+        output.WriteLine($"implicit rewards {string.Join(", ", actual.Select(a => a.ToString("F4")))}");
+        for (int i = 0; i < prompts.Length; i++) Assert.Equal(expected[i], actual[i], 3);
+        Assert.Contains(actual, a => Math.Abs(a) > 0.01);   // the adapter moved them, so the comparison above is not 0 = 0
+        Assert.True(policy.training, "scoring left the policy in eval mode");
+        Assert.Throws<ArgumentException>(() => reward.Score(prompts, responses.Take(2).ToList()));
+        Assert.Contains("one reference", Assert.Throws<ArgumentException>(() => new ImplicitReward(policy, tokenizer)).Message);
+    }
 }

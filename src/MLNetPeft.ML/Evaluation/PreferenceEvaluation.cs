@@ -31,6 +31,22 @@ public static class PreferenceEvaluation
     }
 
     /// <summary>
+    /// The same pairwise figures for any reward (a reward model, DPO's implicit reward, a rule) over the prompt, chosen
+    /// and rejected text columns of <paramref name="data"/>: each response is scored with its prompt.
+    /// </summary>
+    public static RewardMetrics EvaluatePreferences(this IRewardFunction reward, IDataView data,
+        string promptColumnName = "Prompt", string chosenColumnName = "Chosen", string rejectedColumnName = "Rejected")
+    {
+        ArgumentNullException.ThrowIfNull(reward);
+        ArgumentNullException.ThrowIfNull(data);
+        new PreferenceColumns(promptColumnName, chosenColumnName, rejectedColumnName).Check(data.Schema, new MLContext());
+        List<string> Texts(string column) => data.GetColumn<string>(column).Select(t => t ?? "").ToList();
+        var prompts = Texts(promptColumnName);
+        if (prompts.Count == 0) throw new ArgumentException("The view has no rows.", nameof(data));
+        return RewardMetrics.Of(reward.Score(prompts, Texts(chosenColumnName)), reward.Score(prompts, Texts(rejectedColumnName)));
+    }
+
+    /// <summary>
     /// DPO's implicit-reward figures of a tuned model against <paramref name="reference"/> (the model it started from):
     /// the share of pairs whose implicit reward β·(log π − log π_ref) is higher for chosen, the margins, and the loss.
     /// Responses are encoded as the DPO estimator does (the prompt with special tokens, each response followed by eos).

@@ -140,10 +140,26 @@ public sealed class DpoTrainer
         ArgumentNullException.ThrowIfNull(pairs);
         if (pairs.Count == 0) throw new ArgumentException("There are no pairs.", nameof(pairs));
         using var scope = NewDisposeScope();
-        var rows = new List<IReadOnlyList<int>>(2 * pairs.Count);
-        var promptLengths = new List<int>(2 * pairs.Count);
-        foreach (var p in pairs) { rows.Add(p.Chosen); promptLengths.Add(p.ChosenPromptLength); }
-        foreach (var p in pairs) { rows.Add(p.Rejected); promptLengths.Add(p.RejectedPromptLength); }
+        int n = pairs.Count;
+        var rows = pairs.Select(p => p.Chosen).Concat(pairs.Select(p => p.Rejected)).ToList();
+        var promptLengths = pairs.Select(p => p.ChosenPromptLength).Concat(pairs.Select(p => p.RejectedPromptLength)).ToList();
+        var (nll, tokenCounts) = ResponseNll(model, rows, promptLengths, b => $"Pair {b % n}: the {(b < n ? "chosen" : "rejected")} side", nameof(pairs));
+        var logps = nll.neg();
+        if (average) logps = logps / tokenCounts;
+        var chosenNll = nll.narrow(0, 0, n).sum() / tokenCounts.narrow(0, 0, n).sum();
+        return (logps.narrow(0, 0, n).MoveToOuterDisposeScope(), logps.narrow(0, n, n).MoveToOuterDisposeScope(), chosenNll.MoveToOuterDisposeScope());
+    }
+
+    /// <summary>
+    /// The negative log-likelihood [rows] of each row's response tokens (those from <paramref name="promptLengths"/>[b] on,
+    /// summed) under <paramref name="model"/>, in one right-padded forward pass, and the number of response tokens [rows].
+    /// </summary>
+    /// <param name="rowName">Names row b in the error for a row without a response token to score.</param>
+    /// <param name="parameterName">The caller's parameter that holds the rows, named in that error.</param>
+    internal static (Tensor Nll, Tensor TokenCounts) ResponseNll(CausalLanguageModel model, IReadOnlyList<IReadOnlyList<int>> rows,
+        IReadOnlyList<int> promptLengths, Func<int, string> rowName, string parameterName)
+    {
+        using var scope = NewDisposeScope();
         int length = rows.Max(r => r.Count);
         var device = model.parameters().First().device;
         // Position t predicts token t + 1: a response token at t ≥ 1 is the target of position t − 1.
@@ -153,8 +169,8 @@ public sealed class DpoTrainer
         {
             int first = Math.Max(promptLengths[b], 1);
             if (first >= rows[b].Count)
-                throw new ArgumentException($"Pair {b % pairs.Count}: the {(b < pairs.Count ? "chosen" : "rejected")} side has no response token to score " +
-                    "(an empty prompt and a one-token response); give every prompt at least one token, e.g. BOS.", nameof(pairs));
+                throw new ArgumentException($"{rowName(b)} has no response token to score " +
+                    "(an empty prompt and a one-token response); give every prompt at least one token, e.g. BOS.", parameterName);
             for (int t = first; t < rows[b].Count; t++) targets[b * length + t - 1] = rows[b][t];
         }
         var ids = RightPadding.Values(rows, length, 0, device);
@@ -164,11 +180,7 @@ public sealed class DpoTrainer
         var nll = nn.functional.cross_entropy(logits.view(-1, logits.shape[^1]), target.view(-1), ignore_index: IgnoreIndex, reduction: nn.Reduction.None)
             .view(rows.Count, length);
         var tokenCounts = target.ne(Scalars.Of(IgnoreIndex)).sum(1).to(ScalarType.Float32);
-        var logps = nll.sum(1).neg();
-        if (average) logps = logps / tokenCounts;
-        var chosenNll = nll.narrow(0, 0, pairs.Count).sum() / tokenCounts.narrow(0, 0, pairs.Count).sum();
-        return (logps.narrow(0, 0, pairs.Count).MoveToOuterDisposeScope(), logps.narrow(0, pairs.Count, pairs.Count).MoveToOuterDisposeScope(),
-            chosenNll.MoveToOuterDisposeScope());
+        return (nll.sum(1).MoveToOuterDisposeScope(), tokenCounts.MoveToOuterDisposeScope());
     }
 
     private const long IgnoreIndex = -100;
