@@ -3,12 +3,16 @@ using Microsoft.ML.Data;
 using MLNetPeft.BaseModel;
 using MLNetPeft.BaseModel.Tasks;
 using MLNetPeft.Generation;
+using MLNetPeft.ML.Dpo;
+using MLNetPeft.ML.Evaluation;
 using MLNetPeft.ML.FineTuning;
 using MLNetPeft.ML.Generation;
 using MLNetPeft.ML.Reinforcement;
 using MLNetPeft.ML.RewardModeling;
 using MLNetPeft.Training;
+using MLNetPeft.Training.Dpo;
 using MLNetPeft.Training.Ppo;
+using MLNetPeft.Training.RewardModeling;
 using MLNetPeft.Training.Reinforcement;
 using MLNetPeft.Tuners.Lora;
 
@@ -25,7 +29,11 @@ internal static class PpoWorld
     public sealed class PromptRow { public string Prompt { get; set; } = ""; }
     public sealed class SftRow { public string Prompt { get; set; } = ""; public string Response { get; set; } = ""; }
 
-    public static void Run(int steps, double lr, int batch, double klCoef, bool fromSft)
+    /// <param name="implicitReward">
+    /// The reward is DPO's implicit reward β·log(π_DPO/π_base) of a DPO + RPO model tuned on the same pairs (60 LoRA steps,
+    /// β 0.1) instead of a scalar-head reward model; the critic then starts from the policy.
+    /// </param>
+    public static void Run(int steps, double lr, int batch, double klCoef, bool fromSft, bool implicitReward = false, int sftSteps = 60)
     {
         var ml = new MLContext(seed: 1);
         var world = BaseModelRecipe.World();
@@ -39,12 +47,23 @@ internal static class PpoWorld
         var answer = new GenerationOptions { MaxNewTokens = 8, StopStrings = ["\n"] };
 
         var clock = System.Diagnostics.Stopwatch.StartNew();
-        using var reward = ml.Transforms.Text.TrainRewardModel(model, tokenizer, new RewardModelOptions
+        var pairView = ml.Data.LoadFromEnumerable(pairs);
+        using var rewardModel = implicitReward ? null : ml.Transforms.Text.TrainRewardModel(model, tokenizer, new RewardModelOptions
         {
             Method = FineTuningMethod.Full, MaxLength = 64,
             Training = new TrainingOptions { MaxSteps = 400, BatchSize = 8, LearningRate = 1e-4, WarmupSteps = 10, WeightDecay = 0, Seed = 1 },
-        }).Fit(ml.Data.LoadFromEnumerable(pairs));
-        Console.WriteLine($"Reward model (full fine-tuning, 400 steps × 8 of {pairs.Length} pairs, persons 0–249): {clock.Elapsed:mm\\:ss}");
+        }).Fit(pairView);
+        using var dpo = implicitReward ? ml.Transforms.Text.TrainDpo(model, tokenizer, new CausalLmDpoOptions
+        {
+            MaxLength = 64, Seed = 1, Generation = answer, Lora = new LoraConfig { R = 8, LoraAlpha = 16, TargetModules = [LoraConfig.AllLinear] },
+            Dpo = new DpoOptions { RpoAlpha = 1.0 },
+            Training = new TrainingOptions { MaxSteps = 60, BatchSize = 8, LearningRate = 3e-3, WarmupSteps = 5, WeightDecay = 0, Seed = 1 },
+        }).Fit(pairView) : null;
+        IRewardFunction reward = dpo is null ? rewardModel! : dpo.AsImplicitReward(model, tokenizer, maxLength: 64);
+        Console.WriteLine(dpo is null
+            ? $"Reward model (full fine-tuning, 400 steps × 8 of {pairs.Length} pairs, persons 0–249): {clock.Elapsed:mm\\:ss}"
+            : $"Reward: DPO's implicit reward of DPO + RPO α 1 (LoRA r 8, 60 steps × 8 of {pairs.Length} pairs, persons 0–249, β 0.1) against the base model: {clock.Elapsed:mm\\:ss}; " +
+              $"held-out pairwise accuracy {reward.EvaluatePreferences(ml.Data.LoadFromEnumerable(InstructionTasks.GeneratePreferences(InstructionTasks.HeldOutSet(world), 1, 2).Select(p => new PairRow { Prompt = p.Prompt, Chosen = p.Chosen, Rejected = p.Rejected }))).Accuracy:P1}");
 
         (double Score, double Right) Measure(ITransformer generator)
         {
@@ -52,24 +71,24 @@ internal static class PpoWorld
             var scores = reward.Score(heldOut.Select(e => e.Prompt).ToList(), texts);
             return (scores.Average(), texts.Zip(heldOut).Count(x => x.First.Trim() == x.Second.Response) / (double)heldOut.Count);
         }
-        // InstructGPT's order: PPO may start from a model fine-tuned on demonstrations (60 LoRA steps on the chosen answers, merged).
+        // InstructGPT's order: PPO may start from a model fine-tuned on demonstrations (sftSteps LoRA steps on the chosen answers, merged).
         using var sft = fromSft ? ml.Transforms.Text.FineTuneCausalLm(model, tokenizer, new CausalLmFineTuningOptions
         {
             MaxLength = 64, Seed = 1, Generation = answer, Lora = new LoraConfig { R = 8, LoraAlpha = 16, TargetModules = [LoraConfig.AllLinear] },
-            Training = new TrainingOptions { MaxSteps = 60, BatchSize = 8, LearningRate = 3e-3, WarmupSteps = 5, WeightDecay = 0, Seed = 1 },
+            Training = new TrainingOptions { MaxSteps = sftSteps, BatchSize = 8, LearningRate = 3e-3, WarmupSteps = Math.Min(5, sftSteps - 1), WeightDecay = 0, Seed = 1 },
         }).Fit(ml.Data.LoadFromEnumerable(pairs.Select(p => new SftRow { Prompt = p.Prompt, Response = p.Chosen }))) : null;
         var start = sft?.Model ?? model;
         using (var untouched = ml.Transforms.Text.GenerateText(start, tokenizer, options: answer).Fit(heldOutView))
         {
             var (score, right) = Measure(untouched);
-            Console.WriteLine($"{(fromSft ? "SFT" : "Base")} model on {heldOut.Count} held-out instructions (persons 300–399): mean reward {score:F3}, greedy answer right {right:P1}");
+            Console.WriteLine($"{(fromSft ? $"SFT ({sftSteps} steps)" : "Base")} model on {heldOut.Count} held-out instructions (persons 300–399): mean reward {score:F3}, greedy answer right {right:P1}");
         }
 
         clock.Restart();
         var metrics = new List<(int Step, IReadOnlyDictionary<string, double> M)>();
         var options = new CausalLmPpoOptions
         {
-            Reward = RlReward.From(reward), ValueModel = ValueModelInit.FromRewardModel, Seed = 1, Generation = answer,
+            Reward = RlReward.From(reward), ValueModel = dpo is null ? ValueModelInit.FromRewardModel : ValueModelInit.FromPolicy, Seed = 1, Generation = answer,
             Lora = new LoraConfig { R = 8, LoraAlpha = 16, TargetModules = [LoraConfig.AllLinear] },
             Training = new TrainingOptions { MaxSteps = steps, BatchSize = batch, LearningRate = lr, WarmupSteps = 10, WeightDecay = 0, Seed = 1 },
             Ppo = new PpoOptions { NumMiniBatches = 2, KlCoef = klCoef, Sampling = new SamplingOptions { Temperature = 0.7, MaxNewTokens = 8, StopStrings = ["\n"] } },

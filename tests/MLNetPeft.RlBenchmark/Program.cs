@@ -14,12 +14,13 @@ using MLNetPeft.Tuners.Lora;
 // held-out prompt (and no operand of one) occurs in training.
 //   dotnet run -c Release --project tests/MLNetPeft.RlBenchmark -- --method grpo|ppo --steps N --lr X --batch B [--beta K] [--rank R] [--eval-every N]
 // PPO against a learned reward model on the synthetic world (PpoWorld.cs):
-//   dotnet run -c Release --project tests/MLNetPeft.RlBenchmark -- --method ppo-world --steps N --lr X --batch B --kl K [--from-sft]
+//   dotnet run -c Release --project tests/MLNetPeft.RlBenchmark -- --method ppo-world --steps N --lr X --batch B --kl K [--from-sft [--sft-steps N]] [--implicit-reward]
 string method = Arg("--method") ?? "grpo";
 if (method == "ppo-world")
 {
     PpoWorld.Run(int.Parse(Arg("--steps") ?? "200"), double.Parse(Arg("--lr") ?? "1e-3", System.Globalization.CultureInfo.InvariantCulture),
-        int.Parse(Arg("--batch") ?? "16"), double.Parse(Arg("--kl") ?? "0.05", System.Globalization.CultureInfo.InvariantCulture), args.Contains("--from-sft"));
+        int.Parse(Arg("--batch") ?? "16"), double.Parse(Arg("--kl") ?? "0.05", System.Globalization.CultureInfo.InvariantCulture), args.Contains("--from-sft"),
+        args.Contains("--implicit-reward"), int.Parse(Arg("--sft-steps") ?? "60"));
     return;
 }
 int batch = int.Parse(Arg("--batch") ?? "32");
