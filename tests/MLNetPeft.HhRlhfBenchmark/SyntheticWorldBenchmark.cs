@@ -147,14 +147,21 @@ internal static class SyntheticWorldBenchmark
     /// <summary>A table row of a reward's pairwise accuracy on validation, held-out, and the held-out pairs of each kind; and the validation accuracy.</summary>
     private static (double Validation, string Line) RewardRow(string name, IRewardFunction reward, PreferenceRow[] validation, PreferenceRow[] heldOut, double seconds, bool print = true)
     {
-        double Accuracy(PreferenceRow[] rows, Func<PreferenceRow, bool>? where = null)
+        // Each pair scored once; the held-out subsets are read from the same scores.
+        Func<Func<PreferenceRow, bool>?, double> Scored(PreferenceRow[] rows)
         {
-            var kept = rows.Where(r => where?.Invoke(r) ?? true).ToList();
-            var prompts = kept.Select(r => r.Prompt).ToList();
-            return RewardMetrics.Of(reward.Score(prompts, kept.Select(r => r.Chosen).ToList()), reward.Score(prompts, kept.Select(r => r.Rejected).ToList())).Accuracy;
+            var prompts = rows.Select(r => r.Prompt).ToList();
+            var chosen = reward.Score(prompts, rows.Select(r => r.Chosen).ToList());
+            var rejected = reward.Score(prompts, rows.Select(r => r.Rejected).ToList());
+            return where =>
+            {
+                var kept = Enumerable.Range(0, rows.Length).Where(i => where?.Invoke(rows[i]) ?? true).ToList();
+                return RewardMetrics.Of(kept.Select(i => chosen[i]).ToList(), kept.Select(i => rejected[i]).ToList()).Accuracy;
+            };
         }
-        double val = Accuracy(validation);
-        var line = $"| {name} | {val:P1} | {Accuracy(heldOut):P1} | {Accuracy(heldOut, r => !Rambling(r)):P1} | {Accuracy(heldOut, Rambling):P1} | {TimeSpan.FromSeconds(seconds):mm\\:ss} |";
+        double val = Scored(validation)(null);
+        var heldOutAccuracy = Scored(heldOut);
+        var line = $"| {name} | {val:P1} | {heldOutAccuracy(null):P1} | {heldOutAccuracy(r => !Rambling(r)):P1} | {heldOutAccuracy(Rambling):P1} | {TimeSpan.FromSeconds(seconds):mm\\:ss} |";
         if (print) Console.WriteLine(line);
         return (val, line);
     }
