@@ -60,10 +60,18 @@ internal static class PpoWorld
             Training = new TrainingOptions { MaxSteps = 60, BatchSize = 8, LearningRate = 3e-3, WarmupSteps = 5, WeightDecay = 0, Seed = 1 },
         }).Fit(pairView) : null;
         IRewardFunction reward = dpo is null ? rewardModel! : dpo.AsImplicitReward(model, tokenizer, maxLength: 64);
-        Console.WriteLine(dpo is null
-            ? $"Reward model (full fine-tuning, 400 steps × 8 of {pairs.Length} pairs, persons 0–249): {clock.Elapsed:mm\\:ss}"
-            : $"Reward: DPO's implicit reward of DPO + RPO α 1 (LoRA r 8, 60 steps × 8 of {pairs.Length} pairs, persons 0–249, β 0.1) against the base model: {clock.Elapsed:mm\\:ss}; " +
-              $"held-out pairwise accuracy {reward.EvaluatePreferences(ml.Data.LoadFromEnumerable(InstructionTasks.GeneratePreferences(InstructionTasks.HeldOutSet(world), 1, 2).Select(p => new PairRow { Prompt = p.Prompt, Chosen = p.Chosen, Rejected = p.Rejected }))).Accuracy:P1}");
+        if (dpo is null)
+        {
+            Console.WriteLine($"Reward model (full fine-tuning, 400 steps × 8 of {pairs.Length} pairs, persons 0–249): {clock.Elapsed:mm\\:ss}");
+        }
+        else
+        {
+            var heldOutPairs = InstructionTasks.GeneratePreferences(InstructionTasks.HeldOutSet(world), 1, 2)
+                .Select(p => new PairRow { Prompt = p.Prompt, Chosen = p.Chosen, Rejected = p.Rejected });
+            double accuracy = reward.EvaluatePreferences(ml.Data.LoadFromEnumerable(heldOutPairs)).Accuracy;
+            Console.WriteLine($"Reward: DPO's implicit reward of DPO + RPO α 1 (LoRA r 8, 60 steps × 8 of {pairs.Length} pairs, persons 0–249, β 0.1) " +
+                $"against the base model: {clock.Elapsed:mm\\:ss}; held-out pairwise accuracy {accuracy:P1}");
+        }
 
         (double Score, double Right) Measure(ITransformer generator)
         {
