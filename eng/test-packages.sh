@@ -48,7 +48,10 @@ changed=$(diff "$work/Classify.before.cs" "$app/Classify.cs" | grep -c '^>' || t
 dotnet run --project "$app" -c Release -p:MLNetPeftVersion="$version" -- classify
 
 msg "packing the mlnetpeft tool, installing it from the feed, training and evaluating with it"
-dotnet pack "$root/src/MLNetPeft.Cli" -c Release -p:PackCli=true -p:VersionSuffix="ci.$stamp" -o "$feed" --nologo -v quiet >"$work/tool.log" 2>&1 || failed "$work/tool.log"
+# Only this machine's platform package (each carries its own libtorch): the others cannot run here, and building
+# them costs about 1 GB of disk each.
+rid=$(dotnet --info | awk '/^ *RID:/ {print $2; exit}')
+dotnet pack "$root/src/MLNetPeft.Cli" -c Release -p:PackCli=true -p:RuntimeIdentifiers="$rid" -p:VersionSuffix="ci.$stamp" -o "$feed" --nologo -v quiet >"$work/tool.log" 2>&1 || failed "$work/tool.log"
 ls -l "$feed"/MLNetPeft.Cli.*.nupkg | awk '{printf "  %10d  %s\n", $5, $NF}' | sed "s|$feed/||"
 (cd "$work" && dotnet tool install MLNetPeft.Cli --tool-path "$tools" --version "$version" --add-source "$feed" >"$work/install.log" 2>&1) || { cat "$work/install.log"; exit 1; }
 printf 'Prompt\tResponse\n' >"$work/rows.tsv"
