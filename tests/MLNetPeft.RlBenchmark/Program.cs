@@ -31,6 +31,9 @@ int rank = int.Parse(Arg("--rank") ?? "8");
 int generations = int.Parse(Arg("--generations") ?? "8");   // GRPO's completions per prompt (batch = prompts × this)
 int evalEvery = int.Parse(Arg("--eval-every") ?? "0"); // greedy validation accuracy every this many steps (0: only at the end)
 bool keepBest = args.Contains("--keep-best");            // end with the adapter of the best validation accuracy seen (needs --eval-every)
+// GRPO only: a second, weighted reward for how close the answer is (1 − |answer − sum| / 10, at least 0), so that a group
+// whose completions are all wrong still ranks them; the exact-match reward stays the one every accuracy counts.
+double closeness = double.Parse(Arg("--closeness") ?? "0", System.Globalization.CultureInfo.InvariantCulture);
 
 var heldOutNumbers = new Random(2026).GetItems(Enumerable.Range(0, 50).ToArray(), 50).Distinct().Take(10).Order().ToArray();
 // Five more numbers are kept out of training for validation, so that settings are chosen, as the held-out set measures,
@@ -54,6 +57,13 @@ static float Correct(string prompt, string response)
     return answer.Length > 0 && int.Parse(answer) == sum ? 1f : 0f;
 }
 var reward = RewardFunction.FromDelegate(Correct);
+static float Close(string prompt, string response)
+{
+    var words = prompt.Split(' ');
+    int sum = int.Parse(words[0]) + int.Parse(words[2]);
+    var answer = new string(response.TrimStart().TakeWhile(char.IsAsciiDigit).Take(4).ToArray());
+    return answer.Length > 0 ? Math.Max(0f, 1f - Math.Abs(int.Parse(answer) - sum) / 10f) : 0f;
+}
 var sampling = new SamplingOptions { Temperature = 1.0, MaxNewTokens = 4, StopStrings = ["."] };
 
 using var policy = BundledBaseModel.Load();
@@ -96,7 +106,10 @@ var log = new SynchronousProgress<TrainingProgress>(p =>
 });
 if (method == "grpo")
 {
-    new GrpoTrainer(policy, tokenizer, [new WeightedReward("sum", reward)], options, new GrpoOptions { NumGenerations = generations, Beta = beta, Sampling = sampling }, adapter).Train(train, log);
+    WeightedReward[] rewards = closeness > 0
+        ? [new WeightedReward("sum", reward), new WeightedReward("close", RewardFunction.FromDelegate(Close), closeness)]
+        : [new WeightedReward("sum", reward)];
+    new GrpoTrainer(policy, tokenizer, rewards, options, new GrpoOptions { NumGenerations = generations, Beta = beta, Sampling = sampling }, adapter).Train(train, log);
 }
 else
 {
@@ -113,6 +126,6 @@ if (keepBest && best.Weights.Count > 0)
     foreach (var t in best.Weights.Values) t.Dispose();
     Console.WriteLine($"Kept the adapter of step {best.Step} (greedy validation {best.Accuracy:P1}).");
 }
-Console.WriteLine($"After {method} ({steps} steps, lr {lr}, β {beta}, LoRA r {rank}, G {generations}, {clock.Elapsed:mm\\:ss}): greedy held-out {Greedy(heldOut):P1}, pass@8 held-out {PassAt(8, heldOut):P1}, greedy validation {Greedy(validation):P1}");
+Console.WriteLine($"After {method} ({steps} steps, lr {lr}, β {beta}, LoRA r {rank}, G {generations}, closeness {closeness}, {clock.Elapsed:mm\\:ss}): greedy held-out {Greedy(heldOut):P1}, pass@8 held-out {PassAt(8, heldOut):P1}, greedy validation {Greedy(validation):P1}");
 
 string? Arg(string name) => Array.IndexOf(args, name) is var i and >= 0 && i + 1 < args.Length ? args[i + 1] : null;
