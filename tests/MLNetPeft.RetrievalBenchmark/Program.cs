@@ -82,12 +82,14 @@ rows.Add(Row($"hybrid, weighted scores (BM25 weight {bestWeight:F1}, chosen on t
 
 if (args.Contains("--tune"))
 {
-    // LoRA r 16 on every linear layer of the encoder, batches of 32. --tune-grid "lr:epochs,…" tries several settings,
-    // each trained on the training queries less 100 validation queries (a fixed seed) and chosen by their nDCG@10.
+    // LoRA r 16 on every linear layer of the encoder, batches of 32. --tune-grid "lr:epochs[:hn],…" tries several settings,
+    // each trained on the training queries less 100 validation queries (a fixed seed) and chosen by their nDCG@10;
+    // ":hn" adds to each pair a hard negative, the query's best BM25 document that is not judged relevant (as DPR mines them).
     int gridAt = Array.IndexOf(args, "--tune-grid");
     var grid = gridAt >= 0 && gridAt + 1 < args.Length
-        ? args[gridAt + 1].Split(',').Select(item => item.Split(':')).Select(x => (Lr: double.Parse(x[0], System.Globalization.CultureInfo.InvariantCulture), Epochs: int.Parse(x[1], System.Globalization.CultureInfo.InvariantCulture))).ToList()
-        : [(Lr: 2e-4, Epochs: 3)];
+        ? args[gridAt + 1].Split(',').Select(item => item.Split(':')).Select(x => (Lr: double.Parse(x[0], System.Globalization.CultureInfo.InvariantCulture),
+            Epochs: int.Parse(x[1], System.Globalization.CultureInfo.InvariantCulture), HardNegatives: x.Length > 2 && x[2] == "hn")).ToList()
+        : [(Lr: 2e-4, Epochs: 3, HardNegatives: false)];
     var validationIds = grid.Count > 1 ? new Random(809).GetItems(train.Keys.Order(StringComparer.Ordinal).ToArray(), train.Count).Distinct().Take(100).ToHashSet() : [];
     var validation = train.Where(q => validationIds.Contains(q.Key)).ToDictionary(q => q.Key, q => q.Value);
     var pairs = train.Where(q => !validationIds.Contains(q.Key)).SelectMany(q => q.Value.Where(d => d.Value > 0).Select(d => (Query: q.Key, Doc: d.Key))).ToList();
@@ -96,27 +98,31 @@ if (args.Contains("--tune"))
     const int batch = 32;
     if (grid.Count > 1) Console.WriteLine($"Tuning grid: {pairs.Count} pairs of {train.Count - validation.Count} training queries; {validation.Count} validation queries choose the setting.");
     (double Validation, string Name, Dictionary<string, IReadOnlyList<RankedDocument>> Test, Dictionary<string, IReadOnlyList<RankedDocument>> Train)? chosen = null;
-    foreach (var (lr, epochs) in grid)
+    string? HardNegative(string query) => bm25Train[query].Select(d => d.DocumentId).FirstOrDefault(d => !(train[query].TryGetValue(d, out int grade) && grade > 0));
+    foreach (var (lr, epochs, hardNegatives) in grid)
     {
         using var tunedEncoder = AllMiniLmL6V2.Load();
         var tuned = new SentenceEmbedder(tunedEncoder, AllMiniLmL6V2.LoadTokenizer());
         using var adapter = LoraModel.Apply(tunedEncoder, lora, seed: 1);
         var trainingOptions = new TrainingOptions { MaxSteps = epochs * (pairs.Count + batch - 1) / batch, BatchSize = batch, LearningRate = lr, WarmupSteps = 10, WeightDecay = 0.01, Seed = 1 };
         clock.Restart();
-        var result = new ContrastiveEmbeddingTrainer(tuned, trainingOptions).Train(
-            pairs.Select(p => new EmbeddingPair(tuned.Tokenize(data.Queries[p.Query]), tuned.Tokenize(textOf[p.Doc]))).ToList());
+        var result = new ContrastiveEmbeddingTrainer(tuned, trainingOptions).Train(pairs
+            .Select(p => (p, Negative: hardNegatives ? HardNegative(p.Query) : null))
+            .Where(x => !hardNegatives || x.Negative is not null)
+            .Select(x => new EmbeddingPair(tuned.Tokenize(data.Queries[x.p.Query]), tuned.Tokenize(textOf[x.p.Doc]), x.Negative is null ? null : tuned.Tokenize(textOf[x.Negative]))).ToList());
         var tuneTime = clock.Elapsed;
-        Console.WriteLine($"LoRA tuning, lr {lr}, {epochs} epochs: {pairs.Count} pairs, {trainingOptions.MaxSteps} steps, loss {result.LossHistory.Take(5).Average():F3} → {result.LossHistory.TakeLast(5).Average():F3}, {tuneTime:mm\\:ss}");
+        Console.WriteLine($"LoRA tuning, lr {lr}, {epochs} epochs{(hardNegatives ? ", BM25 hard negatives" : "")}: {pairs.Count} pairs, {trainingOptions.MaxSteps} steps, loss {result.LossHistory.Take(5).Average():F3} → {result.LossHistory.TakeLast(5).Average():F3}, {tuneTime:mm\\:ss}");
         using var tunedDocuments = new InMemoryVectorCollection<string, DocumentVector>("scifact-tuned");
         var (tunedEmbedSeconds, tunedCached) = EmbedCorpus(data, tuned, tunedDocuments, folder,
             $"all-MiniLM-L6-v2+lora-r{lora.R}-a{lora.LoraAlpha}-{string.Join('.', lora.TargetModules)}-{trainingOptions.MaxSteps}x{batch}-lr{trainingOptions.LearningRate}-seed{trainingOptions.Seed}" +
+            (hardNegatives ? "-bm25negatives" : "") +
             (validation.Count > 0 ? $"-without{validation.Count}" : ""));
         var tunedQueries = tuned.Embed(queryIds.Select(q => data.Queries[q]).ToList());
         var tunedVectorOf = queryIds.Select((q, i) => (q, i)).ToDictionary(x => x.q, x => tunedQueries[x.i]);
         var tunedTest = await Search(tunedDocuments, tunedVectorOf, test.Keys.ToList());
         var tunedTrain = await Search(tunedDocuments, tunedVectorOf, train.Keys.ToList());
         double validationNdcg = validation.Count > 0 ? RetrievalMetrics.Evaluate(validation, tunedTrain.Where(x => validation.ContainsKey(x.Key)).ToDictionary(), 10)[10].Ndcg : double.NaN;
-        string name = $"dense, all-MiniLM-L6-v2 + LoRA r {lora.R} (MNRL on train, {trainingOptions.MaxSteps} steps, lr {lr}" + (validation.Count > 0 ? $"; validation nDCG@10 {validationNdcg:F3}" : "") + ")";
+        string name = $"dense, all-MiniLM-L6-v2 + LoRA r {lora.R} (MNRL on train{(hardNegatives ? " with BM25 hard negatives" : "")}, {trainingOptions.MaxSteps} steps, lr {lr}" + (validation.Count > 0 ? $"; validation nDCG@10 {validationNdcg:F3}" : "") + ")";
         rows.Add(Row(name, RetrievalMetrics.Evaluate(test, tunedTest, 10, 100), $"tuning {tuneTime:mm\\:ss}" + (tunedCached ? "" : $", corpus {tunedEmbedSeconds:F0} s")));
         if (chosen is null || validationNdcg > chosen.Value.Validation) chosen = (validationNdcg, name, tunedTest, tunedTrain);
     }
