@@ -48,22 +48,17 @@ var validation = notHeldOut.SelectMany(a => notHeldOut.Select(b => (a, b)))
 var heldOut = heldOutNumbers.SelectMany(a => heldOutNumbers.Select(b => (Prompt: Prompt(a, b), Sum: a + b))).ToList();
 Console.WriteLine($"Held-out numbers {string.Join(", ", heldOutNumbers)}, validation numbers {string.Join(", ", validationNumbers)}: {train.Count} training prompts, {validation.Count} validation prompts, {heldOut.Count} held-out prompts.");
 
+// The sum a prompt asks for, and the response's first number (null when it does not start with one).
+static (int Sum, int? Answer) Read(string prompt, string response)
+{
+    var words = prompt.Split(' ');
+    var digits = new string(response.TrimStart().TakeWhile(char.IsAsciiDigit).Take(9).ToArray());
+    return (int.Parse(words[0]) + int.Parse(words[2]), digits.Length > 0 ? int.Parse(digits) : null);
+}
 // The reward: 1 when the response's first number is the sum, 0 otherwise.
-static float Correct(string prompt, string response)
-{
-    var words = prompt.Split(' ');
-    int sum = int.Parse(words[0]) + int.Parse(words[2]);
-    var answer = new string(response.TrimStart().TakeWhile(char.IsAsciiDigit).ToArray());
-    return answer.Length > 0 && int.Parse(answer) == sum ? 1f : 0f;
-}
+static float Correct(string prompt, string response) => Read(prompt, response) is (var sum, int answer) && answer == sum ? 1f : 0f;
 var reward = RewardFunction.FromDelegate(Correct);
-static float Close(string prompt, string response)
-{
-    var words = prompt.Split(' ');
-    int sum = int.Parse(words[0]) + int.Parse(words[2]);
-    var answer = new string(response.TrimStart().TakeWhile(char.IsAsciiDigit).Take(4).ToArray());
-    return answer.Length > 0 ? Math.Max(0f, 1f - Math.Abs(int.Parse(answer) - sum) / 10f) : 0f;
-}
+static float Close(string prompt, string response) => Read(prompt, response) is (var sum, int answer) ? Math.Max(0f, 1f - Math.Abs(answer - sum) / 10f) : 0f;
 var sampling = new SamplingOptions { Temperature = 1.0, MaxNewTokens = 4, StopStrings = ["."] };
 
 using var policy = BundledBaseModel.Load();

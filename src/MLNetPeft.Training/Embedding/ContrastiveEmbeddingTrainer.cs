@@ -103,7 +103,7 @@ public sealed class ContrastiveEmbeddingTrainer
             for (int tries = 0; batch.Count < trainer._options.BatchSize && tries < 20 * trainer._options.BatchSize; tries++)
             {
                 int i = sampler.Next(train.Count);
-                if (seen.Contains(_positiveKeys[i]) || (_negativeKeys[i] is { } n && (n == _positiveKeys[i] || seen.Contains(n)))) continue;
+                if (seen.Contains(_positiveKeys[i]) || (_negativeKeys[i] is { } n && seen.Contains(n))) continue;
                 seen.Add(_positiveKeys[i]);
                 if (_negativeKeys[i] is { } negative) seen.Add(negative);
                 batch.Add(train[i]);
