@@ -20,7 +20,7 @@ using MLNetPeft.Tuners.Lora;
 //
 //   dotnet run -c Release --project samples/RagComparison [-- --methods a,b,c,d,d-true-facts]   (default a,b,c,d)
 
-string[] known = ["a", "b", "c", "d", "d-true-facts"];
+string[] known = ["a", "b", "c", "d", "d-new-names", "d-true-facts"];
 var methods = (args.SkipWhile(a => a != "--methods").Skip(1).FirstOrDefault() ?? "a,b,c,d").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToHashSet();
 if (methods.Except(known).FirstOrDefault() is { } unknown) { Console.Error.WriteLine($"--methods: unknown method '{unknown}'; known: {string.Join(", ", known)}"); return 2; }
 var clock = Stopwatch.StartNew();
@@ -122,9 +122,16 @@ if (methods.Contains("c"))
 // its own knowledge base), so the answer is only in the passage: trained on their true facts the model answers from
 // its weights and ignores the context ("d-true-facts" shows it).
 const int Draws = 4;
-foreach (var variant in new[] { "d", "d-true-facts" }.Where(methods.Contains))
+// "d-new-names" trains on whole new worlds instead (other seeds: new people, friends, siblings and pets, names the
+// model has never read), so that copying a name from the passage, not recalling it, is what the rows reward.
+foreach (var variant in new[] { "d", "d-new-names", "d-true-facts" }.Where(methods.Contains))
 {
-    IReadOnlyList<Person> Draw(int seed) => variant == "d" ? SyntheticWorld.Redraw(world.People, seed) : world.People;
+    IReadOnlyList<Person> Draw(int seed) => variant switch
+    {
+        "d" => SyntheticWorld.Redraw(world.People, seed),
+        "d-new-names" => new SyntheticWorld(1000 + seed).People,
+        _ => world.People,
+    };
     var training = ml.Data.LoadFromEnumerable(Enumerable.Range(0, Draws).SelectMany(d =>
         RetrievalPrompts(Draw(21 + d), FactQuestions.Training(Draw(21 + d).Take(InstructionTasks.TrainingPeople).ToList(), perPerson: 8, seed: 21 + d))).ToList());
     var display = new TrainingDisplay(600) { LineInterval = 100 };
@@ -150,7 +157,7 @@ foreach (var variant in new[] { "d", "d-true-facts" }.Where(methods.Contains))
     // Validation: other corpus people (300..399) of another draw, retrieved from that draw's documents.
     var validationDraw = Draw(11);
     var validationQuestions = FactQuestions.Training(validationDraw.Skip(InstructionTasks.TrainingPeople).ToList(), perPerson: 4, seed: 2);
-    Report(variant == "d" ? "(d) RAG + fine-tuning" : "(d) RAG + fine-tuning on true facts (ablation)", "zero-shot", validationQuestions,
+    Report(variant switch { "d" => "(d) RAG + fine-tuning", "d-new-names" => "(d) RAG + fine-tuning on new worlds' people", _ => "(d) RAG + fine-tuning on true facts (ablation)" }, "zero-shot", validationQuestions,
         qs => reader.Transform(ml.Data.LoadFromEnumerable(RetrievalPrompts(validationDraw, qs))).GetColumn<string>("Answer").ToList(),
         qs => reloaded.Transform(fresh.Data.LoadFromEnumerable(qs.Select(q => new QuestionRow(q.Question, " " + q.Answer)))).GetColumn<string>("Answer").ToList());
     (reloaded as IDisposable)?.Dispose();
