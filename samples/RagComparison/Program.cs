@@ -18,7 +18,7 @@ using MLNetPeft.Tuners.Lora;
 // demonstrations) ever uses. Every stage is an ML.NET pipeline; the RAG + fine-tuning model is saved, reloaded in a
 // fresh MLContext and evaluated from the zip.
 //
-//   dotnet run -c Release --project samples/RagComparison [-- --methods a,b,c,d,d-true-facts]   (default a,b,c,d)
+//   dotnet run -c Release --project samples/RagComparison [-- --methods a,b,c,d,d-new-names,d-true-facts]   (default a,b,c,d)
 
 string[] known = ["a", "b", "c", "d", "d-new-names", "d-true-facts"];
 var methods = (args.SkipWhile(a => a != "--methods").Skip(1).FirstOrDefault() ?? "a,b,c,d").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToHashSet();
@@ -132,8 +132,8 @@ foreach (var variant in new[] { "d", "d-new-names", "d-true-facts" }.Where(metho
         "d-new-names" => new SyntheticWorld(1000 + seed).People,
         _ => world.People,
     };
-    var training = ml.Data.LoadFromEnumerable(Enumerable.Range(0, Draws).SelectMany(d =>
-        RetrievalPrompts(Draw(21 + d), FactQuestions.Training(Draw(21 + d).Take(InstructionTasks.TrainingPeople).ToList(), perPerson: 8, seed: 21 + d))).ToList());
+    var training = ml.Data.LoadFromEnumerable(Enumerable.Range(0, Draws).Select(d => (Seed: 21 + d, People: Draw(21 + d))).SelectMany(draw =>
+        RetrievalPrompts(draw.People, FactQuestions.Training(draw.People.Take(InstructionTasks.TrainingPeople).ToList(), perPerson: 8, seed: draw.Seed))).ToList());
     var display = new TrainingDisplay(600) { LineInterval = 100 };
     using var reader = display.Run(() => ml.Transforms.Text.FineTuneCausalLm(model, tokenizer, new CausalLmFineTuningOptions
     {
