@@ -19,10 +19,17 @@ using MLNetPeft.Tuners.Lora;
 // fresh MLContext and evaluated from the zip.
 //
 //   dotnet run -c Release --project samples/RagComparison [-- --methods a,b,c,d,d-new-names,d-true-facts]   (default a,b,c,d)
+//       [--reader-prompt question-first|passage-first] [--reader-steps 1500]   (the (d) reader's prompt and LoRA steps)
 
 string[] known = ["a", "b", "c", "d", "d-new-names", "d-true-facts"];
-var methods = (args.SkipWhile(a => a != "--methods").Skip(1).FirstOrDefault() ?? "a,b,c,d").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToHashSet();
+string? Option(string name) => args.SkipWhile(a => a != name).Skip(1).FirstOrDefault();
+var methods = (Option("--methods") ?? "a,b,c,d").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToHashSet();
 if (methods.Except(known).FirstOrDefault() is { } unknown) { Console.Error.WriteLine($"--methods: unknown method '{unknown}'; known: {string.Join(", ", known)}"); return 2; }
+// The (d) reader's prompt: the question before the passage (default) lets every passage token see what is asked;
+// passage-first is the prompt of (b), kept to reproduce the earlier (d) figures.
+var readerPrompt = Option("--reader-prompt") ?? "question-first";
+if (readerPrompt is not ("question-first" or "passage-first")) { Console.Error.WriteLine($"--reader-prompt: '{readerPrompt}' is neither question-first nor passage-first"); return 2; }
+if (!int.TryParse(Option("--reader-steps") ?? "1500", out int readerSteps) || readerSteps < 1) { Console.Error.WriteLine("--reader-steps: expected a positive whole number"); return 2; }
 var clock = Stopwatch.StartNew();
 var ml = new MLContext(seed: 1);
 var world = BaseModelRecipe.World();
@@ -53,6 +60,10 @@ PromptBuilderOptions OpenBook(int shots) => new()
 {
     QuestionColumnName = "Question", Template = "{context}\n{demonstrations}Q: {question} A:", PassageTemplate = "{passage}",
     DemonstrationTemplate = "Q: {question} A: {answer}. ", Demonstrations = pool, DemonstrationCount = shots, Selection = DemonstrationSelection.Nearest,
+};
+PromptBuilderOptions Reader() => readerPrompt == "passage-first" ? OpenBook(0) : new()
+{
+    QuestionColumnName = "Question", Template = "Q: {question}\n{context}\nA:", PassageTemplate = "{passage}",
 };
 var retrieval = new RetrievalOptions { QueryColumnName = "Question", Top = Passages, Mode = RetrievalMode.Hybrid };
 
@@ -134,19 +145,19 @@ foreach (var variant in new[] { "d", "d-new-names", "d-true-facts" }.Where(metho
     };
     var training = ml.Data.LoadFromEnumerable(Enumerable.Range(0, Draws).Select(d => (Seed: 21 + d, People: Draw(21 + d))).SelectMany(draw =>
         RetrievalPrompts(draw.People, FactQuestions.Training(draw.People.Take(InstructionTasks.TrainingPeople).ToList(), perPerson: 8, seed: draw.Seed))).ToList());
-    var display = new TrainingDisplay(600) { LineInterval = 100 };
+    var display = new TrainingDisplay(readerSteps) { LineInterval = Math.Max(1, readerSteps / 6) };
     using var reader = display.Run(() => ml.Transforms.Text.FineTuneCausalLm(model, tokenizer, new CausalLmFineTuningOptions
     {
         PromptColumnName = "Prompt", ResponseColumnName = "Response", OutputColumnName = "Answer", MaxLength = 256, Generation = answer, Seed = 1,
         Lora = new LoraConfig { R = 16, LoraAlpha = 32, TargetModules = [LoraConfig.AllLinear] },
-        Training = new TrainingOptions { MaxSteps = 600, BatchSize = 16, LearningRate = 3e-3, WarmupSteps = 20, WeightDecay = 0, Seed = 1 },
+        Training = new TrainingOptions { MaxSteps = readerSteps, BatchSize = 16, LearningRate = 3e-3, WarmupSteps = 20, WeightDecay = 0, Seed = 1 },
         Progress = display,
     }).Fit(training));
     display.SavePlot(Path.Combine(Path.GetTempPath(), $"mlnetpeft-rag-comparison-{variant}-loss.png"), $"RAG reader ({variant}): LoRA SFT on retrieved passages");
 
     // The deployed pipeline: retrieval over the real knowledge base, the prompt, the tuned reader; saved and reloaded.
     var questions = Rows(test);
-    var rag = ml.Retrieval().Retrieve(documents, retrieval).Append(ml.Transforms.Text.BuildPrompt("Prompt", OpenBook(0))).Fit(questions).Append(reader);
+    var rag = ml.Retrieval().Retrieve(documents, retrieval).Append(ml.Transforms.Text.BuildPrompt("Prompt", Reader())).Fit(questions).Append(reader);
     var zip = Path.Combine(Path.GetTempPath(), $"mlnetpeft-rag-comparison-{variant}.zip");
     ml.Model.Save(rag, questions.Schema, zip);
     foreach (var stage in rag.Take(2)) (stage as IDisposable)?.Dispose();   // the reader is disposed by its using
@@ -168,7 +179,7 @@ List<PromptRow> RetrievalPrompts(IReadOnlyList<Person> people, IReadOnlyList<Fac
 {
     var corpus = ml.Data.LoadFromEnumerable(people.Select(p => new Document(p.Name, FactQuestions.Document(p))));
     var data = Rows(questions);
-    var prompts = ml.Retrieval().Retrieve(corpus, retrieval).Append(ml.Transforms.Text.BuildPrompt("Prompt", OpenBook(0))).Fit(data);
+    var prompts = ml.Retrieval().Retrieve(corpus, retrieval).Append(ml.Transforms.Text.BuildPrompt("Prompt", Reader())).Fit(data);
     try { return ml.Data.CreateEnumerable<PromptRow>(prompts.Transform(data), reuseRowObject: false).ToList(); }
     finally { foreach (var stage in prompts) (stage as IDisposable)?.Dispose(); }
 }
@@ -180,7 +191,7 @@ Console.WriteLine("|---|---|---|---|" + string.Concat(FactQuestions.FactNames.Se
 foreach (var (method, prompt, v, t) in rows)
     Console.WriteLine($"| {method} | {prompt} | {v.ExactMatch:P1} | **{t.ExactMatch:P1}** | " + string.Join(" | ", FactQuestions.FactNames.Select(f => t.ByFact[f].ToString("P0"))) + " |");
 Console.WriteLine();
-Console.WriteLine($"exact match after trimming, trailing punctuation removed, case ignored; retrieval: {retrieval.Mode}, top {Passages}; total {clock.Elapsed:mm\\:ss}");
+Console.WriteLine($"exact match after trimming, trailing punctuation removed, case ignored; retrieval: {retrieval.Mode}, top {Passages}; (d) reader: {readerPrompt}, {readerSteps} steps; total {clock.Elapsed:mm\\:ss}");
 return 0;
 
 sealed record Document(string Id, string Text);
